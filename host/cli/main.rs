@@ -1,0 +1,98 @@
+//! `camina`: the command-line front end of Caminaå.
+//!
+//! The one `main()`, the one tracing subscriber and the one place errors are
+//! printed. Exit codes: 0 success; 1 the operation failed (a tool error, a
+//! limit, a refused install); 2 a usage error (bad flags, bad `--input` JSON).
+
+mod home;
+mod plugin;
+mod tool;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "camina",
+    version,
+    about = "Caminaå: LLM agents whose tools run as sandboxed WebAssembly components"
+)]
+struct Cli {
+    /// State directory (plugin store, compiled cache, journal). Default:
+    /// $CAMINA_HOME, else the platform data directory.
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Install, list, inspect and remove skill plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Call skill tools directly, each in a fresh sandbox.
+    #[command(subcommand)]
+    Tool(tool::ToolCommand),
+}
+
+/// An error that is the user's invocation, not the operation: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A failure already reported on stderr in its own format (e.g. a tool's
+/// `kind: message`): exit 1 without printing again.
+#[derive(Debug, thiserror::Error)]
+#[error("reported")]
+pub struct Reported;
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CAMINA_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let home = home::resolve(cli.home.as_deref())?;
+        match cli.command {
+            Command::Plugin(cmd) => plugin::run(&home, cmd).await,
+            Command::Tool(cmd) => tool::run(&home, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<Reported>() => ExitCode::from(1),
+        Err(e) if e.is::<UsageError>() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `camina tool …`
+
+use crate::{Reported, UsageError, home};
+use anyhow::Context as _;
+use clap::Subcommand;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand, Debug)]
+pub enum ToolCommand {
+    /// Call one tool of an installed plugin in a fresh sandbox under its
+    /// policy. Prints the tool's JSON output; on a tool error prints
+    /// `<kind>: <message>` on stderr and exits 1.
+    Call {
+        plugin: String,
+        tool: String,
+        /// The tool's input as a JSON object; `-` reads it from stdin.
+        #[arg(long, default_value = "{}", value_name = "JSON")]
+        input: String,
+        /// The workspace directory mounted as {workspace} (default: the
+        /// current directory).
+        #[arg(long, value_name = "DIR")]
+        workspace: Option<PathBuf>,
+    },
+}
+
+pub async fn run(home: &Path, cmd: ToolCommand) -> anyhow::Result<()> {
+    match cmd {
+        ToolCommand::Call {
+            plugin,
+            tool,
+            input,
+            workspace,
+        } => call(home, &plugin, &tool, input, workspace).await,
+    }
+}
+
+async fn call(
+    home: &Path,
+    plugin: &str,
+    tool: &str,
+    input: String,
+    workspace: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let input = if input == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading --input from stdin")?;
+        s
+    } else {
+        input
+    };
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
+        return Err(UsageError(format!("--input is not valid JSON: {e}")).into());
+    }
+    let workspace = match workspace {
+        Some(w) => w,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let workspace = workspace
+        .canonicalize()
+        .map_err(|e| UsageError(format!("--workspace {}: {e}", workspace.display())))?;
+    if !workspace.is_dir() {
+        return Err(UsageError(format!(
+            "--workspace {} is not a directory",
+            workspace.display()
+        ))
+        .into());
+    }
+    let registry = home::registry(home)?;
+    match registry.call(plugin, tool, &input, Some(&workspace)).await {
+        Ok(outcome) => match outcome.result {
+            Ok(json) => {
+                println!("{json}");
+                Ok(())
+            }
+            Err(tool_error) => {
+                eprintln!("{}: {}", tool_error.kind.as_str(), tool_error.message);
+                Err(Reported.into())
+            }
+        },
+        Err(camina_registry::Error::Call(e)) => {
+            Err(anyhow::Error::new(e).context(format!("{plugin} {tool}")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

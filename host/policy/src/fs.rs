@@ -1,0 +1,201 @@
+//! Filesystem mounts: which host directories a skill sees, where, and how.
+
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// The placeholder for the workspace of the call or task.
+pub const WORKSPACE_TOKEN: &str = "{workspace}";
+
+/// Read-only or read-write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::ReadWrite => "read-write",
+        }
+    }
+
+    pub fn can_write(self) -> bool {
+        self == Access::ReadWrite
+    }
+}
+
+/// Where a mount's host side is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPath {
+    /// `{workspace}` or `{workspace}/sub/dir`.
+    Workspace { sub: Option<String> },
+    /// A fixed absolute host directory.
+    Fixed(PathBuf),
+}
+
+impl std::fmt::Display for HostPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPath::Workspace { sub: None } => f.write_str(WORKSPACE_TOKEN),
+            HostPath::Workspace { sub: Some(s) } => write!(f, "{WORKSPACE_TOKEN}/{s}"),
+            HostPath::Fixed(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// One mount as written in the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host: HostPath,
+    /// Absolute, normalised guest path (`/workspace`).
+    pub guest: String,
+    pub access: Access,
+}
+
+/// A mount resolved for one workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedMount {
+    /// Canonical host directory.
+    pub host: PathBuf,
+    pub guest: String,
+    pub access: Access,
+}
+
+impl Mount {
+    pub(crate) fn resolve(&self, workspace: Option<&Path>) -> Result<ResolvedMount> {
+        let fail = |reason: String| Error::Mount {
+            guest: self.guest.clone(),
+            host: self.host.to_string(),
+            reason,
+        };
+        let path = match &self.host {
+            HostPath::Fixed(p) => p.clone(),
+            HostPath::Workspace { sub } => {
+                let ws = workspace.ok_or_else(|| {
+                    fail("the policy mounts the workspace but no workspace was given".into())
+                })?;
+                match sub {
+                    Some(s) => ws.join(s),
+                    None => ws.to_path_buf(),
+                }
+            }
+        };
+        let host = path
+            .canonicalize()
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        if !host.is_dir() {
+            return Err(fail(format!("{} is not a directory", host.display())));
+        }
+        Ok(ResolvedMount {
+            host,
+            guest: self.guest.clone(),
+            access: self.access,
+        })
+    }
+}
+
+/// Validates and normalises a guest path: absolute, no `.`/`..`, no NUL.
+pub(crate) fn normalise_guest(path: &str) -> std::result::Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!(
+            "guest path `{path}` must be absolute (e.g. /workspace)"
+        ));
+    }
+    if path.contains('\0') || path.contains('\\') {
+        return Err("guest path must not contain NUL or backslash".into());
+    }
+    let mut parts = Vec::new();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if part == "." || part == ".." {
+            return Err(format!("guest path `{path}` must not contain `.` or `..`"));
+        }
+        parts.push(part);
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// Parses a host path as written in a policy.
+pub(crate) fn parse_host(text: &str) -> std::result::Result<HostPath, String> {
+    if let Some(rest) = text.strip_prefix(WORKSPACE_TOKEN) {
+        let sub = rest.trim_start_matches('/');
+        if !rest.is_empty() && !rest.starts_with('/') {
+            return Err(format!("`{text}`: write {WORKSPACE_TOKEN}/<subdirectory>"));
+        }
+        if sub.is_empty() {
+            return Ok(HostPath::Workspace { sub: None });
+        }
+        if sub.split('/').any(|p| p == ".." || p == ".") || sub.starts_with('/') {
+            return Err(format!(
+                "`{text}`: a workspace subdirectory must not contain `.` or `..`"
+            ));
+        }
+        return Ok(HostPath::Workspace {
+            sub: Some(sub.trim_end_matches('/').to_owned()),
+        });
+    }
+    if text.contains('{') {
+        return Err(format!(
+            "`{text}`: the only placeholder is {WORKSPACE_TOKEN}, at the start"
+        ));
+    }
+    let path = crate::expand_home(text);
+    if !path.is_absolute() {
+        return Err(format!(
+            "`{text}` must be absolute, start with ~/ or with {WORKSPACE_TOKEN}"
+        ));
+    }
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Ok(HostPath::Fixed(path)),
+        Ok(_) => Err(format!("`{text}` is not a directory")),
+        Err(e) => Err(format!("`{text}` does not exist or cannot be read: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_paths_are_normalised_and_checked() {
+        assert_eq!(normalise_guest("/workspace/").unwrap(), "/workspace");
+        assert_eq!(normalise_guest("//a//b").unwrap(), "/a/b");
+        assert!(normalise_guest("workspace").is_err());
+        assert!(normalise_guest("/a/../b").is_err());
+    }
+
+    #[test]
+    fn host_paths_accept_the_workspace_template() {
+        assert_eq!(
+            parse_host("{workspace}").unwrap(),
+            HostPath::Workspace { sub: None }
+        );
+        assert_eq!(
+            parse_host("{workspace}/out/").unwrap(),
+            HostPath::Workspace {
+                sub: Some("out".into())
+            }
+        );
+        assert!(parse_host("{workspace}/../etc").is_err());
+        assert!(parse_host("{workspaces}").is_err());
+        assert!(parse_host("relative/dir").is_err());
+        assert!(parse_host("/definitely/not/here/camina").is_err());
+        assert!(parse_host("{home}/x").is_err());
+    }
+
+    #[test]
+    fn resolving_the_workspace_needs_an_existing_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mount {
+            host: HostPath::Workspace { sub: None },
+            guest: "/workspace".into(),
+            access: Access::Read,
+        };
+        let r = m.resolve(Some(dir.path())).unwrap();
+        assert_eq!(r.host, dir.path().canonicalize().unwrap());
+        assert!(m.resolve(None).is_err());
+        assert!(m.resolve(Some(&dir.path().join("missing"))).is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! Workspace integration tests, one binary (one link) with a module per area.
+//!
+//! Guest components come from `camina-test-artifacts`, built once per build.
+
+mod cli;
+mod install;
+mod net_support;
+mod security;
+mod skills;
+mod support;
