@@ -130,7 +130,13 @@ fn plugins() -> Result<Vec<(PathBuf, &'static str)>> {
     let root = root();
     let target = root.join("target");
     run(cargo()
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("plugins/Cargo.toml"))
         .arg("--target-dir")
         .arg(target.join("wasm")))?;
@@ -150,7 +156,9 @@ fn demo() -> Result {
     setup()?;
     let root = root();
     let skills = plugins()?;
-    run(cargo().current_dir(&root).args(["build", "--bin", "camina"]))?;
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--bin", "camina"]))?;
     let camina = root.join("target/debug/camina");
     let demo = root.join("target/demo");
     let home = demo.join("home");
@@ -162,8 +170,11 @@ fn demo() -> Result {
         "fn main() {\n    // TODO: parse the command line\n    println!(\"hi\");\n}\n",
     )
     .map_err(|e| e.to_string())?;
-    std::fs::write(ws.join("src/lib.rs"), "// TODO: write the library\npub fn f() {}\n")
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        ws.join("src/lib.rs"),
+        "// TODO: write the library\npub fn f() {}\n",
+    )
+    .map_err(|e| e.to_string())?;
 
     for (wasm, name) in &skills {
         run(Command::new(&camina)
@@ -174,7 +185,10 @@ fn demo() -> Result {
             .arg("--policy")
             .arg(root.join(format!("policies/{name}.toml"))))?;
     }
-    run(Command::new(&camina).arg("--home").arg(&home).args(["plugin", "list"]))?;
+    run(Command::new(&camina)
+        .arg("--home")
+        .arg(&home)
+        .args(["plugin", "list"]))?;
 
     // Until the coordinator exists the sample job is driven step by step:
     // a Drummer finds the TODOs, a Belter writes them to todo.md.
@@ -219,7 +233,9 @@ fn demo() -> Result {
 fn test(extra: &[String]) -> Result {
     setup()?;
     let root = root();
-    run(cargo().current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo()
+        .current_dir(&root)
+        .args(["fmt", "--all", "--", "--check"]))?;
     for ws in ["plugins", "tests/guests"] {
         run(cargo()
             .current_dir(root.join(ws))
