@@ -1,11 +1,11 @@
 //! `cargo xtask`: the project's own build tasks (the README's two commands
 //! and what they share). Standard library only, so it builds in seconds.
 //!
-//! - `cargo xtask demo`    build everything, install the bundled skills with
-//!                         their policies, run a sample job, print the result
-//! - `cargo xtask test`    the whole test suite (installs what it needs)
-//! - `cargo xtask setup`   system packages and the wasm32-wasip2 target
-//! - `cargo xtask plugins` build the bundled skills into target/plugins/
+//! - `cargo xtask demo`: build everything, install the bundled skills with
+//!   their policies, run a sample job, print the result
+//! - `cargo xtask test`: the whole test suite (installs what it needs)
+//! - `cargo xtask setup`: system packages and the wasm32-wasip2 target
+//! - `cargo xtask plugins`: build the bundled skills into target/plugins/
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
