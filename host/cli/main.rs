@@ -4,7 +4,9 @@
 //! printed. Exit codes: 0 success; 1 the operation failed (a tool error, a
 //! limit, a refused install); 2 a usage error (bad flags, bad `--input` JSON).
 
+mod config;
 mod home;
+mod model;
 mod plugin;
 mod tool;
 
@@ -24,6 +26,10 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     home: Option<PathBuf>,
 
+    /// Configuration file. Default: <home>/config.toml (optional).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +42,29 @@ enum Command {
     /// Call skill tools directly, each in a fresh sandbox.
     #[command(subcommand)]
     Tool(tool::ToolCommand),
+    /// Check, fetch and try the models behind each role.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+}
+
+/// What every command needs: the home directory and the configuration.
+#[derive(Debug)]
+pub struct Context {
+    pub home: PathBuf,
+    pub config: config::FileConfig,
+}
+
+impl Context {
+    pub fn registry(&self) -> anyhow::Result<camina_registry::Registry> {
+        home::registry(&self.home)
+    }
+
+    pub fn bridge(&self) -> anyhow::Result<camina_model::Bridge> {
+        Ok(camina_model::Bridge::new(
+            self.config.model_config(),
+            &self.home,
+        )?)
+    }
 }
 
 /// An error that is the user's invocation, not the operation: exit code 2.
@@ -78,9 +107,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let home = home::resolve(cli.home.as_deref())?;
+        let (config, _) = config::load(cli.config.as_deref(), &home)?;
+        let cx = Context { home, config };
         match cli.command {
-            Command::Plugin(cmd) => plugin::run(&home, cmd).await,
-            Command::Tool(cmd) => tool::run(&home, cmd).await,
+            Command::Plugin(cmd) => plugin::run(&cx, cmd).await,
+            Command::Tool(cmd) => tool::run(&cx, cmd).await,
+            Command::Model(cmd) => model::run(&cx, cmd).await,
         }
     });
     match result {

@@ -1,6 +1,5 @@
 //! `camina plugin …`
 
-use crate::home;
 use anyhow::Context as _;
 use camina_registry::{PluginRecord, PolicySource};
 use clap::Subcommand;
@@ -38,18 +37,18 @@ pub enum PluginCommand {
     Remove { name: String },
 }
 
-pub async fn run(home: &Path, cmd: PluginCommand) -> anyhow::Result<()> {
+pub async fn run(cx: &crate::Context, cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
         PluginCommand::Install {
             file,
             policy,
             sha256,
             json,
-        } => install(home, &file, policy.as_deref(), sha256.as_deref(), json).await,
-        PluginCommand::List { json } => list(home, json),
-        PluginCommand::Show { name, json } => show(home, &name, json),
+        } => install(cx, &file, policy.as_deref(), sha256.as_deref(), json).await,
+        PluginCommand::List { json } => list(cx, json),
+        PluginCommand::Show { name, json } => show(cx, &name, json),
         PluginCommand::Remove { name } => {
-            let registry = home::registry(home)?;
+            let registry = cx.registry()?;
             let record = registry.remove(&name)?;
             println!(
                 "removed {} {} ({})",
@@ -61,7 +60,7 @@ pub async fn run(home: &Path, cmd: PluginCommand) -> anyhow::Result<()> {
 }
 
 async fn install(
-    home: &Path,
+    cx: &crate::Context,
     file: &Path,
     policy: Option<&Path>,
     sha256: Option<&str>,
@@ -69,7 +68,7 @@ async fn install(
 ) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let policy = policy.map(PolicySource::from_file).transpose()?;
-    let registry = home::registry(home)?;
+    let registry = cx.registry()?;
     let report = registry
         .install(&wasm, policy.as_ref(), sha256, &file.display().to_string())
         .await?;
@@ -110,8 +109,8 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn list(home: &Path, json: bool) -> anyhow::Result<()> {
-    let registry = home::registry(home)?;
+fn list(cx: &crate::Context, json: bool) -> anyhow::Result<()> {
+    let registry = cx.registry()?;
     let records = registry.list()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&records)?);
@@ -145,8 +144,8 @@ fn list(home: &Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(home: &Path, name: &str, json: bool) -> anyhow::Result<()> {
-    let registry = home::registry(home)?;
+fn show(cx: &crate::Context, name: &str, json: bool) -> anyhow::Result<()> {
+    let registry = cx.registry()?;
     let plugin = registry.get(name)?;
     let r: &PluginRecord = &plugin.record;
     if json {

@@ -1,10 +1,10 @@
 //! `camina tool …`
 
-use crate::{Reported, UsageError, home};
+use crate::{Reported, UsageError};
 use anyhow::Context as _;
 use clap::Subcommand;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum ToolCommand {
@@ -24,19 +24,19 @@ pub enum ToolCommand {
     },
 }
 
-pub async fn run(home: &Path, cmd: ToolCommand) -> anyhow::Result<()> {
+pub async fn run(cx: &crate::Context, cmd: ToolCommand) -> anyhow::Result<()> {
     match cmd {
         ToolCommand::Call {
             plugin,
             tool,
             input,
             workspace,
-        } => call(home, &plugin, &tool, input, workspace).await,
+        } => call(cx, &plugin, &tool, input, workspace).await,
     }
 }
 
 async fn call(
-    home: &Path,
+    cx: &crate::Context,
     plugin: &str,
     tool: &str,
     input: String,
@@ -68,7 +68,7 @@ async fn call(
         ))
         .into());
     }
-    let registry = home::registry(home)?;
+    let registry = cx.registry()?;
     match registry.call(plugin, tool, &input, Some(&workspace)).await {
         Ok(outcome) => match outcome.result {
             Ok(json) => {

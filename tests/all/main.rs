@@ -4,6 +4,7 @@
 
 mod cli;
 mod install;
+mod models;
 mod net_support;
 mod security;
 mod skills;

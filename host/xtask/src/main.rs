@@ -254,6 +254,14 @@ fn test(extra: &[String]) -> Result {
         .args(["clippy", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(root.join("target/wasm"))
         .args(["--", "-D", "warnings"]))?;
+    // The embedded-model tests need the default GGUF (cached downloads).
+    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
+    run(cargo()
+        .current_dir(&root)
+        .args([
+            "run", "--quiet", "--bin", "camina", "--", "model", "fetch", "--output",
+        ])
+        .arg(&gguf))?;
     // The skills' own unit tests run natively.
     run(cargo()
         .current_dir(root.join("plugins"))
@@ -262,5 +270,6 @@ fn test(extra: &[String]) -> Result {
     run(cargo()
         .current_dir(&root)
         .args(["test", "--workspace"])
-        .args(extra))
+        .args(extra)
+        .env("CAMINA_TEST_GGUF", &gguf))
 }

@@ -1,0 +1,60 @@
+//! `config.toml`: `$CAMINA_HOME/config.toml`, or `--config FILE`. Every
+//! section and key is optional; unknown keys are errors naming the file.
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub models: camina_model::config::ModelsSection,
+    #[serde(default)]
+    pub ollama: camina_model::config::OllamaSection,
+    #[serde(default)]
+    pub embedded: camina_model::config::EmbeddedSection,
+}
+
+impl FileConfig {
+    pub fn model_config(&self) -> camina_model::Config {
+        camina_model::Config {
+            models: self.models.clone(),
+            ollama: self.ollama.clone(),
+            embedded: self.embedded.clone(),
+        }
+    }
+}
+
+/// Loads `--config FILE` (which must exist) or `<home>/config.toml` (which
+/// may not).
+pub fn load(flag: Option<&Path>, home: &Path) -> anyhow::Result<(FileConfig, Option<PathBuf>)> {
+    let (path, required) = match flag {
+        Some(p) => (p.to_path_buf(), true),
+        None => (home.join("config.toml"), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            return Ok((FileConfig::default(), None));
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read the config file {}", path.display()));
+        }
+    };
+    let config: FileConfig = toml::from_str(&text).map_err(|e| {
+        let (line, col) = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                (
+                    before.matches('\n').count() + 1,
+                    before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1,
+                )
+            })
+            .unwrap_or((0, 0));
+        anyhow::anyhow!("{}:{line}:{col}: {}", path.display(), e.message().trim())
+    })?;
+    Ok((config, Some(path)))
+}

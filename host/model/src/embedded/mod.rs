@@ -1,0 +1,420 @@
+//! llama.cpp in-process (`llama-cpp-2`): everything runs with no server.
+//!
+//! One model is loaded per file per process and shared by every role; each
+//! call gets its own context. Decoding is greedy by default (so the same
+//! request gives the same reply) and, whenever tools or a JSON format are
+//! requested, grammar-constrained (see [`crate::grammar`]), so the reply
+//! always parses. Calls are serialised: on a small machine two decodes at
+//! once only make both slower.
+//!
+//! Not here: thinking (an embedded model has no separate reasoning channel;
+//! the bridge refuses `think` for it) and GPU offload.
+
+pub mod prompt;
+
+use crate::grammar::Bounds;
+use crate::{
+    ChatBackend, ChatReply, ChatRequest, Message, ModelError, Progress, Result, Role, Timing,
+};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use llama_cpp_2::sampling::LlamaSampler;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+/// Tunables of the embedded backend.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedOptions {
+    pub threads: u32,
+    /// Context size per call (capped at the model's training context).
+    pub n_ctx: u32,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            n_ctx: 4096,
+        }
+    }
+}
+
+/// Default and largest number of generated tokens.
+const DEFAULT_PREDICT_JSON: u32 = 512;
+const DEFAULT_PREDICT_TEXT: u32 = 256;
+
+fn backend() -> Result<&'static LlamaBackend> {
+    static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let enabled = std::env::var_os("CAMINA_LLAMA_LOG").is_some();
+            llama_cpp_2::send_logs_to_tracing(
+                llama_cpp_2::LogOptions::default().with_logs_enabled(enabled),
+            );
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| ModelError::Embedded(format!("initialising llama.cpp: {e}")))
+}
+
+/// llama.cpp's context creation is not safe to run concurrently on one
+/// model (it adjusts the model's parameters); decoding is serialised too.
+static DECODE: Mutex<()> = Mutex::new(());
+
+/// How prompts are built for a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PromptStyle {
+    /// Through the model's chat template.
+    Chat(String),
+    /// A completion transcript (base models).
+    Completion,
+}
+
+struct Inner {
+    model: LlamaModel,
+    path: PathBuf,
+    name: String,
+    style: PromptStyle,
+    opts: EmbeddedOptions,
+}
+
+/// A loaded GGUF model.
+#[derive(Clone)]
+pub struct EmbeddedBackend(Arc<Inner>);
+
+impl std::fmt::Debug for EmbeddedBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBackend")
+            .field("path", &self.0.path)
+            .field("name", &self.0.name)
+            .field("style", &self.0.style)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the GGUF metadata says the model is instruction-tuned.
+fn looks_instruction_tuned(model: &LlamaModel) -> bool {
+    [
+        "general.name",
+        "general.finetune",
+        "general.basename",
+        "general.type",
+    ]
+    .iter()
+    .filter_map(|k| model.meta_val_str(k).ok())
+    .any(|v| {
+        let v = v.to_ascii_lowercase();
+        v.split(|c: char| !c.is_ascii_alphanumeric())
+            .any(|w| matches!(w, "it" | "instruct" | "chat" | "sft" | "dpo"))
+    })
+}
+
+impl EmbeddedBackend {
+    /// Loads `path`. A missing file, a file that is not GGUF or a model
+    /// llama.cpp refuses is an error naming the file.
+    pub fn load(path: &Path, opts: EmbeddedOptions) -> Result<Self> {
+        if !path.is_file() {
+            return Err(ModelError::ModelFileMissing {
+                path: path.display().to_string(),
+                hint: "run `camina model fetch`, or point [embedded] gguf at a GGUF file".into(),
+            });
+        }
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+        if read.is_err() || &magic != b"GGUF" {
+            return Err(ModelError::Embedded(format!(
+                "{}: not a GGUF model file (it does not start with the GGUF magic)",
+                path.display()
+            )));
+        }
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(0);
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
+            ModelError::Embedded(format!(
+                "{}: llama.cpp cannot load it ({e}); is the file complete?",
+                path.display()
+            ))
+        })?;
+        let name = model.meta_val_str("general.name").unwrap_or_else(|_| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let style = match model.chat_template(None) {
+            Ok(t) if looks_instruction_tuned(&model) => {
+                PromptStyle::Chat(t.to_string().unwrap_or_else(|_| "chatml".into()))
+            }
+            _ => PromptStyle::Completion,
+        };
+        tracing::info!(path = %path.display(), %name, ?style, "embedded model loaded");
+        Ok(Self(Arc::new(Inner {
+            model,
+            path: path.to_path_buf(),
+            name,
+            style,
+            opts,
+        })))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    pub fn style(&self) -> &PromptStyle {
+        &self.0.style
+    }
+
+    /// The underlying model (benches compare against raw decode loops).
+    pub fn model(&self) -> &LlamaModel {
+        &self.0.model
+    }
+
+    /// Whether llama.cpp accepts `gbnf` (with root rule `root`) for this
+    /// model's vocabulary.
+    pub fn check_grammar(&self, gbnf: &str) -> Result<()> {
+        LlamaSampler::grammar(&self.0.model, gbnf, "root")
+            .map(drop)
+            .map_err(|e| ModelError::Embedded(format!("grammar refused: {e}")))
+    }
+
+    fn render(&self, req: &ChatRequest, skip: usize) -> Result<String> {
+        match &self.0.style {
+            PromptStyle::Completion => Ok(prompt::completion_prompt(req, skip)),
+            PromptStyle::Chat(name) => {
+                let tmpl = LlamaChatTemplate::new(name)
+                    .map_err(|e| ModelError::Embedded(e.to_string()))?;
+                let turns = prompt::chat_turns(req, skip)
+                    .into_iter()
+                    .map(|(r, c)| LlamaChatMessage::new(r, c))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| ModelError::Embedded(format!("chat message: {e}")))?;
+                match self.0.model.apply_chat_template(&tmpl, &turns, true) {
+                    Ok(p) => Ok(p),
+                    // llama.cpp only knows built-in templates; fall back.
+                    Err(_) => Ok(prompt::completion_prompt(req, skip)),
+                }
+            }
+        }
+    }
+
+    /// Runs one request to completion on this thread.
+    fn generate(&self, req: &ChatRequest, on_piece: &dyn Fn(&str)) -> Result<ChatReply> {
+        let started = Instant::now();
+        let inner = &*self.0;
+        let model = &inner.model;
+        let vocab = model.vocab();
+        let n_ctx = inner.opts.n_ctx.min(model.n_ctx_train()).max(256);
+        let json = !req.tools.is_empty() || req.format.is_some();
+        let max_new = req
+            .options
+            .num_predict
+            .unwrap_or(if json {
+                DEFAULT_PREDICT_JSON
+            } else {
+                DEFAULT_PREDICT_TEXT
+            })
+            .clamp(1, n_ctx / 2);
+        let bounds = Bounds {
+            max_string: 1024,
+            max_items: 8,
+        };
+        let grammar =
+            prompt::grammar(req, bounds).map_err(|e| ModelError::Embedded(e.to_string()))?;
+        let parse_special = matches!(inner.style, PromptStyle::Chat(_));
+
+        // Fit the prompt: drop the oldest non-system messages if needed.
+        let non_system = req
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .count();
+        let mut skip = 0;
+        let tokens = loop {
+            let text = self.render(req, skip)?;
+            let tokens = vocab.tokenize(text.as_bytes(), true, parse_special);
+            if tokens.len() as u32 + max_new <= n_ctx {
+                break tokens;
+            }
+            if skip + 1 >= non_system {
+                return Err(ModelError::Embedded(format!(
+                    "the prompt needs {} tokens but the embedded context holds {n_ctx} (with {max_new} \
+                     reserved for the reply); raise [embedded] n_ctx",
+                    tokens.len()
+                )));
+            }
+            skip += 1;
+        };
+        if skip > 0 {
+            tracing::warn!(
+                dropped = skip,
+                "embedded: oldest messages dropped to fit the context"
+            );
+        }
+
+        let _serial = DECODE.lock().unwrap_or_else(|p| p.into_inner());
+        let threads = i32::try_from(inner.opts.threads.max(1)).unwrap_or(2);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(n_ctx)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let mut ctx = model
+            .new_context(backend()?, params)
+            .map_err(|e| ModelError::Embedded(format!("creating a context: {e}")))?;
+
+        let decode_err = |e: llama_cpp_2::DecodeError| ModelError::Embedded(format!("decode: {e}"));
+        let batch_err = |e: llama_cpp_2::llama_batch::BatchAddError| {
+            ModelError::Embedded(format!("batch: {e}"))
+        };
+        let mut batch = LlamaBatch::new(n_ctx as usize, 1);
+        let last = tokens.len() as i32 - 1;
+        for (i, t) in (0_i32..).zip(tokens.iter().copied()) {
+            batch.add(t, i, &[0], i == last).map_err(batch_err)?;
+        }
+        ctx.decode(&mut batch).map_err(decode_err)?;
+        let prompt_done = Instant::now();
+
+        let mut chain = Vec::new();
+        if let Some(g) = &grammar {
+            chain.push(LlamaSampler::grammar(model, g, "root").map_err(|e| {
+                ModelError::Embedded(format!("the reply grammar was refused by llama.cpp: {e}"))
+            })?);
+        }
+        match req.options.temperature {
+            Some(t) if t > 0.0 => {
+                chain.push(LlamaSampler::temp(t));
+                chain.push(LlamaSampler::dist(req.options.seed.unwrap_or(42) as u32));
+            }
+            _ => chain.push(LlamaSampler::greedy()),
+        }
+        let mut sampler = LlamaSampler::chain_simple(chain);
+
+        let mut out: Vec<u8> = Vec::new();
+        let mut emitted = 0usize;
+        let watch_turns = grammar.is_none() && matches!(inner.style, PromptStyle::Completion);
+        let hold = if watch_turns {
+            prompt::TURN.len() - 1
+        } else {
+            0
+        };
+        let mut n_cur = batch.n_tokens();
+        let mut generated = 0u32;
+        let mut done_reason = "length";
+        while generated < max_new {
+            // `sample` applies the chain and accepts the token.
+            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+            if vocab.is_eog(token) {
+                done_reason = "stop";
+                break;
+            }
+            generated += 1;
+            vocab.token_to_piece_into(token, &mut out, false, None);
+            // Free text stops where the model starts another turn.
+            if watch_turns && let Some(pos) = find(&out, prompt::TURN.as_bytes()) {
+                out.truncate(pos);
+                done_reason = "stop";
+                break;
+            }
+            // Hand out what is valid UTF-8 and cannot be the start of a turn
+            // heading.
+            emitted += emit(&out[emitted..], hold, on_piece);
+            if n_cur >= n_ctx as i32 {
+                break;
+            }
+            batch.clear();
+            batch.add(token, n_cur, &[0], true).map_err(batch_err)?;
+            n_cur += 1;
+            ctx.decode(&mut batch).map_err(decode_err)?;
+        }
+        if emitted < out.len() {
+            emit(&out[emitted..], 0, on_piece);
+        }
+        let finished = Instant::now();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (content, tool_calls) = prompt::interpret(req, &text);
+        Ok(ChatReply {
+            message: Message {
+                role: Role::Assistant,
+                content,
+                thinking: None,
+                tool_calls,
+                tool_name: None,
+            },
+            backend: "embedded".into(),
+            model: inner.name.clone(),
+            model_digest: None,
+            done_reason: Some(done_reason.into()),
+            prompt_tokens: tokens.len() as u32,
+            completion_tokens: generated,
+            timing: Timing {
+                total_ms: (finished - started).as_secs_f64() * 1e3,
+                prompt_ms: (prompt_done - started).as_secs_f64() * 1e3,
+                generation_ms: (finished - prompt_done).as_secs_f64() * 1e3,
+            },
+        })
+    }
+}
+
+/// Passes the valid UTF-8 prefix of `pending`, minus its last `hold` bytes,
+/// to `on_piece`; returns how many bytes were passed.
+fn emit(pending: &[u8], hold: usize, on_piece: &dyn Fn(&str)) -> usize {
+    let valid = match std::str::from_utf8(pending) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&pending[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut end = valid.len().saturating_sub(hold);
+    while !valid.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end > 0 {
+        on_piece(&valid[..end]);
+    }
+    end
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[async_trait::async_trait]
+impl ChatBackend for EmbeddedBackend {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    #[tracing::instrument(name = "model.embedded", skip_all, fields(model = %self.0.name))]
+    async fn chat(
+        &self,
+        _model: &str,
+        request: &ChatRequest,
+        progress: Option<Progress<'_>>,
+    ) -> Result<ChatReply> {
+        if request.think {
+            return Err(ModelError::ThinkingUnsupported {
+                model: self.0.name.clone(),
+                message: "embedded models have no separate thinking output".into(),
+            });
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let this = self.clone();
+        let req = request.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            this.generate(&req, &|piece: &str| {
+                let _ = tx.send(piece.to_owned());
+            })
+        });
+        while let Some(piece) = rx.recv().await {
+            if let Some(p) = progress {
+                p(&piece, "");
+            }
+        }
+        job.await
+            .map_err(|e| ModelError::Embedded(format!("the decode thread failed: {e}")))?
+    }
+}

@@ -1,0 +1,266 @@
+//! Prompts for embedded models and reading their replies.
+//!
+//! A model with a chat template gets the conversation through it; a base
+//! model (like the default Gemma 3 270M) gets a completion prompt: a
+//! transcript with `### Role` headings that ends where the assistant's turn
+//! begins. Either way, when tools or a JSON format are requested the reply
+//! is grammar-constrained to one JSON object:
+//! `{"tool": "<name>", "arguments": {…}}` to call a tool, or
+//! `{"answer": "<text>"}` (or the requested format) to answer.
+
+use crate::grammar::{Alt, Bounds, GrammarError, alternatives_to_gbnf, schema_to_gbnf};
+use crate::{ChatRequest, Message, Role, ToolCall};
+use serde_json::{Value, json};
+
+/// Heading that starts each turn of a completion prompt; generation of free
+/// text stops when the model starts a new one.
+pub const TURN: &str = "\n### ";
+
+/// The system text plus what the embedded protocol needs the model to know.
+pub fn system_text(req: &ChatRequest) -> String {
+    let mut text: Vec<String> = req
+        .messages
+        .iter()
+        .filter(|m| m.role == Role::System)
+        .map(|m| m.content.clone())
+        .collect();
+    if !req.tools.is_empty() {
+        let mut t = String::from(
+            "You can use tools. To use one, reply with {\"tool\": \"<name>\", \"arguments\": {...}}. \
+             The result comes back as a tool message. When you have what you need, reply with ",
+        );
+        if req.format.is_some() {
+            t.push_str("the final answer as JSON.");
+        } else {
+            t.push_str("{\"answer\": \"<your answer>\"}.");
+        }
+        t.push_str("\nTools:");
+        for tool in &req.tools {
+            let args = tool.parameters.get("properties").map(|p| {
+                p.as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            });
+            t.push_str(&format!(
+                "\n- {}({}): {}",
+                tool.name,
+                args.unwrap_or_default(),
+                tool.description
+            ));
+        }
+        text.push(t);
+    }
+    if let Some(format) = &req.format {
+        text.push(format!(
+            "Reply with one JSON object matching this schema: {format}"
+        ));
+    }
+    text.join("\n\n")
+}
+
+/// A message as transcript text (tool calls shown in the protocol's JSON).
+fn body(m: &Message) -> String {
+    if m.role == Role::Assistant && !m.tool_calls.is_empty() {
+        let calls: Vec<String> = m
+            .tool_calls
+            .iter()
+            .map(|c| json!({"tool": c.name, "arguments": c.arguments}).to_string())
+            .collect();
+        return calls.join("\n");
+    }
+    m.content.clone()
+}
+
+/// The completion prompt for a base model; `skip` drops that many of the
+/// oldest non-system messages (to fit the context).
+pub fn completion_prompt(req: &ChatRequest, skip: usize) -> String {
+    let mut out = String::from(
+        "Below is a conversation between a user and a capable assistant. The assistant follows \
+         the instructions exactly and answers briefly.\n",
+    );
+    let system = system_text(req);
+    if !system.is_empty() {
+        out.push_str(&format!("{TURN}Instructions\n{system}\n"));
+    }
+    for m in req
+        .messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .skip(skip)
+    {
+        let heading = match m.role {
+            Role::User => "User".to_owned(),
+            Role::Assistant => "Assistant".to_owned(),
+            Role::Tool => format!("Tool result ({})", m.tool_name.as_deref().unwrap_or("tool")),
+            Role::System => unreachable!("filtered"),
+        };
+        out.push_str(&format!("{TURN}{heading}\n{}\n", body(m)));
+    }
+    out.push_str(&format!("{TURN}Assistant\n"));
+    out
+}
+
+/// `(role, content)` pairs for a chat template; `skip` as above.
+pub fn chat_turns(req: &ChatRequest, skip: usize) -> Vec<(String, String)> {
+    let mut turns = Vec::new();
+    let system = system_text(req);
+    if !system.is_empty() {
+        turns.push(("system".to_owned(), system));
+    }
+    for m in req
+        .messages
+        .iter()
+        .filter(|m| m.role != Role::System)
+        .skip(skip)
+    {
+        let (role, content) = match m.role {
+            Role::User => ("user", body(m)),
+            Role::Assistant => ("assistant", body(m)),
+            Role::Tool => (
+                "user",
+                format!(
+                    "Tool result ({}):\n{}",
+                    m.tool_name.as_deref().unwrap_or("tool"),
+                    m.content
+                ),
+            ),
+            Role::System => unreachable!("filtered"),
+        };
+        turns.push((role.to_owned(), content));
+    }
+    turns
+}
+
+/// The grammar constraining the reply, if the request needs one.
+pub fn grammar(req: &ChatRequest, bounds: Bounds) -> Result<Option<String>, GrammarError> {
+    if req.tools.is_empty() {
+        return req
+            .format
+            .as_ref()
+            .map(|f| schema_to_gbnf(f, bounds))
+            .transpose();
+    }
+    let names: Vec<Value> = req.tools.iter().map(|t| json!({"const": t.name})).collect();
+    let answer = json!({"type": "string"});
+    let mut alts: Vec<Alt<'_>> = req
+        .tools
+        .iter()
+        .zip(&names)
+        .map(|(t, n)| Alt::Shape(vec![("tool", n), ("arguments", &t.parameters)]))
+        .collect();
+    alts.push(match &req.format {
+        Some(format) => Alt::Schema(format),
+        None => Alt::Shape(vec![("answer", &answer)]),
+    });
+    alternatives_to_gbnf(&alts, bounds).map(Some)
+}
+
+/// Turns the constrained JSON text into content or a tool call.
+pub fn interpret(req: &ChatRequest, text: &str) -> (String, Vec<ToolCall>) {
+    if req.tools.is_empty() {
+        return (text.trim().to_owned(), Vec::new());
+    }
+    let Ok(value) = serde_json::from_str::<Value>(text.trim()) else {
+        return (text.trim().to_owned(), Vec::new());
+    };
+    if let (Some(name), Some(args)) = (
+        value.get("tool").and_then(Value::as_str),
+        value.get("arguments"),
+    ) {
+        return (
+            String::new(),
+            vec![ToolCall {
+                name: name.to_owned(),
+                arguments: args.clone(),
+            }],
+        );
+    }
+    if req.format.is_none()
+        && let Some(answer) = value.get("answer").and_then(Value::as_str)
+    {
+        return (answer.to_owned(), Vec::new());
+    }
+    (text.trim().to_owned(), Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ToolSpec;
+
+    fn req_with_tools(format: Option<Value>) -> ChatRequest {
+        ChatRequest {
+            messages: vec![
+                Message::system("Be useful."),
+                Message::user("Read a.txt"),
+                Message {
+                    tool_calls: vec![ToolCall {
+                        name: "read_file".into(),
+                        arguments: json!({"path": "a.txt"}),
+                    }],
+                    ..Message::assistant("")
+                },
+                Message::tool("read_file", "{\"content\":\"hi\"}"),
+            ],
+            tools: vec![ToolSpec {
+                name: "read_file".into(),
+                description: "Read a file".into(),
+                parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+            }],
+            format,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn completion_prompt_is_a_transcript_ending_at_the_assistant() {
+        let p = completion_prompt(&req_with_tools(None), 0);
+        assert!(p.contains("### Instructions\nBe useful."), "{p}");
+        assert!(p.contains("- read_file(path): Read a file"), "{p}");
+        assert!(
+            p.contains(
+                "### Assistant\n{\"arguments\":{\"path\":\"a.txt\"},\"tool\":\"read_file\"}"
+            ) || p.contains("\"tool\":\"read_file\""),
+            "{p}"
+        );
+        assert!(
+            p.contains("### Tool result (read_file)\n{\"content\":\"hi\"}"),
+            "{p}"
+        );
+        assert!(p.ends_with("### Assistant\n"), "{p}");
+        let skipped = completion_prompt(&req_with_tools(None), 2);
+        assert!(!skipped.contains("### User"), "{skipped}");
+    }
+
+    #[test]
+    fn replies_become_tool_calls_or_answers() {
+        let r = req_with_tools(None);
+        let (c, calls) = interpret(&r, r#"{"tool":"read_file","arguments":{"path":"b"}}"#);
+        assert!(c.is_empty());
+        assert_eq!(calls[0].arguments, json!({"path": "b"}));
+        let (c, calls) = interpret(&r, r#"{"answer":"done"}"#);
+        assert_eq!((c.as_str(), calls.len()), ("done", 0));
+        let formatted = req_with_tools(Some(
+            json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}),
+        ));
+        let (c, _) = interpret(&formatted, r#"{"answer":"x"}"#);
+        assert_eq!(c, r#"{"answer":"x"}"#);
+    }
+
+    #[test]
+    fn grammars_cover_tools_answers_and_formats() {
+        let g = grammar(&req_with_tools(None), Bounds::default())
+            .unwrap()
+            .unwrap();
+        assert!(g.starts_with("root ::= alt0 | alt1"), "{g}");
+        let f = grammar(
+            &req_with_tools(Some(json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}))),
+            Bounds::default(),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(f.starts_with("root ::= alt0 | alt1"), "{f}");
+        let none = grammar(&ChatRequest::default(), Bounds::default()).unwrap();
+        assert!(none.is_none());
+    }
+}

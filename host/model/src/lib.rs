@@ -1,0 +1,241 @@
+//! The model bridge: the one place that talks to models.
+//!
+//! Everything above it sees one small interface: a [`ChatRequest`] (messages,
+//! optional tools with JSON schemas, optional JSON-schema output format,
+//! thinking on/off, options) and a [`ChatReply`] (content, thinking, tool
+//! calls, token counts, which backend and model answered, timing). Three
+//! backends implement [`ChatBackend`]:
+//!
+//! - [`ollama::OllamaBackend`], the production path: Ollama's `/api/chat`
+//!   with request types from `ollama-rs`, plus what that crate lacks (status
+//!   codes mapped to typed errors, `{"error":…}` lines inside a stream,
+//!   `done_reason`, byte-safe NDJSON splitting, retries with backoff);
+//! - `embedded::EmbeddedBackend` (cargo feature `embedded`, on by default):
+//!   llama.cpp in-process with grammar-constrained JSON, so everything runs
+//!   with no server;
+//! - [`replay::ReplayBackend`]: answers from a recorded transcript and
+//!   reports a mismatch when the request differs.
+//!
+//! [`Bridge`] maps roles (coordinator, reasoner, belter, drummer) to
+//! backends and models from the config, checks capabilities before sending
+//! (no tools to a model without the `tools` capability), and reports what it
+//! chose ([`Bridge::check`]).
+//!
+//! Not here: prompts and protocols of the agents (the coordinator), the
+//! journal (it stores requests and replies, which serialise with serde).
+
+mod bridge;
+pub mod config;
+#[cfg(feature = "embedded")]
+pub mod embedded;
+pub mod fetch;
+pub mod grammar;
+pub mod ollama;
+pub mod replay;
+
+pub use bridge::{Bridge, Resolved, RoleReport};
+pub use config::{Config, ModelRole, ModelSpec};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Who said a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// A tool call a model asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments object.
+    pub arguments: Value,
+}
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For `Role::Tool`: which tool this is the result of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_name: Option<String>,
+}
+
+impl Message {
+    fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            thinking: None,
+            tool_calls: Vec::new(),
+            tool_name: None,
+        }
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+
+    /// The result of calling `tool`.
+    pub fn tool(tool: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_name: Some(tool.into()),
+            ..Self::new(Role::Tool, content)
+        }
+    }
+}
+
+/// A tool offered to the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
+}
+
+/// Sampling and context options. Unset fields use the backend's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Options {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_ctx: Option<u32>,
+    /// Most tokens to generate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_predict: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u32>,
+}
+
+/// A chat request, independent of the backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    /// JSON Schema the reply's content must follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Value>,
+    /// Ask for the model's reasoning (`thinking`) separately.
+    #[serde(default)]
+    pub think: bool,
+    #[serde(default)]
+    pub options: Options,
+    /// How long Ollama keeps the model loaded afterwards (`5m`, `-1`, `0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<String>,
+}
+
+/// How long a reply took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub total_ms: f64,
+    pub prompt_ms: f64,
+    pub generation_ms: f64,
+}
+
+/// A model's reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatReply {
+    pub message: Message,
+    /// `ollama`, `embedded` or `replay`.
+    pub backend: String,
+    pub model: String,
+    /// The model's digest when the backend knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_digest: Option<String>,
+    /// `stop`, `length` (cut off at the token limit), …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_reason: Option<String>,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub timing: Timing,
+}
+
+impl ChatReply {
+    /// True when generation stopped at the token limit.
+    pub fn truncated(&self) -> bool {
+        self.done_reason.as_deref() == Some("length")
+    }
+}
+
+/// Streaming progress: pieces of content and thinking as they arrive.
+pub type Progress<'a> = &'a (dyn Fn(&str, &str) + Send + Sync);
+
+/// Everything that can go wrong talking to a model.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "model `{model}` is not available ({message}); pull it with `ollama pull {model}` or \
+         choose another model in config.toml [models]"
+    )]
+    ModelNotFound { model: String, message: String },
+    #[error("model `{model}` does not support tools ({message})")]
+    ToolsUnsupported { model: String, message: String },
+    #[error("model `{model}` does not support thinking ({message})")]
+    ThinkingUnsupported { model: String, message: String },
+    #[error("the Ollama server is overloaded (503) and did not recover after retries: {message}")]
+    Busy { message: String },
+    #[error("cannot reach the Ollama server at {url}: {message}")]
+    Unreachable { url: String, message: String },
+    #[error("Ollama answered HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    #[error("Ollama reported an error in the middle of the reply: {message}")]
+    Stream { message: String },
+    #[error("the reply from {backend} could not be understood: {message}")]
+    BadReply { backend: String, message: String },
+    #[error("no model file at {path}: {hint}")]
+    ModelFileMissing { path: String, hint: String },
+    #[error("the embedded model failed: {0}")]
+    Embedded(String),
+    #[error("replay mismatch at request {index}: {reason}")]
+    ReplayMismatch { index: usize, reason: String },
+    #[error("replay transcript exhausted: request {index} was never recorded")]
+    ReplayExhausted { index: usize },
+    #[error("no model for role `{role}`: {reason}")]
+    NoBackend { role: String, reason: String },
+    #[error("fetching the model: {0}")]
+    Fetch(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// One way of talking to models.
+#[async_trait::async_trait]
+pub trait ChatBackend: Send + Sync {
+    /// `ollama`, `embedded`, `replay`.
+    fn kind(&self) -> &'static str;
+
+    /// Sends `request` to `model`.
+    async fn chat(
+        &self,
+        model: &str,
+        request: &ChatRequest,
+        progress: Option<Progress<'_>>,
+    ) -> Result<ChatReply>;
+}
