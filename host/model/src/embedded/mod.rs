@@ -48,7 +48,8 @@ impl Default for EmbeddedOptions {
 const DEFAULT_PREDICT_JSON: u32 = 512;
 const DEFAULT_PREDICT_TEXT: u32 = 256;
 
-fn backend() -> Result<&'static LlamaBackend> {
+/// The process-wide llama.cpp backend (initialised once).
+pub fn llama_backend() -> Result<&'static LlamaBackend> {
     static BACKEND: OnceLock<std::result::Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
@@ -133,7 +134,7 @@ impl EmbeddedBackend {
                 path.display()
             )));
         }
-        let backend = backend()?;
+        let backend = llama_backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(0);
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
             ModelError::Embedded(format!(
@@ -265,7 +266,7 @@ impl EmbeddedBackend {
             .with_n_threads(threads)
             .with_n_threads_batch(threads);
         let mut ctx = model
-            .new_context(backend()?, params)
+            .new_context(llama_backend()?, params)
             .map_err(|e| ModelError::Embedded(format!("creating a context: {e}")))?;
 
         let decode_err = |e: llama_cpp_2::DecodeError| ModelError::Embedded(format!("decode: {e}"));
