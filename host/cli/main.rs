@@ -8,6 +8,7 @@ mod config;
 mod home;
 mod model;
 mod plugin;
+mod task;
 mod tool;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,12 @@ enum Command {
     /// Check, fetch and try the models behind each role.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Run a task: the coordinator plans, the crews work, the answer is
+    /// printed on stdout (progress on stderr, first line `task <ID>`).
+    Run(task::RunArgs),
+    /// List, show, resume and cancel tasks.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
 }
 
 /// What every command needs: the home directory and the configuration.
@@ -113,6 +120,8 @@ fn main() -> ExitCode {
             Command::Plugin(cmd) => plugin::run(&cx, cmd).await,
             Command::Tool(cmd) => tool::run(&cx, cmd).await,
             Command::Model(cmd) => model::run(&cx, cmd).await,
+            Command::Run(args) => task::run(&cx, args).await,
+            Command::Task(cmd) => task::task(&cx, cmd).await,
         }
     });
     match result {

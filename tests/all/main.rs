@@ -3,6 +3,8 @@
 //! Guest components come from `camina-test-artifacts`, built once per build.
 
 mod cli;
+mod crash;
+mod engine;
 mod install;
 mod models;
 mod net_support;

@@ -17,7 +17,11 @@ use std::time::Instant;
 const GEN_TOKENS: u32 = 64;
 
 /// llama.cpp's own loop: decode the prompt, then greedy one token at a time.
-fn raw_loop(backend: &EmbeddedBackend, tokens: &[llama_cpp_2::token::LlamaToken], threads: i32) -> (f64, f64) {
+fn raw_loop(
+    backend: &EmbeddedBackend,
+    tokens: &[llama_cpp_2::token::LlamaToken],
+    threads: i32,
+) -> (f64, f64) {
     let model = backend.model();
     let be = camina_model::embedded::llama_backend().expect("llama.cpp initialised");
     let params = LlamaContextParams::default()
@@ -35,17 +39,19 @@ fn raw_loop(backend: &EmbeddedBackend, tokens: &[llama_cpp_2::token::LlamaToken]
     ctx.decode(&mut batch).expect("decode");
     let prompt_s = t0.elapsed().as_secs_f64();
     let mut sampler = LlamaSampler::greedy();
-    let mut n_cur = batch.n_tokens();
     let t1 = Instant::now();
-    for _ in 0..GEN_TOKENS {
+    let first = batch.n_tokens();
+    for pos in first..first + GEN_TOKENS as i32 {
         let token = sampler.sample(&ctx, batch.n_tokens() - 1);
         batch.clear();
-        batch.add(token, n_cur, &[0], true).expect("batch");
-        n_cur += 1;
+        batch.add(token, pos, &[0], true).expect("batch");
         ctx.decode(&mut batch).expect("decode");
     }
     let gen_s = t1.elapsed().as_secs_f64();
-    (tokens.len() as f64 / prompt_s, f64::from(GEN_TOKENS) / gen_s)
+    (
+        tokens.len() as f64 / prompt_s,
+        f64::from(GEN_TOKENS) / gen_s,
+    )
 }
 
 fn main() {
@@ -54,16 +60,28 @@ fn main() {
 
     // --- P6: embedded tokens/s vs the raw loop --------------------------
     match gguf() {
-        None => eprintln!("P6 skipped: no GGUF (run `cargo xtask test` or `camina model fetch --output target/models/gemma-3-270m-q4_k_m.gguf`)"),
+        None => eprintln!(
+            "P6 skipped: no GGUF (run `cargo xtask test` or `camina model fetch --output target/models/gemma-3-270m-q4_k_m.gguf`)"
+        ),
         Some(path) => {
             let threads = 2;
-            let backend = EmbeddedBackend::load(&path, EmbeddedOptions { threads: threads as u32, n_ctx: 2048 }).expect("load");
+            let backend = EmbeddedBackend::load(
+                &path,
+                EmbeddedOptions {
+                    threads: threads as u32,
+                    n_ctx: 2048,
+                },
+            )
+            .expect("load");
             let req = ChatRequest {
                 messages: vec![Message::user(
                     "Write a long, detailed story about a ship that sails from Ceres to Tycho station, \
                      with every crew member named and every port described.",
                 )],
-                options: Options { num_predict: Some(GEN_TOKENS), ..Default::default() },
+                options: Options {
+                    num_predict: Some(GEN_TOKENS),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             // Warm up once, then take the best of 3 for both.
@@ -79,10 +97,17 @@ fn main() {
                 ));
             }
             let prompt_text = camina_model::embedded::prompt::completion_prompt(&req, 0);
-            let tokens = backend.model().vocab().tokenize(prompt_text.as_bytes(), true, false);
-            let mut raw: Vec<(f64, f64)> = (0..3).map(|_| raw_loop(&backend, &tokens, threads)).collect();
+            let tokens = backend
+                .model()
+                .vocab()
+                .tokenize(prompt_text.as_bytes(), true, false);
+            let mut raw: Vec<(f64, f64)> = (0..3)
+                .map(|_| raw_loop(&backend, &tokens, threads))
+                .collect();
             let best = |v: &mut Vec<(f64, f64)>, i: usize| {
-                v.iter().map(|p| if i == 0 { p.0 } else { p.1 }).fold(0.0, f64::max)
+                v.iter()
+                    .map(|p| if i == 0 { p.0 } else { p.1 })
+                    .fold(0.0, f64::max)
             };
             let (our_gen, raw_gen) = (best(&mut ours, 1), best(&mut raw, 1));
             let (our_prompt, raw_prompt) = (best(&mut ours, 0), best(&mut raw, 0));
@@ -107,17 +132,27 @@ fn main() {
 
     // --- bridge overhead against the fake server -------------------------
     let fake = fake_ollama::FakeOllama::start(
-        vec![fake_ollama::FakeModel::new("mistral:7b", &["completion", "tools"])],
+        vec![fake_ollama::FakeModel::new(
+            "mistral:7b",
+            &["completion", "tools"],
+        )],
         |_| fake_ollama::Reply::text("ok"),
     );
-    let ollama = camina_model::ollama::OllamaBackend::new(fake.url(), std::time::Duration::from_secs(10)).expect("backend");
-    let req = ChatRequest { messages: vec![Message::user("hi")], ..Default::default() };
-    let body = camina_model::ollama::OllamaBackend::wire_request("mistral:7b", &req, false).expect("body");
+    let ollama =
+        camina_model::ollama::OllamaBackend::new(fake.url(), std::time::Duration::from_secs(10))
+            .expect("backend");
+    let req = ChatRequest {
+        messages: vec![Message::user("hi")],
+        ..Default::default()
+    };
+    let body =
+        camina_model::ollama::OllamaBackend::wire_request("mistral:7b", &req, false).expect("body");
     let client = reqwest::Client::new();
     let url = format!("{}/api/chat", fake.url());
     let n = 300;
     let bridge = sample(n, || {
-        rt.block_on(ollama.chat("mistral:7b", &req, None)).expect("chat");
+        rt.block_on(ollama.chat("mistral:7b", &req, None))
+            .expect("chat");
     });
     let bare = sample(n, || {
         rt.block_on(async {

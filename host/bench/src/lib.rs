@@ -41,7 +41,9 @@ pub struct Row {
 
 /// Prints the rows as a table and writes them to `target/bench/<name>.md`.
 pub fn report(name: &str, rows: &[Row]) {
-    let mut text = String::from("| id | what | measured | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n");
+    let mut text = String::from(
+        "| id | what | measured | baseline (same run) | ratio | target |\n|---|---|---|---|---|---|\n",
+    );
     for r in rows {
         text.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",

@@ -2,7 +2,8 @@
 //! and what they share). Standard library only, so it builds in seconds.
 //!
 //! - `cargo xtask demo`: build everything, install the bundled skills with
-//!   their policies, run a sample job, print the result
+//!   their policies, get the embedded model, run the sample task, print the
+//!   result
 //! - `cargo xtask test`: the whole test suite (installs what it needs)
 //! - `cargo xtask setup`: system packages and the wasm32-wasip2 target
 //! - `cargo xtask plugins`: build the bundled skills into target/plugins/
@@ -152,6 +153,9 @@ fn plugins() -> Result<Vec<(PathBuf, &'static str)>> {
     Ok(built)
 }
 
+/// The sample task of the README, on the embedded model.
+const SAMPLE_TASK: &str = "Collect every TODO line under src/ into todo.md";
+
 fn demo() -> Result {
     setup()?;
     let root = root();
@@ -163,71 +167,78 @@ fn demo() -> Result {
     let demo = root.join("target/demo");
     let home = demo.join("home");
     let ws = demo.join("workspace");
-    let _ = std::fs::remove_dir_all(&ws);
+    let _ = std::fs::remove_dir_all(&demo);
     std::fs::create_dir_all(ws.join("src")).map_err(|e| e.to_string())?;
-    std::fs::write(
+    std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    let write = |path: PathBuf, text: &str| {
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    write(
         ws.join("src/main.rs"),
         "fn main() {\n    // TODO: parse the command line\n    println!(\"hi\");\n}\n",
-    )
-    .map_err(|e| e.to_string())?;
-    std::fs::write(
+    )?;
+    write(
         ws.join("src/lib.rs"),
         "// TODO: write the library\npub fn f() {}\n",
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
 
+    // The embedded model, shared with the tests (downloads are cached).
+    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
+    write(
+        home.join("config.toml"),
+        &format!("[embedded]\ngguf = {:?}\n", gguf.display().to_string()),
+    )?;
+    let camina_cmd = || {
+        let mut c = Command::new(&camina);
+        c.arg("--home").arg(&home);
+        c
+    };
+    run(camina_cmd().args(["model", "fetch", "--output"]).arg(&gguf))?;
     for (wasm, name) in &skills {
-        run(Command::new(&camina)
-            .arg("--home")
-            .arg(&home)
+        run(camina_cmd()
             .args(["plugin", "install"])
             .arg(wasm)
             .arg("--policy")
             .arg(root.join(format!("policies/{name}.toml"))))?;
     }
-    run(Command::new(&camina)
-        .arg("--home")
-        .arg(&home)
-        .args(["plugin", "list"]))?;
+    run(camina_cmd().args(["model", "check"]))?;
 
-    // Until the coordinator exists the sample job is driven step by step:
-    // a Drummer finds the TODOs, a Belter writes them to todo.md.
-    eprintln!("\nsample job: collect every TODO line under src/ into todo.md");
-    let found = Command::new(&camina)
-        .arg("--home")
-        .arg(&home)
-        .args(["tool", "call", "drummer-search", "grep", "--workspace"])
-        .arg(&ws)
-        .args(["--input", r#"{"pattern":"TODO","path":"src"}"#])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !found.status.success() {
-        return Err(format!(
-            "grep failed: {}",
-            String::from_utf8_lossy(&found.stderr)
-        ));
+    eprintln!("\nsample task: {SAMPLE_TASK}");
+    run(camina_cmd()
+        .args(["run", SAMPLE_TASK, "--model", "embedded", "--workspace"])
+        .arg(&ws))?;
+    eprintln!("\nworkspace after the task:");
+    let mut files: Vec<_> = walk(&ws);
+    files.sort();
+    for f in files {
+        eprintln!("  {}", f.strip_prefix(&ws).unwrap_or(&f).display());
     }
-    let grep: serde_json::Value = serde_json::from_slice(&found.stdout)
-        .map_err(|e| format!("grep output is not JSON: {e}"))?;
-    let mut content = String::from("# TODO\n\n");
-    for m in grep["matches"].as_array().into_iter().flatten() {
-        content.push_str(&format!(
-            "- {}:{}: {}\n",
-            m["file"].as_str().unwrap_or_default(),
-            m["line"],
-            m["text"].as_str().unwrap_or_default().trim()
-        ));
+    if let Ok(todo) = std::fs::read_to_string(ws.join("todo.md")) {
+        eprintln!("\ntodo.md:\n{todo}");
     }
-    let input = serde_json::json!({"path": "todo.md", "content": content}).to_string();
-    run(Command::new(&camina)
-        .arg("--home")
-        .arg(&home)
-        .args(["tool", "call", "belter-fs", "write_file", "--workspace"])
-        .arg(&ws)
-        .args(["--input", &input]))?;
-    let written = std::fs::read_to_string(ws.join("todo.md")).map_err(|e| e.to_string())?;
-    println!("\n{}:\n{written}", ws.join("todo.md").display());
+    eprintln!(
+        "\nThat ran on the embedded Gemma 3 270M base model: tiny, so expect its plans and tool \
+         calls to be rough. Point the roles at Ollama models in {}/config.toml for real work \
+         (see README). Inspect the run with: target/debug/camina --home {} task show <ID>",
+        home.display(),
+        home.display()
+    );
     Ok(())
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }
 
 fn test(extra: &[String]) -> Result {

@@ -61,6 +61,8 @@ pub enum Reply {
     },
     /// Streams `content` and ends without a `done` line.
     Cut { content: String },
+    /// Waits, then answers with the inner reply.
+    Delayed { ms: u64, reply: Box<Reply> },
 }
 
 impl Reply {
@@ -345,6 +347,11 @@ async fn chat(State(shared): State<Arc<Shared>>, body: String) -> Response {
         let mut script = shared.script.lock().unwrap_or_else(|p| p.into_inner());
         (script)(&req)
     };
+    let mut reply = reply;
+    while let Reply::Delayed { ms, reply: inner } = reply {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        reply = *inner;
+    }
     let stream = req["stream"] != json!(false);
     let prompt_tokens = req["messages"]
         .as_array()
@@ -416,6 +423,7 @@ async fn chat(State(shared): State<Arc<Shared>>, body: String) -> Response {
             }
             ndjson(body)
         }
+        Reply::Delayed { .. } => error(StatusCode::INTERNAL_SERVER_ERROR, "unreachable"),
     }
 }
 

@@ -22,6 +22,9 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -281,21 +284,7 @@ impl EmbeddedBackend {
         ctx.decode(&mut batch).map_err(decode_err)?;
         let prompt_done = Instant::now();
 
-        let mut chain = Vec::new();
-        if let Some(g) = &grammar {
-            chain.push(LlamaSampler::grammar(model, g, "root").map_err(|e| {
-                ModelError::Embedded(format!("the reply grammar was refused by llama.cpp: {e}"))
-            })?);
-        }
-        match req.options.temperature {
-            Some(t) if t > 0.0 => {
-                chain.push(LlamaSampler::temp(t));
-                chain.push(LlamaSampler::dist(req.options.seed.unwrap_or(42) as u32));
-            }
-            _ => chain.push(LlamaSampler::greedy()),
-        }
-        let mut sampler = LlamaSampler::chain_simple(chain);
-
+        let mut picker = Picker::new(model, grammar.as_deref(), &req.options)?;
         let mut out: Vec<u8> = Vec::new();
         let mut emitted = 0usize;
         let watch_turns = grammar.is_none() && matches!(inner.style, PromptStyle::Completion);
@@ -308,8 +297,7 @@ impl EmbeddedBackend {
         let mut generated = 0u32;
         let mut done_reason = "length";
         while generated < max_new {
-            // `sample` applies the chain and accepts the token.
-            let token = sampler.sample(&ctx, batch.n_tokens() - 1);
+            let token = picker.pick(&ctx, batch.n_tokens() - 1);
             if vocab.is_eog(token) {
                 done_reason = "stop";
                 break;
@@ -377,6 +365,125 @@ fn emit(pending: &[u8], hold: usize, on_piece: &dyn Fn(&str)) -> usize {
         on_piece(&valid[..end]);
     }
     end
+}
+
+/// Chooses each next token: greedy (or seeded sampling when a temperature
+/// is set), a mild repetition penalty against degenerate loops, and the
+/// grammar. The grammar is checked on the unconstrained choice first and
+/// applied to the whole vocabulary only when that choice is not allowed —
+/// llama.cpp's own optimisation, which matters with a 262k-token vocabulary.
+struct Picker<'m> {
+    model: &'m LlamaModel,
+    grammar: Option<LlamaSampler>,
+    sampler: Option<LlamaSampler>,
+    recent: std::collections::VecDeque<LlamaToken>,
+    structural: std::collections::HashMap<LlamaToken, bool>,
+}
+
+const PENALTY: f32 = 1.15;
+const PENALTY_WINDOW: usize = 64;
+
+impl<'m> Picker<'m> {
+    fn new(model: &'m LlamaModel, grammar: Option<&str>, options: &crate::Options) -> Result<Self> {
+        let grammar = grammar
+            .map(|g| {
+                LlamaSampler::grammar(model, g, "root").map_err(|e| {
+                    ModelError::Embedded(format!("the reply grammar was refused by llama.cpp: {e}"))
+                })
+            })
+            .transpose()?;
+        let sampler = match options.temperature {
+            Some(t) if t > 0.0 => Some(LlamaSampler::chain_simple([
+                LlamaSampler::temp(t),
+                LlamaSampler::dist(options.seed.unwrap_or(42) as u32),
+            ])),
+            _ => None,
+        };
+        Ok(Self {
+            model,
+            grammar,
+            sampler,
+            recent: std::collections::VecDeque::new(),
+            structural: std::collections::HashMap::new(),
+        })
+    }
+
+    /// JSON punctuation is never penalised: the grammar needs it.
+    fn is_structural(&mut self, t: LlamaToken) -> bool {
+        let model = self.model;
+        *self.structural.entry(t).or_insert_with(|| {
+            let piece = model.vocab().token_to_piece(t, false, None);
+            piece
+                .iter()
+                .any(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':'))
+        })
+    }
+
+    fn choose(&mut self, arr: &mut LlamaTokenDataArray) -> Option<LlamaToken> {
+        if let Some(s) = &mut self.sampler {
+            arr.apply_sampler(s);
+            return arr.selected_token();
+        }
+        arr.data
+            .iter()
+            .filter(|d| d.logit().is_finite())
+            .max_by(|a, b| a.logit().total_cmp(&b.logit()))
+            .map(LlamaTokenData::id)
+    }
+
+    fn pick(&mut self, ctx: &llama_cpp_2::context::LlamaContext<'_>, idx: i32) -> LlamaToken {
+        let mut logits = ctx.get_logits_ith(idx).to_vec();
+        let recent: Vec<LlamaToken> = self.recent.iter().copied().collect();
+        for t in recent {
+            if !self.is_structural(t)
+                && let Some(l) = usize::try_from(t.0).ok().and_then(|i| logits.get_mut(i))
+            {
+                *l = if *l > 0.0 { *l / PENALTY } else { *l * PENALTY };
+            }
+        }
+        let all = |logits: &[f32]| {
+            LlamaTokenDataArray::new(
+                logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| LlamaTokenData::new(LlamaToken(i as i32), l, 0.0))
+                    .collect(),
+                false,
+            )
+        };
+        let mut full = all(&logits);
+        let first = self.choose(&mut full).unwrap_or(LlamaToken(0));
+        let token = match &mut self.grammar {
+            None => first,
+            Some(g) => {
+                let logit = usize::try_from(first.0)
+                    .ok()
+                    .and_then(|i| logits.get(i))
+                    .copied()
+                    .unwrap_or(0.0);
+                let mut one =
+                    LlamaTokenDataArray::new(vec![LlamaTokenData::new(first, logit, 0.0)], false);
+                g.apply(&mut one);
+                let allowed = one.data.first().is_some_and(|d| d.logit().is_finite());
+                let token = if allowed {
+                    first
+                } else {
+                    let mut constrained = all(&logits);
+                    g.apply(&mut constrained);
+                    self.choose(&mut constrained).unwrap_or(first)
+                };
+                if let Some(g) = &mut self.grammar {
+                    g.accept(token);
+                }
+                token
+            }
+        };
+        self.recent.push_back(token);
+        if self.recent.len() > PENALTY_WINDOW {
+            self.recent.pop_front();
+        }
+        token
+    }
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

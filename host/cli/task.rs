@@ -1,0 +1,463 @@
+//! `camina run` and `camina task …`
+
+use crate::{Context, Reported, UsageError};
+use anyhow::Context as _;
+use camina_coordinator::events::{Budgets, Decision};
+use camina_coordinator::{Engine, RunOptions};
+use camina_journal::{Record, Status, TaskSummary};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// What to do, in words.
+    pub prompt: String,
+    /// The task's workspace: what Belters may change and Drummers search
+    /// (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Run every role on this model (`auto`, `ollama:<name>`, `embedded`,
+    /// `embedded:<path.gguf>`), overriding config.toml.
+    #[arg(long, value_name = "SPEC")]
+    pub model: Option<String>,
+    /// Model turns per crew step.
+    #[arg(long, default_value_t = Budgets::default().max_turns)]
+    pub max_turns: u32,
+    /// Model calls for the whole task.
+    #[arg(long, default_value_t = Budgets::default().max_model_calls)]
+    pub max_model_calls: u32,
+    /// Running time for the whole task (e.g. `30m`, `90s`).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_time: std::time::Duration,
+    /// Print the finished task as JSON instead of the answer.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Tasks, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Only tasks in this state.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// One task: plan, steps, tool calls, model replies, answer.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish an interrupted, failed or needs-review task without redoing
+    /// finished work.
+    Resume {
+        /// The task id (or a unique prefix).
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Resume every interrupted task.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// Run an interrupted side-effecting call again.
+        #[arg(long, conflicts_with = "skip_interrupted")]
+        retry_interrupted: bool,
+        /// Do not run an interrupted side-effecting call again.
+        #[arg(long)]
+        skip_interrupted: bool,
+        /// Accept plugins whose digest or policy changed since the task
+        /// called them.
+        #[arg(long)]
+        allow_changed_plugins: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a task (a running one at once).
+    Cancel { id: String },
+}
+
+/// Opens the engine; a journal held by another process is reported as
+/// such.
+async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine> {
+    let path = cx.home.join("journal");
+    let (journal, interrupted) = camina_journal::Journal::open(&path)?;
+    if !interrupted.is_empty() {
+        let ids: Vec<&str> = interrupted.iter().map(|t| t.id.as_str()).collect();
+        eprintln!(
+            "note: {} task(s) were interrupted: {}; resume with `camina task resume --all`",
+            ids.len(),
+            ids.join(", ")
+        );
+    }
+    let registry = cx.registry()?;
+    let mut config = cx.config.model_config();
+    if let Some(spec) = model {
+        let spec = camina_model::ModelSpec::try_from(spec.to_owned())
+            .map_err(|e| UsageError(format!("--model: {e}")))?;
+        config.models = camina_model::config::ModelsSection::all(spec);
+    }
+    let bridge = camina_model::Bridge::new(config, &cx.home)?;
+    Ok(Engine::new(
+        Arc::new(journal),
+        Arc::new(registry),
+        Arc::new(bridge),
+        &cx.home,
+    ))
+}
+
+fn clip(s: &str, n: usize) -> String {
+    let one_line: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= n {
+        one_line
+    } else {
+        format!("{}…", one_line.chars().take(n).collect::<String>())
+    }
+}
+
+/// One journal record as a progress line (None: not worth a line).
+fn render(r: &Record) -> Option<String> {
+    let d = &r.data;
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Some(match r.kind.as_str() {
+        "started" => {
+            if d["resumed"] == json!(true) {
+                "▶ resumed".into()
+            } else {
+                "▶ started".into()
+            }
+        }
+        "advice" => format!("reasoner: {}", clip(&s(&d["text"]), 200)),
+        "plan" => match d["steps"].as_array() {
+            Some(steps) if !steps.is_empty() => {
+                let mut out = format!("plan: {} step(s)", steps.len());
+                for (i, st) in steps.iter().enumerate() {
+                    out.push_str(&format!(
+                        "\n  {}. [{}] {}",
+                        i + 1,
+                        s(&st["crew"]),
+                        clip(&s(&st["instruction"]), 160)
+                    ));
+                }
+                out
+            }
+            _ => "plan: answer directly".into(),
+        },
+        "step_started" => format!(
+            "step {} [{}]: {}",
+            d["index"].as_u64().unwrap_or(0) + 1,
+            s(&d["crew"]),
+            clip(&s(&d["instruction"]), 200)
+        ),
+        "tool_intent" => format!(
+            "  → {} {} {}",
+            s(&d["plugin"]),
+            s(&d["tool"]),
+            clip(&d["input"].to_string(), 160)
+        ),
+        "tool_result" => match (&d["output"], d["error"].as_array()) {
+            (Value::String(o), _) => format!("    ✓ {} ms: {}", d["elapsed_ms"], clip(o, 160)),
+            (_, Some(e)) => format!(
+                "    ✗ {}: {}",
+                e.first().and_then(Value::as_str).unwrap_or("error"),
+                clip(e.get(1).and_then(Value::as_str).unwrap_or(""), 200)
+            ),
+            _ => "    ✓".into(),
+        },
+        "step_finished" => {
+            if d["complete"] == json!(true) {
+                format!("  done: {}", clip(&s(&d["result"]), 200))
+            } else {
+                format!("  stopped: {}", clip(&s(&d["result"]), 200))
+            }
+        }
+        "model_reply" => {
+            let role = s(&d["role"]);
+            let msg = &d["reply"]["message"];
+            let content = s(&msg["content"]);
+            if (role == "belter" || role == "drummer")
+                && msg["tool_calls"].as_array().is_none_or(Vec::is_empty)
+                && !content.is_empty()
+            {
+                format!("  {role}: {}", clip(&content, 200))
+            } else {
+                return None;
+            }
+        }
+        "answer" => "✓ answered".into(),
+        "failed" => format!("✗ failed: {}", s(&d["reason"])),
+        "cancelled" => format!("✗ cancelled: {}", s(&d["reason"])),
+        "needs_review" => format!("⏸ needs review: {}", s(&d["reason"])),
+        "review" => format!(
+            "  review decision for {}: {}",
+            s(&d["key"]),
+            s(&d["decision"])
+        ),
+        _ => return None,
+    })
+}
+
+/// Runs `id` on `engine`, printing progress to stderr.
+async fn drive(engine: &Engine, id: &str, opts: RunOptions, json_out: bool) -> anyhow::Result<()> {
+    let mut feed = engine.journal().subscribe();
+    let task_id = id.to_owned();
+    let printer = tokio::spawn(async move {
+        while let Ok((tid, rec)) = feed.recv().await {
+            if tid == task_id
+                && let Some(line) = render(&rec)
+            {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let result = engine.run(id, opts).await;
+    // Let the printer drain what was appended.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    printer.abort();
+    let summary = result?;
+    finish(&summary, json_out)
+}
+
+fn finish(summary: &TaskSummary, json_out: bool) -> anyhow::Result<()> {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    }
+    match summary.status {
+        Status::Succeeded => {
+            if !json_out {
+                println!("{}", summary.answer.as_deref().unwrap_or_default());
+            }
+            Ok(())
+        }
+        status => {
+            eprintln!(
+                "task {} {status}{}",
+                summary.id,
+                summary
+                    .error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+            Err(Reported.into())
+        }
+    }
+}
+
+pub async fn run(cx: &Context, args: RunArgs) -> anyhow::Result<()> {
+    let workspace = match &args.workspace {
+        Some(w) => w.clone(),
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    if !workspace.is_dir() {
+        return Err(UsageError(format!(
+            "--workspace {} is not a directory",
+            workspace.display()
+        ))
+        .into());
+    }
+    if args.prompt.trim().is_empty() {
+        return Err(UsageError("the task prompt is empty".into()).into());
+    }
+    let engine = engine(cx, args.model.as_deref()).await?;
+    let budgets = Budgets {
+        max_turns: args.max_turns.max(1),
+        max_model_calls: args.max_model_calls.max(1),
+        max_wall_ms: args.max_time.as_millis() as u64,
+        ..Budgets::default()
+    };
+    let task = engine.submit(&args.prompt, &workspace, budgets).await?;
+    eprintln!("task {}", task.id);
+    drive(&engine, &task.id, RunOptions::default(), args.json).await
+}
+
+pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
+    match cmd {
+        TaskCommand::List { json, status } => {
+            let filter = status
+                .map(|s| Status::parse(&s).ok_or_else(|| UsageError(format!("--status `{s}`: use queued, running, succeeded, failed, cancelled, interrupted or needs-review"))))
+                .transpose()?;
+            let engine = engine(cx, None).await?;
+            let tasks: Vec<TaskSummary> = engine
+                .journal()
+                .list()?
+                .into_iter()
+                .filter(|t| filter.is_none_or(|f| t.status == f))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tasks)?);
+            } else if tasks.is_empty() {
+                println!("no tasks");
+            } else {
+                println!("{:32}  {:12}  {:24}  PROMPT", "ID", "STATUS", "CREATED");
+                for t in &tasks {
+                    println!(
+                        "{:32}  {:12}  {:24}  {}",
+                        t.id,
+                        t.status.as_str(),
+                        t.created_at,
+                        clip(&t.prompt, 60)
+                    );
+                }
+            }
+            Ok(())
+        }
+        TaskCommand::Show { id, json } => {
+            let engine = engine(cx, None).await?;
+            let t = engine.journal().find(&id)?;
+            let records = engine.journal().records(&t.id)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&show_json(&t, &records))?
+                );
+            } else {
+                println!("task {}  {}", t.id, t.status);
+                println!("prompt: {}", t.prompt);
+                println!("workspace: {}", t.workspace);
+                println!("created: {}  updated: {}", t.created_at, t.updated_at);
+                for r in &records {
+                    if let Some(line) = render(r) {
+                        println!("{line}");
+                    }
+                }
+                if let Some(a) = &t.answer {
+                    println!("\nanswer:\n{a}");
+                }
+                if let Some(e) = &t.error {
+                    println!("\n{}: {e}", t.status);
+                }
+            }
+            Ok(())
+        }
+        TaskCommand::Resume {
+            id,
+            all,
+            retry_interrupted,
+            skip_interrupted,
+            allow_changed_plugins,
+            json,
+        } => {
+            let engine = engine(cx, None).await?;
+            let opts = RunOptions {
+                interrupted: if retry_interrupted {
+                    Some(Decision::Retry)
+                } else if skip_interrupted {
+                    Some(Decision::Skip)
+                } else {
+                    None
+                },
+                allow_changed_plugins,
+            };
+            if all {
+                let waiting: Vec<TaskSummary> = engine
+                    .journal()
+                    .list()?
+                    .into_iter()
+                    .filter(|t| matches!(t.status, Status::Interrupted | Status::Queued))
+                    .rev()
+                    .collect();
+                if waiting.is_empty() {
+                    eprintln!("no interrupted tasks");
+                    return Ok(());
+                }
+                let mut failed = false;
+                for t in waiting {
+                    eprintln!("task {}", t.id);
+                    if drive(&engine, &t.id, opts, json).await.is_err() {
+                        failed = true;
+                    }
+                }
+                return if failed { Err(Reported.into()) } else { Ok(()) };
+            }
+            let id = id.unwrap_or_default();
+            let t = engine.journal().find(&id)?;
+            eprintln!("task {}", t.id);
+            drive(&engine, &t.id, opts, json).await
+        }
+        TaskCommand::Cancel { id } => {
+            match camina_journal::Journal::open(&cx.home.join("journal")) {
+                Err(camina_journal::Error::Locked { .. }) => {
+                    // Another process runs it: leave a request it polls for.
+                    let dir = camina_coordinator::cancel_dir(&cx.home);
+                    std::fs::create_dir_all(&dir)?;
+                    if id.len() < 6 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+                        return Err(
+                            UsageError("give at least 6 hex digits of the task id".into()).into(),
+                        );
+                    }
+                    std::fs::write(dir.join(&id), b"")?;
+                    println!("cancel requested: the camina process running {id} stops it at once");
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+                Ok((journal, _)) => {
+                    drop(journal);
+                    let engine = engine(cx, None).await?;
+                    let t = engine.journal().find(&id)?;
+                    let t = engine.cancel(&t.id, "cancelled by the user").await?;
+                    println!("task {} {}", t.id, t.status);
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `camina task show --json`: the summary fields at the top level, plus the
+/// plan, steps with their tool calls, model calls and the raw records.
+fn show_json(t: &TaskSummary, records: &[Record]) -> Value {
+    let mut plan = Value::Null;
+    let mut steps: Vec<Value> = Vec::new();
+    let mut models: Vec<Value> = Vec::new();
+    let mut advice = Value::Null;
+    for r in records {
+        let d = &r.data;
+        match r.kind.as_str() {
+            "advice" => advice = d.clone(),
+            "plan" => plan = d.clone(),
+            "step_started" => steps.push(json!({
+                "index": d["index"], "crew": d["crew"], "instruction": d["instruction"],
+                "tool_calls": [], "result": null, "complete": null
+            })),
+            "tool_intent" => {
+                if let Some(s) = steps.last_mut()
+                    && let Some(calls) = s["tool_calls"].as_array_mut()
+                {
+                    calls.push(json!({
+                        "key": d["key"], "plugin": d["plugin"], "tool": d["tool"], "input": d["input"],
+                        "effect": d["effect"], "digest": d["digest"], "policy_hash": d["policy_hash"],
+                        "outcome": null
+                    }));
+                }
+            }
+            "tool_result" => {
+                if let Some(s) = steps.last_mut()
+                    && let Some(calls) = s["tool_calls"].as_array_mut()
+                    && let Some(c) = calls.iter_mut().rev().find(|c| c["key"] == d["key"])
+                {
+                    c["outcome"] = d.clone();
+                }
+            }
+            "step_finished" => {
+                if let Some(s) = steps.last_mut() {
+                    s["result"] = d["result"].clone();
+                    s["complete"] = d["complete"].clone();
+                }
+            }
+            "model_reply" => models.push(json!({
+                "step": r.step, "role": d["role"], "backend": d["reply"]["backend"], "model": d["reply"]["model"],
+                "content": d["reply"]["message"]["content"], "thinking": d["reply"]["message"]["thinking"],
+                "tool_calls": d["reply"]["message"]["tool_calls"], "prompt_tokens": d["reply"]["prompt_tokens"],
+                "completion_tokens": d["reply"]["completion_tokens"], "done_reason": d["reply"]["done_reason"]
+            })),
+            _ => {}
+        }
+    }
+    json!({
+        "id": t.id, "status": t.status, "created_at": t.created_at, "updated_at": t.updated_at,
+        "prompt": t.prompt, "workspace": t.workspace, "answer": t.answer, "error": t.error,
+        "advice": advice, "plan": plan, "steps": steps, "model_calls": models, "events": records
+    })
+}

@@ -1,0 +1,576 @@
+//! The agent loop: consult the reasoner, plan, let the crews work, answer.
+//! Written only against [`Durable`], so a resumed task replays it.
+
+use crate::durable::{Durable, decode};
+use crate::events::*;
+use crate::prompts;
+use crate::toolbox::Crew;
+use crate::{EngineError, RunOptions};
+use camina_journal::{Durability, Update};
+use camina_model::{Bridge, ChatReply, ChatRequest, Message, ModelRole, Role, ToolCall};
+use camina_registry::Registry;
+use camina_sandbox::CallError;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Why the loop stopped without an answer.
+#[derive(Debug)]
+pub enum Halt {
+    Engine(EngineError),
+    Failed(String),
+    Cancelled(String),
+    Review { key: String, reason: String },
+}
+
+impl From<EngineError> for Halt {
+    fn from(e: EngineError) -> Self {
+        Halt::Engine(e)
+    }
+}
+
+pub type Flow<T> = std::result::Result<T, Halt>;
+
+#[derive(Debug)]
+pub struct Agent<'e> {
+    pub d: Durable<'e>,
+    pub bridge: &'e Bridge,
+    pub registry: &'e Registry,
+    pub submitted: Submitted,
+    pub crews: Vec<Crew>,
+    pub opts: RunOptions,
+    pub cancel: tokio::sync::watch::Receiver<Option<String>>,
+    pub model_calls: u32,
+}
+
+impl Agent<'_> {
+    fn cancelled(&self) -> Option<String> {
+        self.cancel.borrow().clone()
+    }
+
+    fn check(&self) -> Flow<()> {
+        if let Some(reason) = self.cancelled() {
+            return Err(Halt::Cancelled(reason));
+        }
+        let b = &self.submitted.budgets;
+        if self.model_calls >= b.max_model_calls {
+            return Err(Halt::Failed(format!(
+                "budget exhausted: {} model calls (max_model_calls)",
+                b.max_model_calls
+            )));
+        }
+        let elapsed = self.d.elapsed_ms();
+        if elapsed >= b.max_wall_ms {
+            return Err(Halt::Failed(format!(
+                "budget exhausted: {} s of running time (max_wall_ms {})",
+                elapsed / 1000,
+                b.max_wall_ms
+            )));
+        }
+        Ok(())
+    }
+
+    async fn until_cancelled(rx: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+        loop {
+            if let Some(r) = rx.borrow().clone() {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                // The engine dropped the sender: never cancelled.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// A model call as a durable step.
+    async fn model(&mut self, step: &str, role: ModelRole, req: ChatRequest) -> Flow<ChatReply> {
+        if let Some(r) = self.d.take(step)? {
+            match r.kind.as_str() {
+                "model_request" => {
+                    let recorded: ModelRequestEvent = decode(&r)?;
+                    if recorded.request != req || recorded.role != role {
+                        return Err(EngineError::Diverged {
+                            seq: r.seq,
+                            recorded: format!("a different {} request at `{step}`", recorded.role),
+                            now: format!(
+                                "this {role} request (code, plugins or configuration changed)"
+                            ),
+                        }
+                        .into());
+                    }
+                    if let Some(reply) = self.d.take_kind(step, "model_reply")? {
+                        self.model_calls += 1;
+                        return Ok(decode::<ModelReplyEvent>(&reply)?.reply);
+                    }
+                    // Asked, but the answer was never recorded: ask again.
+                    return self.ask(step, role, req, false).await;
+                }
+                "model_reply" => {
+                    self.model_calls += 1;
+                    return Ok(decode::<ModelReplyEvent>(&r)?.reply);
+                }
+                other => {
+                    return Err(EngineError::Diverged {
+                        seq: r.seq,
+                        recorded: format!("{other} `{}`", r.step),
+                        now: format!("model call `{step}`"),
+                    }
+                    .into());
+                }
+            }
+        }
+        self.ask(step, role, req, true).await
+    }
+
+    async fn ask(
+        &mut self,
+        step: &str,
+        role: ModelRole,
+        req: ChatRequest,
+        record_request: bool,
+    ) -> Flow<ChatReply> {
+        self.check()?;
+        if record_request {
+            let event = ModelRequestEvent {
+                role,
+                request: req.clone(),
+            };
+            self.d
+                .record(step, "model_request", &event, Durability::Buffered)
+                .await?;
+        }
+        let mut cancel = self.cancel.clone();
+        let reply = tokio::select! {
+            r = self.bridge.chat(role, &req, None) => r,
+            reason = Self::until_cancelled(&mut cancel) => return Err(Halt::Cancelled(reason)),
+        };
+        let reply = reply.map_err(|e| Halt::Failed(format!("the {role} model failed: {e}")))?;
+        self.model_calls += 1;
+        let event = ModelReplyEvent {
+            role,
+            reply: reply.clone(),
+        };
+        self.d
+            .record(step, "model_reply", &event, Durability::Flush)
+            .await?;
+        Ok(reply)
+    }
+
+    /// A tool call as a durable step: intent durable before it runs, result
+    /// durable before the next model request.
+    async fn tool(&mut self, step: &str, crew: &Crew, call: &ToolCall) -> Flow<ToolResult> {
+        let key = format!("{}:{step}", self.d.task);
+        if let Some(r) = self.d.take_kind(step, "tool_intent")? {
+            let intent: ToolIntent = decode(&r)?;
+            if let Some(result) = self.d.take_kind(step, "tool_result")? {
+                return Ok(decode(&result)?);
+            }
+            // The call started but its result was never recorded.
+            if intent.effect == "side-effecting" {
+                match self.opts.interrupted {
+                    Some(Decision::Retry) => {
+                        self.d
+                            .record(
+                                step,
+                                "review",
+                                &Review {
+                                    key: key.clone(),
+                                    decision: Decision::Retry,
+                                },
+                                Durability::Flush,
+                            )
+                            .await?;
+                    }
+                    Some(Decision::Skip) => {
+                        self.d
+                            .record(
+                                step,
+                                "review",
+                                &Review {
+                                    key: key.clone(),
+                                    decision: Decision::Skip,
+                                },
+                                Durability::Flush,
+                            )
+                            .await?;
+                        let result = ToolResult {
+                            key,
+                            output: None,
+                            error: Some((
+                                "skipped".into(),
+                                "this call was interrupted before its result was recorded and was not run \
+                                 again; whether it took effect is unknown"
+                                    .into(),
+                            )),
+                            elapsed_ms: 0,
+                            denials: Vec::new(),
+                        };
+                        self.d
+                            .record(step, "tool_result", &result, Durability::Flush)
+                            .await?;
+                        return Ok(result);
+                    }
+                    None => {
+                        return Err(Halt::Review {
+                            reason: format!(
+                                "the side-effecting call {} {} {} (key {key}) was interrupted; it may or may \
+                                 not have taken effect. Resume with --retry-interrupted or --skip-interrupted",
+                                intent.plugin, intent.tool, intent.input
+                            ),
+                            key,
+                        });
+                    }
+                }
+            }
+            return self.execute(step, &intent).await;
+        }
+        self.check()?;
+        let Some(ct) = crew.find(&call.name) else {
+            return Err(Halt::Failed(format!(
+                "internal: unknown tool `{}` reached execution",
+                call.name
+            )));
+        };
+        let plugin = self
+            .registry
+            .get(&ct.plugin)
+            .map_err(|e| Halt::Failed(e.to_string()))?;
+        let effect = plugin
+            .record
+            .tool(&ct.tool)
+            .map(|t| t.effect.clone())
+            .unwrap_or_else(|| "side-effecting".into());
+        let intent = ToolIntent {
+            plugin: ct.plugin.clone(),
+            digest: plugin.record.digest.clone(),
+            policy_hash: plugin.record.policy.hash.clone(),
+            tool: ct.tool.clone(),
+            function: call.name.clone(),
+            input: call.arguments.clone(),
+            effect,
+            key,
+        };
+        self.d
+            .record(step, "tool_intent", &intent, Durability::Flush)
+            .await?;
+        self.execute(step, &intent).await
+    }
+
+    async fn execute(&mut self, step: &str, intent: &ToolIntent) -> Flow<ToolResult> {
+        let started = Instant::now();
+        let workspace = PathBuf::from(&self.submitted.workspace);
+        let input = intent.input.to_string();
+        let mut cancel = self.cancel.clone();
+        let outcome = tokio::select! {
+            r = self.registry.call(&intent.plugin, &intent.tool, &input, Some(&workspace)) => r,
+            reason = Self::until_cancelled(&mut cancel) => return Err(Halt::Cancelled(reason)),
+        };
+        let denials = |ds: &[camina_sandbox::Decision]| {
+            ds.iter()
+                .filter(|d| !d.allowed)
+                .map(|d| {
+                    format!(
+                        "{} {} {}: {}",
+                        d.capability,
+                        d.action,
+                        d.target,
+                        d.detail.as_deref().unwrap_or("denied")
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let (output, error, denied) = match outcome {
+            Ok(o) => match o.result {
+                Ok(json) => (Some(json), None, denials(&o.decisions)),
+                Err(e) => (
+                    None,
+                    Some((e.kind.as_str().to_owned(), e.message)),
+                    denials(&o.decisions),
+                ),
+            },
+            Err(camina_registry::Error::Call(e)) => {
+                let kind = match &e {
+                    CallError::Limit { .. } => "limit",
+                    CallError::Trap { .. } => "trap",
+                    _ => "failed",
+                };
+                let d = denials(e.decisions());
+                (None, Some((kind.to_owned(), e.to_string())), d)
+            }
+            Err(e) => (None, Some(("failed".to_owned(), e.to_string())), Vec::new()),
+        };
+        let result = ToolResult {
+            key: intent.key.clone(),
+            output,
+            error,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            denials: denied,
+        };
+        self.d
+            .record(step, "tool_result", &result, Durability::Flush)
+            .await?;
+        Ok(result)
+    }
+
+    /// Asks `role` for JSON until `parse` accepts it (with corrective
+    /// turns), as steps `<name>/attempt/<k>`.
+    async fn decide<T>(
+        &mut self,
+        name: &str,
+        role: ModelRole,
+        mut req: ChatRequest,
+        parse: impl Fn(&str) -> std::result::Result<T, String>,
+    ) -> Flow<T> {
+        let attempts = self.submitted.budgets.max_invalid_retries + 1;
+        let mut last = String::new();
+        for k in 0..attempts {
+            let reply = self
+                .model(&format!("{name}/attempt/{k}"), role, req.clone())
+                .await?;
+            let content = reply.message.content.clone();
+            match parse(&content) {
+                Ok(v) => return Ok(v),
+                Err(reason) => {
+                    let reason = if reply.truncated() {
+                        format!("{reason}; the reply was cut off at the token limit")
+                    } else {
+                        reason
+                    };
+                    tracing::info!(step = name, attempt = k, "invalid model output: {reason}");
+                    req.messages.push(Message::assistant(content));
+                    req.messages.push(prompts::correction(&reason));
+                    last = reason;
+                }
+            }
+        }
+        Err(Halt::Failed(format!(
+            "the {role} model gave no valid {name} after {attempts} attempts: {last}"
+        )))
+    }
+
+    /// The whole task; returns the answer.
+    pub async fn drive(&mut self) -> Flow<String> {
+        let task = self.submitted.prompt.clone();
+        let workspace = self.submitted.workspace.clone();
+        let crews = self.crews.clone();
+        if crews.is_empty() {
+            return Err(Halt::Failed(
+                "no crew has tools: install plugins with a policy naming crew \"belter\" or \"drummer\""
+                    .into(),
+            ));
+        }
+
+        // 1. The reasoner.
+        let think = match self.bridge.resolve(ModelRole::Reasoner).await {
+            Ok(r) => r.can("thinking"),
+            Err(e) => return Err(Halt::Failed(e.to_string())),
+        };
+        let reply = self
+            .model(
+                "reasoner",
+                ModelRole::Reasoner,
+                prompts::reasoner(&task, &workspace, &crews, think),
+            )
+            .await?;
+        let advice = Advice {
+            text: reply.message.content.clone(),
+            thinking: reply.message.thinking.clone(),
+        };
+        let advice: Advice = self.d.run("advice", "advice", async { Ok(advice) }).await?;
+
+        // 2. The plan.
+        let plan_req = prompts::plan(&task, &advice.text, &crews);
+        let plan = self
+            .decide("plan", ModelRole::Coordinator, plan_req, |c| {
+                prompts::parse_plan(c, &crews)
+            })
+            .await?;
+        let plan: Plan = self.d.run("plan", "plan", async { Ok(plan) }).await?;
+        if let Some(answer) = plan.answer {
+            return self.finish(answer).await;
+        }
+
+        // 3. The crews, step by step.
+        let mut results: Vec<(String, StepFinished)> = Vec::new();
+        for (i, s) in plan.steps.iter().enumerate() {
+            let started = StepStarted {
+                index: i,
+                crew: s.crew.clone(),
+                instruction: s.instruction.clone(),
+            };
+            let step = format!("step/{i}");
+            self.d
+                .run(&step, "step_started", async { Ok(started) })
+                .await?;
+            let Some(crew) = crews.iter().find(|c| c.name == s.crew) else {
+                return Err(Halt::Failed(format!(
+                    "step {}: crew `{}` has no tools any more",
+                    i + 1,
+                    s.crew
+                )));
+            };
+            let finished = self.crew_step(i, crew, &s.instruction, &results).await?;
+            let finished: StepFinished = self
+                .d
+                .run(&step, "step_finished", async { Ok(finished) })
+                .await?;
+            results.push((s.instruction.clone(), finished));
+        }
+
+        // 4. The answer.
+        let answer = self
+            .decide(
+                "answer",
+                ModelRole::Coordinator,
+                prompts::answer(&task, &results),
+                prompts::parse_answer,
+            )
+            .await?;
+        self.finish(answer).await
+    }
+
+    async fn finish(&mut self, answer: String) -> Flow<String> {
+        let a = Answer { text: answer };
+        let a: Answer = if let Some(r) = self.d.take_kind("answer", "answer")? {
+            decode(&r)?
+        } else {
+            let update = Update {
+                status: Some(camina_journal::Status::Succeeded),
+                answer: Some(a.text.clone()),
+                clear_error: true,
+                ..Default::default()
+            };
+            self.d
+                .record_with("answer", "answer", &a, Durability::Flush, update)
+                .await?;
+            a
+        };
+        Ok(a.text)
+    }
+
+    async fn crew_step(
+        &mut self,
+        i: usize,
+        crew: &Crew,
+        instruction: &str,
+        results: &[(String, StepFinished)],
+    ) -> Flow<StepFinished> {
+        let role = match crew.name.as_str() {
+            "belter" => ModelRole::Belter,
+            _ => ModelRole::Drummer,
+        };
+        let mut messages = prompts::crew_messages(crew, instruction, results);
+        let mut evidence: Vec<String> = Vec::new();
+        let mut invalid = 0;
+        let mut repeats = 0;
+        let mut done: Vec<String> = Vec::new();
+        let max_turns = self.submitted.budgets.max_turns;
+        for turn in 0..max_turns {
+            let req = prompts::crew_request(messages.clone(), crew);
+            let reply = self
+                .model(&format!("step/{i}/turn/{turn}"), role, req)
+                .await?;
+            if reply.message.tool_calls.is_empty() {
+                let report = if reply.message.content.trim().is_empty() {
+                    "(no report)".to_owned()
+                } else {
+                    reply.message.content.trim().to_owned()
+                };
+                return Ok(StepFinished {
+                    index: i,
+                    result: compose(&report, &evidence),
+                    complete: true,
+                });
+            }
+            messages.push(Message {
+                role: Role::Assistant,
+                content: reply.message.content.clone(),
+                thinking: None,
+                tool_calls: reply.message.tool_calls.clone(),
+                tool_name: None,
+            });
+            for (k, call) in reply.message.tool_calls.iter().enumerate() {
+                // The same call again: the model is looping. Say so instead
+                // of running it; a model that keeps at it ends the step.
+                let fingerprint = format!("{} {}", call.name, call.arguments);
+                if done.contains(&fingerprint) {
+                    repeats += 1;
+                    if repeats > self.submitted.budgets.max_invalid_retries {
+                        return Ok(StepFinished {
+                            index: i,
+                            result: compose(
+                                "(the model kept repeating the same tool call; step ended)",
+                                &evidence,
+                            ),
+                            complete: false,
+                        });
+                    }
+                    messages.push(Message::tool(
+                        call.name.clone(),
+                        "error: you already made exactly this call and its result is above; do not repeat it. \
+                         Make a different call, or reply with your report."
+                            .to_owned(),
+                    ));
+                    continue;
+                }
+                if crew.find(&call.name).is_none() {
+                    invalid += 1;
+                    if invalid > self.submitted.budgets.max_invalid_retries {
+                        return Err(Halt::Failed(format!(
+                            "the {role} model kept calling tools it does not have (last: `{}`); its tools are {}",
+                            call.name,
+                            crew.functions().join(", ")
+                        )));
+                    }
+                    messages.push(Message::tool(
+                        call.name.clone(),
+                        format!(
+                            "error: there is no tool named `{}`; your tools are: {}",
+                            call.name,
+                            crew.functions().join(", ")
+                        ),
+                    ));
+                    continue;
+                }
+                let step = format!("step/{i}/turn/{turn}/call/{k}");
+                let result = self.tool(&step, crew, call).await?;
+                done.push(fingerprint);
+                evidence.push(format!(
+                    "{} {} → {}",
+                    call.name,
+                    call.arguments,
+                    result.for_model(1500)
+                ));
+                messages.push(Message::tool(call.name.clone(), result.for_model(8000)));
+            }
+        }
+        Ok(StepFinished {
+            index: i,
+            result: compose(
+                &format!("(stopped after {max_turns} turns without a final report)"),
+                &evidence,
+            ),
+            complete: false,
+        })
+    }
+}
+
+/// A step's result: the crew's report plus the evidence of its tool calls.
+fn compose(report: &str, evidence: &[String]) -> String {
+    let mut out = report.to_owned();
+    if !evidence.is_empty() {
+        out.push_str("\nTool results:");
+        for e in evidence {
+            out.push_str("\n- ");
+            out.push_str(e);
+        }
+    }
+    if out.len() > prompts::RESULT_CAP {
+        let mut end = prompts::RESULT_CAP;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}

@@ -1,0 +1,157 @@
+//! The durable-step seam: "run this named step, or return its recorded
+//! result".
+//!
+//! The agent loop is written against [`Durable`] only. A resumed task runs
+//! the loop again from the start; every step first looks at the next
+//! recorded history entry: if it is this step's, its recorded result is
+//! returned and nothing is executed (models are not re-asked, tools are not
+//! re-run); if it belongs to another step, the history and the code
+//! disagree and the task stops loudly; past the end of the history, the
+//! step runs for real and its result is appended.
+//!
+//! This implementation replays the sled journal by position and checks step
+//! names; a multi-node deployment can implement the same three operations
+//! (`replay`, `record`, `wait for a decision`) on a durable-execution engine
+//! (Restate's `ctx.run` has these semantics) without touching the loop.
+
+use crate::events::REPLAYED;
+use crate::{EngineError, Result};
+use camina_journal::{Durability, Journal, NewRecord, Record, Update};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// One task's durable context.
+#[derive(Debug)]
+pub struct Durable<'j> {
+    journal: &'j Journal,
+    pub task: String,
+    history: VecDeque<Record>,
+    /// Active time before this run segment.
+    elapsed_base: u64,
+    segment: Instant,
+}
+
+impl<'j> Durable<'j> {
+    /// Loads the task's history.
+    pub fn load(journal: &'j Journal, task: &str) -> Result<Self> {
+        let records = journal.records(task)?;
+        let elapsed_base = records.last().map_or(0, |r| r.elapsed_ms);
+        Ok(Self {
+            journal,
+            task: task.to_owned(),
+            history: records
+                .into_iter()
+                .filter(|r| REPLAYED.contains(&r.kind.as_str()))
+                .collect(),
+            elapsed_base,
+            segment: Instant::now(),
+        })
+    }
+
+    /// Active time of the task so far (all run segments), in ms.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.elapsed_base + self.segment.elapsed().as_millis() as u64
+    }
+
+    /// True while recorded history remains.
+    pub fn replaying(&self) -> bool {
+        !self.history.is_empty()
+    }
+
+    /// Takes the next recorded entry if it belongs to `step`; `None` past
+    /// the end of the history; an error if another step is recorded next.
+    pub fn take(&mut self, step: &str) -> Result<Option<Record>> {
+        match self.history.front() {
+            None => Ok(None),
+            Some(r) if r.step == step => Ok(self.history.pop_front()),
+            Some(r) => Err(EngineError::Diverged {
+                seq: r.seq,
+                recorded: format!("{} `{}`", r.kind, r.step),
+                now: step.to_owned(),
+            }),
+        }
+    }
+
+    /// Like [`Self::take`], but only an entry of `kind`.
+    pub fn take_kind(&mut self, step: &str, kind: &str) -> Result<Option<Record>> {
+        if self
+            .history
+            .front()
+            .is_some_and(|r| r.step == step && r.kind != kind)
+        {
+            let r = &self.history[0];
+            return Err(EngineError::Diverged {
+                seq: r.seq,
+                recorded: format!("{} `{}`", r.kind, r.step),
+                now: format!("{kind} `{step}`"),
+            });
+        }
+        self.take(step)
+    }
+
+    /// Appends a record of `kind` for `step`.
+    pub async fn record<T: Serialize>(
+        &self,
+        step: &str,
+        kind: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<()> {
+        self.record_with(step, kind, value, durability, Update::default())
+            .await
+    }
+
+    /// Appends a record with a summary change.
+    pub async fn record_with<T: Serialize>(
+        &self,
+        step: &str,
+        kind: &str,
+        value: &T,
+        durability: Durability,
+        update: Update,
+    ) -> Result<()> {
+        let data = serde_json::to_value(value).map_err(|e| EngineError::Internal(e.to_string()))?;
+        self.journal
+            .append(
+                &self.task,
+                NewRecord {
+                    step: step.to_owned(),
+                    kind: kind.to_owned(),
+                    data,
+                    elapsed_ms: self.elapsed_ms(),
+                },
+                update,
+                durability,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs `f` as the step `step` of `kind`, or returns its recorded result.
+    pub async fn run<T, F>(&mut self, step: &str, kind: &str, f: F) -> Result<T>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Future<Output = Result<T>>,
+    {
+        if let Some(r) = self.take_kind(step, kind)? {
+            return decode(&r);
+        }
+        let value = f.await?;
+        self.record(step, kind, &value, Durability::Flush).await?;
+        Ok(value)
+    }
+
+    pub fn journal(&self) -> &'j Journal {
+        self.journal
+    }
+}
+
+/// Decodes a record's payload.
+pub fn decode<T: DeserializeOwned>(r: &Record) -> Result<T> {
+    serde_json::from_value(r.data.clone()).map_err(|e| EngineError::Corrupt {
+        seq: r.seq,
+        reason: format!("{} `{}`: {e}", r.kind, r.step),
+    })
+}

@@ -1,0 +1,198 @@
+//! What the coordinator writes to the journal, typed.
+//!
+//! Records fall in two groups. The *deterministic* ones (model requests and
+//! replies, advice, plan, step starts and ends, tool intents and results,
+//! the answer) form the replayable history: a resumed task re-runs the agent
+//! loop and consumes them in order. The *meta* ones (submitted, started,
+//! failed, cancelled, needs-review, review) describe the task's life and are
+//! skipped by replay.
+
+use camina_model::{ChatReply, ChatRequest, ModelRole};
+use serde::{Deserialize, Serialize};
+
+/// Limits of one task, fixed at submission (and kept in the journal, so a
+/// restart does not reset them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budgets {
+    /// Model turns per crew step.
+    pub max_turns: u32,
+    /// Model calls for the whole task.
+    pub max_model_calls: u32,
+    /// Active (running) time for the whole task, in ms.
+    pub max_wall_ms: u64,
+    /// Corrective retries after invalid model output, per decision.
+    pub max_invalid_retries: u32,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            max_turns: 8,
+            max_model_calls: 60,
+            max_wall_ms: 30 * 60 * 1000,
+            max_invalid_retries: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    pub prompt: String,
+    pub workspace: String,
+    pub budgets: Budgets,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub pid: u32,
+    pub resumed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRequestEvent {
+    pub role: ModelRole,
+    pub request: ChatRequest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReplyEvent {
+    pub role: ModelRole,
+    pub reply: ChatReply,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Advice {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<String>,
+}
+
+/// One delegated step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub crew: String,
+    pub instruction: String,
+}
+
+/// The coordinator's plan: steps, or a direct answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<PlanStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepStarted {
+    pub index: usize,
+    pub crew: String,
+    pub instruction: String,
+}
+
+/// A tool call about to run. Durable before the tool runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolIntent {
+    pub plugin: String,
+    pub digest: String,
+    pub policy_hash: String,
+    pub tool: String,
+    /// The function name the model used (`tool` or `plugin__tool`).
+    pub function: String,
+    pub input: serde_json::Value,
+    /// `read-only` | `idempotent` | `side-effecting`
+    pub effect: String,
+    /// `task:step`: unique per call.
+    pub key: String,
+}
+
+/// What a tool call came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolResult {
+    pub key: String,
+    /// The tool's JSON output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// `kind` (a tool-error kind, `limit`, `trap`, `skipped`) and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<(String, String)>,
+    pub elapsed_ms: u64,
+    /// Sandbox refusals during the call, in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub denials: Vec<String>,
+}
+
+impl ToolResult {
+    /// The text the model sees.
+    pub fn for_model(&self, cap: usize) -> String {
+        let mut text = match (&self.output, &self.error) {
+            (Some(o), _) => o.clone(),
+            (None, Some((kind, msg))) => format!("error ({kind}): {msg}"),
+            (None, None) => "(no output)".into(),
+        };
+        if text.len() > cap {
+            let total = text.len();
+            let mut end = cap;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str(&format!("… [truncated: {total} bytes in all]"));
+        }
+        text
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepFinished {
+    pub index: usize,
+    /// What the next steps and the answer see.
+    pub result: String,
+    /// False when the step stopped at `max_turns`.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedsReview {
+    pub key: String,
+    pub reason: String,
+}
+
+/// How an interrupted side-effecting call is settled on resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Run it again.
+    Retry,
+    /// Do not run it; tell the model it was skipped.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    pub key: String,
+    pub decision: Decision,
+}
+
+/// Kinds of the deterministic history.
+pub const REPLAYED: &[&str] = &[
+    "model_request",
+    "model_reply",
+    "advice",
+    "plan",
+    "step_started",
+    "tool_intent",
+    "tool_result",
+    "step_finished",
+    "answer",
+];

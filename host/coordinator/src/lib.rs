@@ -1,0 +1,442 @@
+//! Caminaå, the coordinator, and the durable task engine around it.
+//!
+//! For a task the coordinator (1) consults the reasoner (thinking on where
+//! the model can, no tools), (2) asks the coordinator model for a plan —
+//! JSON steps for the crews, or a direct answer — (3) runs each step as a
+//! chat loop with that crew's model, offering every tool of the crew's
+//! plugins and executing each tool call in the sandbox with the task's
+//! workspace, and (4) asks for the final answer. Invalid model output gets
+//! a corrective turn, up to a bound.
+//!
+//! Every model request and reply, tool intent and result, and milestone is
+//! journaled (see [`events`]); the loop runs against the durable-step seam
+//! ([`durable::Durable`]), so a killed process resumes where it stopped:
+//! recorded replies are reused, finished tool calls are not re-run, an
+//! interrupted read-only or idempotent call is re-run, and an interrupted
+//! side-effecting call stops the task in `needs-review` until the user
+//! decides (`--retry-interrupted` / `--skip-interrupted`).
+//!
+//! # State machine
+//! ```text
+//! queued ──run──▶ running ──▶ succeeded
+//!                   │ ├──────▶ failed        (model error, invalid output, budget)  ──resume──▶ running
+//!                   │ ├──────▶ cancelled     (final)
+//!                   │ ├──────▶ needs-review  (side-effecting call interrupted)      ──resume + decision──▶ running
+//!                   │ └─(process dies)─▶ interrupted (found on the next open)      ──resume──▶ running
+//! ```
+//!
+//! Not here: storage (`camina-journal`), models (`camina-model`), the
+//! sandbox (`camina-sandbox` via `camina-registry`).
+
+pub mod agent;
+pub mod durable;
+pub mod events;
+pub mod prompts;
+pub mod toolbox;
+
+use camina_journal::{Durability, Journal, Status, TaskSummary, Update};
+use camina_model::Bridge;
+use camina_registry::Registry;
+use events::{Budgets, Decision, NeedsReview, Reason, Started, Submitted, ToolIntent};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Errors of the engine itself (not of a task: a task that fails is a
+/// `failed` task, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] camina_journal::Error),
+    #[error(transparent)]
+    Registry(#[from] camina_registry::Error),
+    #[error("task {id} is {status}; there is nothing to resume")]
+    Finished { id: String, status: Status },
+    #[error("task {0} is already running in this process")]
+    AlreadyRunning(String),
+    #[error(
+        "plugin `{plugin}` changed since task {task} called it (digest or policy: was {was}, now {now}); \
+         resume with --allow-changed-plugins to accept that"
+    )]
+    PluginChanged {
+        task: String,
+        plugin: String,
+        was: String,
+        now: String,
+    },
+    #[error(
+        "the journal and the engine disagree at record {seq}: recorded {recorded}, the engine is at {now}; \
+         the task cannot be replayed (was camina upgraded mid-task?)"
+    )]
+    Diverged {
+        seq: u64,
+        recorded: String,
+        now: String,
+    },
+    #[error("journal record {seq} cannot be read: {reason}")]
+    Corrupt { seq: u64, reason: String },
+    #[error("the workspace {path}: {reason}")]
+    Workspace { path: String, reason: String },
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// How to resume.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Settles an interrupted side-effecting call.
+    pub interrupted: Option<Decision>,
+    /// Accept plugins whose digest or policy changed since their intent.
+    pub allow_changed_plugins: bool,
+}
+
+/// The engine: the journal, the plugins and the models, shared by the CLI
+/// and the HTTP API.
+pub struct Engine {
+    journal: Arc<Journal>,
+    registry: Arc<Registry>,
+    bridge: Arc<Bridge>,
+    home: PathBuf,
+    running: Mutex<HashMap<String, tokio::sync::watch::Sender<Option<String>>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        journal: Arc<Journal>,
+        registry: Arc<Registry>,
+        bridge: Arc<Bridge>,
+        home: &Path,
+    ) -> Self {
+        Self {
+            journal,
+            registry,
+            bridge,
+            home: home.to_path_buf(),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn bridge(&self) -> &Arc<Bridge> {
+        &self.bridge
+    }
+
+    /// Records a new task (queued).
+    pub async fn submit(
+        &self,
+        prompt: &str,
+        workspace: &Path,
+        budgets: Budgets,
+    ) -> Result<TaskSummary> {
+        let ws = workspace
+            .canonicalize()
+            .map_err(|e| EngineError::Workspace {
+                path: workspace.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        if !ws.is_dir() {
+            return Err(EngineError::Workspace {
+                path: ws.display().to_string(),
+                reason: "not a directory".into(),
+            });
+        }
+        let submitted = Submitted {
+            prompt: prompt.to_owned(),
+            workspace: ws.display().to_string(),
+            budgets,
+        };
+        let data =
+            serde_json::to_value(&submitted).map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(self
+            .journal
+            .create(prompt, &submitted.workspace, data)
+            .await?)
+    }
+
+    fn submitted(&self, id: &str) -> Result<Submitted> {
+        let records = self.journal.records(id)?;
+        let first = records
+            .iter()
+            .find(|r| r.kind == "submitted")
+            .ok_or_else(|| EngineError::Corrupt {
+                seq: 0,
+                reason: format!("task {id} has no `submitted` record"),
+            })?;
+        durable::decode(first)
+    }
+
+    /// Refuses to replay calls whose plugin changed, unless allowed.
+    fn check_plugins(&self, id: &str, allow: bool) -> Result<()> {
+        if allow {
+            return Ok(());
+        }
+        let mut seen: HashMap<String, (String, String)> = HashMap::new();
+        for r in self
+            .journal
+            .records(id)?
+            .iter()
+            .filter(|r| r.kind == "tool_intent")
+        {
+            let intent: ToolIntent = durable::decode(r)?;
+            seen.insert(intent.plugin.clone(), (intent.digest, intent.policy_hash));
+        }
+        let mut names: Vec<_> = seen.keys().cloned().collect();
+        names.sort();
+        for plugin in names {
+            let (digest, policy) = &seen[&plugin];
+            let now = match self.registry.get(&plugin) {
+                Ok(p) => (p.record.digest.clone(), p.record.policy.hash.clone()),
+                Err(_) => ("(not installed)".into(), String::new()),
+            };
+            if (&now.0, &now.1) != (digest, policy) {
+                return Err(EngineError::PluginChanged {
+                    task: id.to_owned(),
+                    plugin,
+                    was: format!("{digest} / {policy}"),
+                    now: format!("{} / {}", now.0, now.1),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs (or resumes) task `id` until it succeeds, fails, is cancelled
+    /// or needs review; returns its summary then.
+    pub async fn run(&self, id: &str, opts: RunOptions) -> Result<TaskSummary> {
+        let task = self.journal.task(id)?;
+        if matches!(task.status, Status::Succeeded | Status::Cancelled) {
+            return Err(EngineError::Finished {
+                id: id.to_owned(),
+                status: task.status,
+            });
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.contains_key(id) {
+                return Err(EngineError::AlreadyRunning(id.to_owned()));
+            }
+            running.insert(id.to_owned(), tx);
+        }
+        let result = self.run_registered(id, &task, opts, rx).await;
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        result
+    }
+
+    async fn run_registered(
+        &self,
+        id: &str,
+        task: &TaskSummary,
+        opts: RunOptions,
+        cancel: tokio::sync::watch::Receiver<Option<String>>,
+    ) -> Result<TaskSummary> {
+        let submitted = self.submitted(id)?;
+        self.check_plugins(id, opts.allow_changed_plugins)?;
+        let crews = toolbox::crews(&self.registry.list()?);
+        let d = durable::Durable::load(&self.journal, id)?;
+        let resumed = task.events > 1;
+        let started = Started {
+            pid: std::process::id(),
+            resumed,
+        };
+        d.record_with(
+            "started",
+            "started",
+            &started,
+            Durability::Flush,
+            Update {
+                status: Some(Status::Running),
+                clear_error: true,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let watcher = self.watch_cancel_files(id);
+        let mut agent = agent::Agent {
+            d,
+            bridge: &self.bridge,
+            registry: &self.registry,
+            submitted,
+            crews,
+            opts,
+            cancel,
+            model_calls: 0,
+        };
+        let outcome = agent.drive().await;
+        watcher.abort();
+        let d = &agent.d;
+        match outcome {
+            Ok(_) => {}
+            Err(agent::Halt::Failed(reason)) => {
+                tracing::warn!(task = id, "task failed: {reason}");
+                let update = Update {
+                    status: Some(Status::Failed),
+                    error: Some(reason.clone()),
+                    ..Default::default()
+                };
+                d.record_with(
+                    "failed",
+                    "failed",
+                    &Reason { reason },
+                    Durability::Flush,
+                    update,
+                )
+                .await?;
+            }
+            Err(agent::Halt::Cancelled(reason)) => {
+                let update = Update {
+                    status: Some(Status::Cancelled),
+                    error: Some(reason.clone()),
+                    ..Default::default()
+                };
+                d.record_with(
+                    "cancelled",
+                    "cancelled",
+                    &Reason { reason },
+                    Durability::Flush,
+                    update,
+                )
+                .await?;
+            }
+            Err(agent::Halt::Review { key, reason }) => {
+                let update = Update {
+                    status: Some(Status::NeedsReview),
+                    error: Some(reason.clone()),
+                    ..Default::default()
+                };
+                d.record_with(
+                    "needs_review",
+                    "needs_review",
+                    &NeedsReview { key, reason },
+                    Durability::Flush,
+                    update,
+                )
+                .await?;
+            }
+            Err(agent::Halt::Engine(e)) => {
+                // The task cannot continue; say why in the journal, then
+                // report the engine error.
+                let reason = e.to_string();
+                let update = Update {
+                    status: Some(Status::Failed),
+                    error: Some(reason.clone()),
+                    ..Default::default()
+                };
+                let _ = d
+                    .record_with(
+                        "failed",
+                        "failed",
+                        &Reason { reason },
+                        Durability::Flush,
+                        update,
+                    )
+                    .await;
+                return Err(e);
+            }
+        }
+        Ok(self.journal.task(id)?)
+    }
+
+    /// Polls `<home>/cancel/` for a file named by (a prefix of) the task id:
+    /// how `camina task cancel` reaches a task another process is running.
+    fn watch_cancel_files(&self, id: &str) -> tokio::task::JoinHandle<()> {
+        let dir = cancel_dir(&self.home);
+        let id = id.to_owned();
+        let sender = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        tokio::spawn(async move {
+            let Some(sender) = sender else { return };
+            loop {
+                if let Ok(entries) = std::fs::read_dir(&dir) {
+                    for e in entries.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if name.len() >= 6 && id.starts_with(&name) {
+                            let _ = std::fs::remove_file(e.path());
+                            let _ = sender.send(Some("cancelled by `camina task cancel`".into()));
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    }
+
+    /// Cancels a task: a running one stops at once (its in-flight model or
+    /// tool call is abandoned); a waiting one is marked cancelled.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<TaskSummary> {
+        let task = self.journal.task(id)?;
+        if task.status.is_final() {
+            return Err(EngineError::Finished {
+                id: id.to_owned(),
+                status: task.status,
+            });
+        }
+        let live = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(tx) = live {
+            let _ = tx.send(Some(reason.to_owned()));
+            let mut feed = self.journal.subscribe();
+            loop {
+                let t = self.journal.task(id)?;
+                if t.status != Status::Running {
+                    return Ok(t);
+                }
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(200), feed.recv()).await;
+            }
+        }
+        let update = Update {
+            status: Some(Status::Cancelled),
+            error: Some(reason.to_owned()),
+            ..Default::default()
+        };
+        self.journal
+            .append(
+                id,
+                camina_journal::NewRecord {
+                    step: "cancelled".into(),
+                    kind: "cancelled".into(),
+                    data: serde_json::json!({ "reason": reason }),
+                    elapsed_ms: self.journal.records(id)?.last().map_or(0, |r| r.elapsed_ms),
+                },
+                update,
+                Durability::Flush,
+            )
+            .await?;
+        Ok(self.journal.task(id)?)
+    }
+}
+
+/// Where cancel requests for tasks of other processes are dropped.
+pub fn cancel_dir(home: &Path) -> PathBuf {
+    home.join("cancel")
+}

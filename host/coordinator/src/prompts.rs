@@ -1,0 +1,400 @@
+//! What each role is told, and the JSON schemas of the coordinator's
+//! decisions. Prompts are plain and example-led so that small models (the
+//! embedded base model completes them as text, constrained by grammar) and
+//! large ones (Ollama, chat templates) both follow them. The examples are
+//! generic; nothing here knows any task's answer.
+
+use crate::events::{Plan, StepFinished};
+use crate::toolbox::Crew;
+use camina_model::{ChatRequest, Message, Options, ToolCall};
+use serde_json::{Value, json};
+
+/// Longest instruction and answer the schemas allow.
+const MAX_INSTRUCTION: u64 = 200;
+const MAX_ANSWER: u64 = 2000;
+/// At most this many steps per plan.
+pub const MAX_STEPS: u64 = 5;
+/// How much of a step's result later prompts see.
+pub const RESULT_CAP: usize = 6000;
+
+fn deterministic(num_predict: u32) -> Options {
+    Options {
+        temperature: Some(0.0),
+        seed: Some(42),
+        num_predict: Some(num_predict),
+        ..Default::default()
+    }
+}
+
+fn crew_lines(crews: &[Crew]) -> String {
+    crews
+        .iter()
+        .map(|c| {
+            let tools: Vec<String> = c
+                .tools
+                .iter()
+                .map(|t| format!("{} ({})", t.function, first_sentence(&t.description)))
+                .collect();
+            format!("- {} ({}): {}", c.name, c.purpose(), tools.join("; "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn first_sentence(s: &str) -> &str {
+    s.split_inclusive(". ")
+        .next()
+        .unwrap_or(s)
+        .trim_end_matches(". ")
+        .trim_end_matches('.')
+}
+
+/// Step 1: the reasoner's advice (thinking on where the model can).
+pub fn reasoner(task: &str, workspace: &str, crews: &[Crew], think: bool) -> ChatRequest {
+    ChatRequest {
+        messages: vec![
+            Message::system(format!(
+                "You are the reasoner behind a coordinator of worker crews. Think about how the \
+                 user's task can be done with the crews below. Give short, concrete advice: which \
+                 crew should do what, in which order, and what could go wrong. Do not do the task \
+                 yourself.\nCrews:\n{}",
+                crew_lines(crews)
+            )),
+            Message::user(format!("Task: {task}\nWorkspace: {workspace}")),
+        ],
+        think,
+        options: deterministic(200),
+        ..Default::default()
+    }
+}
+
+/// A worked example (generic: no user's task, no answer to one). Two of
+/// them, differing in every detail, show small models what varies with the
+/// task.
+struct Example {
+    task: &'static str,
+    find: &'static str,
+    save: &'static str,
+    pattern: &'static str,
+    dir: &'static str,
+    out: &'static str,
+    hit: (&'static str, u32, &'static str),
+}
+
+const EXAMPLES: [Example; 2] = [
+    Example {
+        task: "Find every line mentioning deadline in docs/ and save them to deadlines.txt",
+        find: "Find every line mentioning deadline in docs/",
+        save: "Save the lines mentioning deadline to deadlines.txt",
+        pattern: "deadline",
+        dir: "docs",
+        out: "deadlines.txt",
+        hit: ("docs/plan.md", 4, "The deadline is Friday."),
+    },
+    Example {
+        task: "Gather the FIXME lines under lib/ into fixme.txt",
+        find: "Gather the FIXME lines under lib/",
+        save: "Write the FIXME lines to fixme.txt",
+        pattern: "FIXME",
+        dir: "lib",
+        out: "fixme.txt",
+        hit: ("lib/io.rs", 12, "// FIXME: handle errors"),
+    },
+];
+
+impl Example {
+    fn found(&self) -> String {
+        format!(
+            "Found 1 line:\n{}:{}: {}",
+            self.hit.0, self.hit.1, self.hit.2
+        )
+    }
+
+    fn saved(&self) -> String {
+        format!("Wrote 1 line to {}.", self.out)
+    }
+}
+
+/// The plan's JSON schema: steps for the installed crews, or an answer.
+pub fn plan_schema(crews: &[Crew]) -> Value {
+    let names: Vec<&str> = crews.iter().map(|c| c.name.as_str()).collect();
+    json!({
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {
+                    "steps": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": MAX_STEPS,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "crew": {"enum": names},
+                                "instruction": {"type": "string", "minLength": 1, "maxLength": MAX_INSTRUCTION}
+                            },
+                            "required": ["crew", "instruction"]
+                        }
+                    }
+                },
+                "required": ["steps"]
+            },
+            {
+                "type": "object",
+                "properties": {"answer": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER}},
+                "required": ["answer"]
+            }
+        ]
+    })
+}
+
+/// Step 2: the plan. Two worked examples precede the task.
+pub fn plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
+    let has = |c: &str| crews.iter().any(|k| k.name == c);
+    let mut messages = vec![Message::system(format!(
+        "You are Caminaå, the coordinator. Plan how your crews do the user's task. Reply with \
+         JSON only: {{\"steps\": [{{\"crew\": ..., \"instruction\": ...}}]}} with one step per \
+         job, in the order they must happen (a step sees the results of the steps before it; \
+         each instruction uses the task's own words), or {{\"answer\": ...}} when the task \
+         needs no files or web pages.\nCrews:\n{}",
+        crew_lines(crews)
+    ))];
+    messages.push(Message::user("Task: What is the capital of France?"));
+    messages.push(Message::assistant(
+        json!({"answer": "Paris is the capital of France."}).to_string(),
+    ));
+    if has("drummer") && has("belter") {
+        for ex in &EXAMPLES {
+            messages.push(Message::user(format!("Task: {}", ex.task)));
+            messages.push(Message::assistant(
+                json!({"steps": [
+                    {"crew": "drummer", "instruction": ex.find},
+                    {"crew": "belter", "instruction": ex.save}
+                ]})
+                .to_string(),
+            ));
+        }
+    }
+    let advice = advice.trim();
+    messages.push(Message::user(if advice.is_empty() {
+        format!("Task: {task}")
+    } else {
+        format!("Advice: {advice}\n\nTask: {task}")
+    }));
+    ChatRequest {
+        messages,
+        format: Some(plan_schema(crews)),
+        options: deterministic(512),
+        ..Default::default()
+    }
+}
+
+/// Checks a plan reply against the schema's rules; the reason is shown to
+/// the model on retry.
+pub fn parse_plan(content: &str, crews: &[Crew]) -> Result<Plan, String> {
+    let value: Value =
+        serde_json::from_str(content.trim()).map_err(|e| format!("not JSON ({e})"))?;
+    let plan: Plan = serde_json::from_value(value).map_err(|e| format!("not a plan ({e})"))?;
+    match (&plan.answer, plan.steps.is_empty()) {
+        (Some(a), true) if !a.trim().is_empty() => return Ok(plan),
+        (Some(_), false) => return Err("give either steps or an answer, not both".into()),
+        (_, true) => return Err("the plan has no steps and no answer".into()),
+        _ => {}
+    }
+    if plan.steps.len() as u64 > MAX_STEPS {
+        return Err(format!("at most {MAX_STEPS} steps"));
+    }
+    for (i, s) in plan.steps.iter().enumerate() {
+        if !crews.iter().any(|c| c.name == s.crew) {
+            let names: Vec<&str> = crews.iter().map(|c| c.name.as_str()).collect();
+            return Err(format!(
+                "step {}: unknown crew `{}` (crews: {})",
+                i + 1,
+                s.crew,
+                names.join(", ")
+            ));
+        }
+        if s.instruction.trim().is_empty() {
+            return Err(format!("step {}: the instruction is empty", i + 1));
+        }
+    }
+    Ok(plan)
+}
+
+/// The corrective turn after invalid output.
+pub fn correction(reason: &str) -> Message {
+    Message::user(format!(
+        "That reply was not valid: {reason}. Reply again with only the JSON, following the format."
+    ))
+}
+
+fn earlier(results: &[(String, StepFinished)]) -> String {
+    if results.is_empty() {
+        return "(none)".into();
+    }
+    results
+        .iter()
+        .map(|(instruction, r)| format!("Step {} ({instruction}):\n{}", r.index + 1, r.result))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+fn step_results(instruction: &str, report: &str) -> String {
+    format!("Step 1 ({instruction}):\n{report}")
+}
+
+/// Worked examples for the crew, if it has the tools they use.
+fn crew_examples(crew: &Crew) -> Vec<Message> {
+    let mut out = Vec::new();
+    for ex in &EXAMPLES {
+        let (instruction, earlier, tool, args, output, report) = match crew.name.as_str() {
+            "drummer" => (
+                ex.find.to_owned(),
+                "(none)".to_owned(),
+                "grep",
+                json!({"pattern": ex.pattern, "path": ex.dir}),
+                json!({"matches": [{"file": ex.hit.0, "line": ex.hit.1, "text": ex.hit.2}], "truncated": false, "files_searched": 3}),
+                ex.found(),
+            ),
+            "belter" => (
+                ex.save.to_owned(),
+                step_results(ex.find, &ex.found()),
+                "write_file",
+                json!({"path": ex.out, "content": format!("{}:{}: {}\n", ex.hit.0, ex.hit.1, ex.hit.2)}),
+                json!({"bytes_written": 40, "path": ex.out}),
+                ex.saved(),
+            ),
+            _ => return Vec::new(),
+        };
+        if crew.find(tool).is_none() {
+            return Vec::new();
+        }
+        out.push(Message::user(format!(
+            "Instruction: {instruction}\n\nResults of earlier steps:\n{earlier}"
+        )));
+        out.push(Message {
+            tool_calls: vec![ToolCall {
+                name: tool.to_owned(),
+                arguments: args,
+            }],
+            ..Message::assistant("")
+        });
+        out.push(Message::tool(tool, output.to_string()));
+        out.push(Message::assistant(report));
+    }
+    out
+}
+
+/// Step 3: a crew's opening messages (with a worked example).
+pub fn crew_messages(
+    crew: &Crew,
+    instruction: &str,
+    results: &[(String, StepFinished)],
+) -> Vec<Message> {
+    let mut messages = vec![Message::system(format!(
+        "You are a {} of Caminaå's crew: {}. Carry out the instruction with your tools, one call \
+         at a time, reading each result. Paths are relative to the workspace. When the \
+         instruction is done, reply without a tool call: a short report of what you did and what \
+         you found, quoting the exact text the next steps need.",
+        crew.member(),
+        crew.purpose()
+    ))];
+    messages.extend(crew_examples(crew));
+    messages.push(Message::user(format!(
+        "Instruction: {instruction}\n\nResults of earlier steps:\n{}",
+        earlier(results)
+    )));
+    messages
+}
+
+pub fn crew_request(messages: Vec<Message>, crew: &Crew) -> ChatRequest {
+    ChatRequest {
+        messages,
+        tools: crew.specs(),
+        options: deterministic(768),
+        ..Default::default()
+    }
+}
+
+pub fn answer_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"answer": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER}},
+        "required": ["answer"]
+    })
+}
+
+/// Step 4: the final answer.
+pub fn answer(task: &str, results: &[(String, StepFinished)]) -> ChatRequest {
+    ChatRequest {
+        messages: vec![
+            Message::system(
+                "You are Caminaå, the coordinator. Your crews have worked on the user's task. Write \
+                 the final answer for the user from their results: what was done, and what was \
+                 found. Reply with JSON only: {\"answer\": \"...\"}.",
+            ),
+            Message::user(format!(
+                "Task: {task}\n\nStep results:\n{}",
+                earlier(results)
+            )),
+        ],
+        format: Some(answer_schema()),
+        options: deterministic(768),
+        ..Default::default()
+    }
+}
+
+pub fn parse_answer(content: &str) -> Result<String, String> {
+    let value: Value =
+        serde_json::from_str(content.trim()).map_err(|e| format!("not JSON ({e})"))?;
+    match value.get("answer").and_then(Value::as_str) {
+        Some(a) if !a.trim().is_empty() => Ok(a.to_owned()),
+        _ => Err("no non-empty \"answer\" string".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::toolbox::Crew;
+
+    fn crews() -> Vec<Crew> {
+        vec![Crew::empty("belter"), Crew::empty("drummer")]
+    }
+
+    #[test]
+    fn plans_are_checked() {
+        let c = crews();
+        assert!(
+            parse_plan(
+                r#"{"steps":[{"crew":"belter","instruction":"write x"}]}"#,
+                &c
+            )
+            .is_ok()
+        );
+        assert!(parse_plan(r#"{"answer":"42"}"#, &c).is_ok());
+        for (bad, why) in [
+            ("nope", "not JSON"),
+            (r#"{"steps":[]}"#, "no steps"),
+            (
+                r#"{"steps":[{"crew":"pilot","instruction":"fly"}]}"#,
+                "unknown crew",
+            ),
+            (
+                r#"{"steps":[{"crew":"belter","instruction":" "}]}"#,
+                "empty",
+            ),
+            (r#"{"steps":[{"crew":"belter"}]}"#, "not a plan"),
+        ] {
+            let e = parse_plan(bad, &c).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn answers_are_checked() {
+        assert_eq!(parse_answer(r#"{"answer":"done"}"#).unwrap(), "done");
+        assert!(parse_answer(r#"{"answer":""}"#).is_err());
+        assert!(parse_answer("done").is_err());
+    }
+}

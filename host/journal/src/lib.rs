@@ -1,0 +1,732 @@
+//! The journal: a durable, append-only record of every task.
+//!
+//! A task is a sequence of [`Record`]s (kind + step name + JSON payload),
+//! plus a [`TaskSummary`] kept in step with it (status, prompt, answer) so
+//! listing is cheap. Each append writes the record and, when asked, the
+//! summary change in one sled transaction; [`Durability::Flush`] waits until
+//! the record is on disk. Flushes are group-committed: concurrent appenders
+//! share one fsync.
+//!
+//! The journal knows nothing of models or tools: the coordinator decides
+//! what records mean. It does own task identity, status and the facts a
+//! restart needs: on open, every task still marked `running` cannot be
+//! running (sled holds an exclusive lock, so no other process has this
+//! journal) and becomes `interrupted`.
+//!
+//! Layout (sled trees): `meta` (schema marker), `tasks` (id → summary
+//! JSON), `events` (id ‖ seq(u64 BE) → record JSON), `keys` (external
+//! idempotency keys → id).
+//!
+//! Failure handling: a foreign or newer database is an error naming the
+//! path, never rewritten; a corrupt record is an error naming the task and
+//! sequence number; nothing is ever deleted.
+//!
+//! Test-only failpoint: `CAMINA_CRASH_AFTER=<n>` aborts the process right
+//! after its n-th append (as `kill -9` would), for the crash harness.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The schema this build reads and writes.
+pub const SCHEMA: &str = "camina-journal/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the journal {path} is in use by another camina process{holder}; wait for it, or use \
+         the HTTP API of a running `camina serve`"
+    )]
+    Locked { path: String, holder: String },
+    #[error("cannot open the journal {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("{path} is not a Caminaå journal ({reason}); nothing was changed")]
+    Foreign { path: String, reason: String },
+    #[error("the journal {path} has schema `{found}`; this camina understands `{SCHEMA}`")]
+    Schema { path: String, found: String },
+    #[error("journal storage: {0}")]
+    Storage(String),
+    #[error("journal record {task}#{seq} is corrupt: {reason}")]
+    Corrupt {
+        task: String,
+        seq: u64,
+        reason: String,
+    },
+    #[error("no task matches `{0}` (see `camina task list`)")]
+    UnknownTask(String),
+    #[error("`{prefix}` matches several tasks ({}); give more of the id", .ids.join(", "))]
+    Ambiguous { prefix: String, ids: Vec<String> },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn storage(e: impl std::fmt::Display) -> Error {
+    Error::Storage(e.to_string())
+}
+
+/// A task's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Interrupted,
+    NeedsReview,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::Interrupted => "interrupted",
+            Status::NeedsReview => "needs-review",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Status::Queued,
+            Status::Running,
+            Status::Succeeded,
+            Status::Failed,
+            Status::Cancelled,
+            Status::Interrupted,
+            Status::NeedsReview,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// Finished for good (`succeeded`, `failed`, `cancelled`).
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The per-task index entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSummary {
+    pub id: String,
+    pub status: Status,
+    pub created_at: String,
+    pub updated_at: String,
+    pub prompt: String,
+    pub workspace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+    /// Why it failed, was cancelled, or needs review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Records so far.
+    pub events: u64,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: u64,
+    /// RFC 3339, UTC, milliseconds.
+    pub at: String,
+    /// Active (running) time of the task so far, in ms.
+    pub elapsed_ms: u64,
+    /// The durable step this record belongs to (`plan`, `step/0/turn/1`…).
+    pub step: String,
+    /// What happened (`submitted`, `model_reply`, `tool_intent`, …).
+    pub kind: String,
+    pub data: Value,
+}
+
+/// A record to append.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub step: String,
+    pub kind: String,
+    pub data: Value,
+    pub elapsed_ms: u64,
+}
+
+/// Changes to a task's summary that go with an append.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub status: Option<Status>,
+    pub answer: Option<String>,
+    pub error: Option<String>,
+    /// Clear a previous error (e.g. when a task is resumed).
+    pub clear_error: bool,
+}
+
+/// How durable an append must be before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (fsync, group-committed) before returning.
+    Flush,
+    /// In sled's log; on disk at the next flush.
+    Buffered,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// Group commit: one flush serves everyone who asked while the previous
+/// flush ran.
+struct Committer {
+    db: sled::Db,
+    /// (a flusher is running, callers waiting for the next flush)
+    state: Mutex<(bool, Vec<Waiter>)>,
+}
+
+impl Committer {
+    async fn commit(self: &Arc<Self>) -> Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.1.push(tx);
+            !std::mem::replace(&mut s.0, true)
+        };
+        if lead {
+            let me = self.clone();
+            tokio::task::spawn_blocking(move || {
+                loop {
+                    let waiters = {
+                        let mut s = me.state.lock().unwrap_or_else(|p| p.into_inner());
+                        if s.1.is_empty() {
+                            s.0 = false;
+                            break;
+                        }
+                        std::mem::take(&mut s.1)
+                    };
+                    let result = me.db.flush().map(drop).map_err(|e| e.to_string());
+                    for w in waiters {
+                        let _ = w.send(result.clone());
+                    }
+                }
+            });
+        }
+        rx.await
+            .map_err(|_| storage("the flush thread stopped"))?
+            .map_err(storage)
+    }
+}
+
+/// A journal (one per home directory, one process at a time).
+pub struct Journal {
+    path: PathBuf,
+    db: sled::Db,
+    tasks: sled::Tree,
+    events: sled::Tree,
+    keys: sled::Tree,
+    committer: Arc<Committer>,
+    appends: AtomicU64,
+    crash_after: Option<u64>,
+    feed: tokio::sync::broadcast::Sender<(String, Record)>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+fn event_key(id: &str, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 9);
+    k.extend_from_slice(id.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path`. Tasks left
+    /// `running` by a dead process become `interrupted`; their ids are
+    /// returned with the journal.
+    pub fn open(path: &Path) -> Result<(Self, Vec<TaskSummary>)> {
+        let shown = path.display().to_string();
+        let pid_file = path.with_extension("pid");
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("lock")
+                    || text.contains("WouldBlock")
+                    || text.contains("temporarily unavailable")
+                {
+                    let holder = std::fs::read_to_string(&pid_file)
+                        .map(|p| format!(" (pid {})", p.trim()))
+                        .unwrap_or_default();
+                    Error::Locked {
+                        path: shown.clone(),
+                        holder,
+                    }
+                } else {
+                    Error::Open {
+                        path: shown.clone(),
+                        reason: text,
+                    }
+                }
+            })?;
+        let _ = std::fs::write(&pid_file, std::process::id().to_string());
+        let meta = db.open_tree("meta").map_err(storage)?;
+        let tasks = db.open_tree("tasks").map_err(storage)?;
+        let events = db.open_tree("events").map_err(storage)?;
+        let keys = db.open_tree("keys").map_err(storage)?;
+        match meta.get("schema").map_err(storage)? {
+            Some(v) if v.as_ref() == SCHEMA.as_bytes() => {}
+            Some(v) => {
+                return Err(Error::Schema {
+                    path: shown,
+                    found: String::from_utf8_lossy(&v).into_owned(),
+                });
+            }
+            None => {
+                let foreign = db.tree_names().iter().any(|n| {
+                    !matches!(
+                        n.as_ref(),
+                        b"meta" | b"tasks" | b"events" | b"keys" | b"__sled__default"
+                    )
+                }) || !db.is_empty()
+                    || !tasks.is_empty()
+                    || !events.is_empty();
+                if foreign {
+                    return Err(Error::Foreign {
+                        path: shown,
+                        reason: "it holds data but no Caminaå schema marker".into(),
+                    });
+                }
+                meta.insert("schema", SCHEMA).map_err(storage)?;
+                db.flush().map_err(storage)?;
+            }
+        }
+        let crash_after = std::env::var("CAMINA_CRASH_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let (feed, _) = tokio::sync::broadcast::channel(1024);
+        let journal = Self {
+            path: path.to_path_buf(),
+            committer: Arc::new(Committer {
+                db: db.clone(),
+                state: Mutex::new((false, Vec::new())),
+            }),
+            db,
+            tasks,
+            events,
+            keys,
+            appends: AtomicU64::new(0),
+            crash_after,
+            feed,
+        };
+        let mut interrupted = Vec::new();
+        for t in journal.list()? {
+            if t.status == Status::Running {
+                let update = Update {
+                    status: Some(Status::Interrupted),
+                    ..Default::default()
+                };
+                interrupted.push(journal.apply(&t.id, None, &update)?.0);
+            }
+        }
+        if !interrupted.is_empty() {
+            journal.db.flush().map_err(storage)?;
+        }
+        Ok((journal, interrupted))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates a task with its `submitted` record (durable on return).
+    pub async fn create(&self, prompt: &str, workspace: &str, data: Value) -> Result<TaskSummary> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let at = now();
+        let summary = TaskSummary {
+            id: id.clone(),
+            status: Status::Queued,
+            created_at: at.clone(),
+            updated_at: at,
+            prompt: prompt.to_owned(),
+            workspace: workspace.to_owned(),
+            answer: None,
+            error: None,
+            events: 0,
+        };
+        self.tasks
+            .insert(
+                id.as_bytes(),
+                serde_json::to_vec(&summary).map_err(storage)?,
+            )
+            .map_err(storage)?;
+        let record = NewRecord {
+            step: "submitted".into(),
+            kind: "submitted".into(),
+            data,
+            elapsed_ms: 0,
+        };
+        self.append(&id, record, Update::default(), Durability::Flush)
+            .await?;
+        self.task(&id)
+    }
+
+    /// Remembers that external `key` created task `id`; returns the task a
+    /// key already names, if any.
+    pub fn claim_key(&self, key: &str, id: &str) -> Result<Option<String>> {
+        let prev = self
+            .keys
+            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(id.as_bytes()))
+            .map_err(storage)?;
+        Ok(match prev {
+            Ok(()) => None,
+            Err(e) => e.current.map(|v| String::from_utf8_lossy(&v).into_owned()),
+        })
+    }
+
+    /// The task an idempotency key names.
+    pub fn key(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .keys
+            .get(key.as_bytes())
+            .map_err(storage)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Writes record and summary change atomically; returns the new summary
+    /// and the record.
+    fn apply(
+        &self,
+        id: &str,
+        record: Option<&NewRecord>,
+        update: &Update,
+    ) -> Result<(TaskSummary, Option<Record>)> {
+        use sled::Transactional;
+        let result = (&self.tasks, &self.events).transaction(|(tasks, events)| {
+            let Some(raw) = tasks.get(id.as_bytes())? else {
+                return sled::transaction::abort(Error::UnknownTask(id.to_owned()));
+            };
+            let mut summary: TaskSummary = match serde_json::from_slice(&raw) {
+                Ok(s) => s,
+                Err(e) => {
+                    return sled::transaction::abort(Error::Corrupt {
+                        task: id.to_owned(),
+                        seq: 0,
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            let at = now();
+            let written = match record {
+                Some(r) => {
+                    let rec = Record {
+                        seq: summary.events,
+                        at: at.clone(),
+                        elapsed_ms: r.elapsed_ms,
+                        step: r.step.clone(),
+                        kind: r.kind.clone(),
+                        data: r.data.clone(),
+                    };
+                    let bytes = serde_json::to_vec(&rec).map_err(|e| {
+                        sled::transaction::ConflictableTransactionError::Abort(storage(e))
+                    })?;
+                    events.insert(event_key(id, rec.seq), bytes)?;
+                    summary.events += 1;
+                    Some(rec)
+                }
+                None => None,
+            };
+            if let Some(s) = update.status {
+                summary.status = s;
+            }
+            if let Some(a) = &update.answer {
+                summary.answer = Some(a.clone());
+            }
+            if update.clear_error {
+                summary.error = None;
+            }
+            if let Some(e) = &update.error {
+                summary.error = Some(e.clone());
+            }
+            summary.updated_at = at;
+            let bytes = serde_json::to_vec(&summary)
+                .map_err(|e| sled::transaction::ConflictableTransactionError::Abort(storage(e)))?;
+            tasks.insert(id.as_bytes(), bytes)?;
+            Ok((summary, written))
+        });
+        result.map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => storage(e),
+        })
+    }
+
+    /// Appends a record (and a summary change) to task `id`.
+    pub async fn append(
+        &self,
+        id: &str,
+        record: NewRecord,
+        update: Update,
+        durability: Durability,
+    ) -> Result<Record> {
+        let (_, rec) = self.apply(id, Some(&record), &update)?;
+        let rec = rec.ok_or_else(|| storage("append wrote no record"))?;
+        if durability == Durability::Flush {
+            self.committer.commit().await?;
+        }
+        let _ = self.feed.send((id.to_owned(), rec.clone()));
+        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_after == Some(n) {
+            // Test-only failpoint: die as kill -9 would, mid-task.
+            std::process::abort();
+        }
+        Ok(rec)
+    }
+
+    /// Changes a task's summary without a record.
+    pub async fn update(&self, id: &str, update: Update) -> Result<TaskSummary> {
+        let (summary, _) = self.apply(id, None, &update)?;
+        self.committer.commit().await?;
+        Ok(summary)
+    }
+
+    /// Flushes everything written so far.
+    pub async fn flush(&self) -> Result<()> {
+        self.committer.commit().await
+    }
+
+    /// Live feed of appended records of every task.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, Record)> {
+        self.feed.subscribe()
+    }
+
+    /// A task's summary by full id.
+    pub fn task(&self, id: &str) -> Result<TaskSummary> {
+        let raw = self
+            .tasks
+            .get(id.as_bytes())
+            .map_err(storage)?
+            .ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
+        serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+            task: id.to_owned(),
+            seq: 0,
+            reason: e.to_string(),
+        })
+    }
+
+    /// A task by id or unique id prefix.
+    pub fn find(&self, prefix: &str) -> Result<TaskSummary> {
+        let prefix = prefix.trim();
+        if prefix.is_empty() {
+            return Err(Error::UnknownTask(prefix.to_owned()));
+        }
+        let mut ids = Vec::new();
+        for item in self.tasks.scan_prefix(prefix.as_bytes()).keys() {
+            let k = item.map_err(storage)?;
+            ids.push(String::from_utf8_lossy(&k).into_owned());
+            if ids.len() > 5 {
+                break;
+            }
+        }
+        match ids.as_slice() {
+            [] => Err(Error::UnknownTask(prefix.to_owned())),
+            [one] => self.task(one),
+            _ => Err(Error::Ambiguous {
+                prefix: prefix.to_owned(),
+                ids,
+            }),
+        }
+    }
+
+    /// Every task, newest first.
+    pub fn list(&self) -> Result<Vec<TaskSummary>> {
+        let mut out = Vec::new();
+        for item in self.tasks.iter().rev() {
+            let (k, v) = item.map_err(storage)?;
+            let summary = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                task: String::from_utf8_lossy(&k).into_owned(),
+                seq: 0,
+                reason: e.to_string(),
+            })?;
+            out.push(summary);
+        }
+        Ok(out)
+    }
+
+    /// A task's records, in order.
+    pub fn records(&self, id: &str) -> Result<Vec<Record>> {
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(b'/');
+        let mut out = Vec::new();
+        for item in self.events.scan_prefix(&prefix) {
+            let (k, v) = item.map_err(storage)?;
+            let seq = k
+                .get(prefix.len()..)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            let rec: Record = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                task: id.to_owned(),
+                seq,
+                reason: e.to_string(),
+            })?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(step: &str, kind: &str) -> NewRecord {
+        NewRecord {
+            step: step.into(),
+            kind: kind.into(),
+            data: json!({"x": 1}),
+            elapsed_ms: 5,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_and_summaries_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let id = {
+            let (j, _) = Journal::open(&path).unwrap();
+            let t = j
+                .create("do it", "/ws", json!({"prompt": "do it"}))
+                .await
+                .unwrap();
+            assert_eq!(t.status, Status::Queued);
+            j.append(
+                &t.id,
+                rec("plan", "plan"),
+                Update {
+                    status: Some(Status::Running),
+                    ..Default::default()
+                },
+                Durability::Flush,
+            )
+            .await
+            .unwrap();
+            t.id
+        };
+        let (j, interrupted) = Journal::open(&path).unwrap();
+        assert_eq!(
+            interrupted.len(),
+            1,
+            "a running task of a dead process is interrupted"
+        );
+        let t = j.task(&id).unwrap();
+        assert_eq!((t.status, t.events), (Status::Interrupted, 2));
+        let records = j.records(&id).unwrap();
+        assert_eq!(
+            records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
+            ["submitted", "plan"]
+        );
+        assert_eq!(records[1].seq, 1);
+        assert_eq!(j.find(&id[..10]).unwrap().id, id);
+        assert!(matches!(j.find("zzz"), Err(Error::UnknownTask(_))));
+    }
+
+    #[tokio::test]
+    async fn a_second_process_is_told_the_journal_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let (_held, _) = Journal::open(&path).unwrap();
+        let err = Journal::open(&path).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn foreign_and_newer_databases_are_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other");
+        {
+            let db = sled::open(&path).unwrap();
+            db.insert("someone", "else").unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(Journal::open(&path), Err(Error::Foreign { .. })));
+        let db = sled::open(&path).unwrap();
+        assert_eq!(db.get("someone").unwrap().unwrap().as_ref(), b"else");
+        drop(db);
+
+        let newer = dir.path().join("newer");
+        {
+            let db = sled::open(&newer).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema", "camina-journal/9")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(Journal::open(&newer), Err(Error::Schema { .. })));
+        let garbage = dir.path().join("garbage");
+        std::fs::create_dir(&garbage).unwrap();
+        std::fs::write(garbage.join("conf"), b"\x00\x01 not sled").unwrap();
+        assert!(Journal::open(&garbage).is_err());
+    }
+
+    #[tokio::test]
+    async fn concurrent_durable_appends_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(&dir.path().join("j")).unwrap();
+        let j = Arc::new(j);
+        let t = j.create("p", "/ws", json!({})).await.unwrap();
+        let mut handles = Vec::new();
+        for i in 0..32 {
+            let j = j.clone();
+            let id = t.id.clone();
+            handles.push(tokio::spawn(async move {
+                j.append(
+                    &id,
+                    rec(&format!("s{i}"), "x"),
+                    Update::default(),
+                    Durability::Flush,
+                )
+                .await
+                .unwrap()
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let records = j.records(&t.id).unwrap();
+        assert_eq!(records.len(), 33);
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            (0..33).collect::<Vec<_>>(),
+            "gapless, ordered sequence numbers"
+        );
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_name_one_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(&dir.path().join("j")).unwrap();
+        assert_eq!(j.claim_key("k1", "a").unwrap(), None);
+        assert_eq!(j.claim_key("k1", "b").unwrap(), Some("a".into()));
+        assert_eq!(j.key("k1").unwrap(), Some("a".into()));
+    }
+}

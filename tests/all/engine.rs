@@ -1,0 +1,729 @@
+//! The durable task engine against a scripted fake Ollama and the real
+//! skills: a multi-step task end to end, invalid model output, unknown
+//! tools, model errors mid-task, budgets, cancellation, and resumption.
+
+use crate::support::{artifacts, sandbox, shipped_policy};
+use camina_coordinator::events::{Budgets, Decision};
+use camina_coordinator::{Engine, RunOptions};
+use camina_journal::{Journal, Status};
+use camina_model::config::{ModelsSection, OllamaSection};
+use camina_model::{Bridge, Config, ModelSpec};
+use camina_registry::{PolicySource, Registry};
+use fake_ollama::{FakeModel, FakeOllama, Reply};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const COORDINATOR: &str = "mistral-small:22b";
+pub const REASONER: &str = "deepseek-r1:7b";
+pub const WORKER: &str = "mistral:7b";
+
+pub fn models() -> Vec<FakeModel> {
+    vec![
+        FakeModel::new(COORDINATOR, &["completion", "tools"]),
+        FakeModel::new(REASONER, &["completion", "thinking"]),
+        FakeModel::new(WORKER, &["completion", "tools"]),
+    ]
+}
+
+/// The messages after the last user message (the current turn's history).
+fn since_user(req: &Value) -> Vec<Value> {
+    let msgs = req["messages"].as_array().cloned().unwrap_or_default();
+    let last_user = msgs.iter().rposition(|m| m["role"] == "user").unwrap_or(0);
+    msgs[last_user + 1..].to_vec()
+}
+
+fn last_user(req: &Value) -> String {
+    req["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn offers(req: &Value, tool: &str) -> bool {
+    req["tools"]
+        .as_array()
+        .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == tool))
+}
+
+/// The scripted models of the sample task: collect the TODO lines under
+/// src/ into todo.md and note it in log.txt (a side-effecting append).
+pub fn todo_script(req: &Value) -> Reply {
+    let model = req["model"].as_str().unwrap_or_default();
+    let format = req["format"].to_string();
+    let turn = since_user(req);
+    if model == REASONER {
+        return Reply::thinking(
+            "The task needs a search and a write.",
+            "A drummer should grep for TODO in src/, then a belter writes todo.md.",
+        );
+    }
+    if model == COORDINATOR && format.contains("oneOf") {
+        return Reply::text(
+            &json!({"steps": [
+                {"crew": "drummer", "instruction": "Find every TODO line under src/"},
+                {"crew": "belter", "instruction": "Write the TODO lines to todo.md, then append `collected` to log.txt"}
+            ]})
+            .to_string(),
+        );
+    }
+    if model == COORDINATOR {
+        return Reply::text(&json!({"answer": "The TODO lines are in todo.md."}).to_string());
+    }
+    if offers(req, "grep") {
+        return match turn.last() {
+            None => Reply::tool_call("grep", json!({"pattern": "TODO", "path": "src"})),
+            Some(result) => {
+                let v: Value = serde_json::from_str(result["content"].as_str().unwrap_or("{}"))
+                    .unwrap_or_default();
+                let lines: Vec<String> = v["matches"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        format!(
+                            "{}:{}: {}",
+                            m["file"].as_str().unwrap_or(""),
+                            m["line"],
+                            m["text"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                Reply::text(&format!("TODO lines:\n{}", lines.join("\n")))
+            }
+        };
+    }
+    if offers(req, "write_file") {
+        let calls = turn.iter().filter(|m| m["role"] == "tool").count();
+        return match calls {
+            0 => {
+                let user = last_user(req);
+                let lines: Vec<&str> = user.lines().filter(|l| l.starts_with("src/")).collect();
+                Reply::tool_call(
+                    "write_file",
+                    json!({"path": "todo.md", "content": format!("{}\n", lines.join("\n"))}),
+                )
+            }
+            1 => Reply::tool_call(
+                "append_file",
+                json!({"path": "log.txt", "content": "collected\n"}),
+            ),
+            _ => Reply::text("Wrote todo.md and noted it in log.txt."),
+        };
+    }
+    Reply::status(500, "the script has no answer for this request")
+}
+
+/// A workspace with TODOs in src/.
+pub fn project(dir: &Path) {
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        "fn main() {\n    // TODO: parse args\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        "// TODO: write docs\npub fn f() {}\n",
+    )
+    .unwrap();
+}
+
+/// grep keeps each line's indentation.
+pub const EXPECTED_TODO: &str =
+    "src/lib.rs:1: // TODO: write docs\nsrc/main.rs:2:     // TODO: parse args\n";
+
+/// Installs the bundled skills with their shipped policies into `home`.
+pub async fn install_skills(registry: &Registry) {
+    for (file, name) in [
+        (artifacts::BELTER_FS, "belter-fs"),
+        (artifacts::DRUMMER_SEARCH, "drummer-search"),
+        (artifacts::DRUMMER_WEB, "drummer-web"),
+    ] {
+        let policy = PolicySource {
+            text: shipped_policy(name),
+            name: format!("policies/{name}.toml"),
+        };
+        registry
+            .install(&std::fs::read(file).unwrap(), Some(&policy), None, name)
+            .await
+            .unwrap();
+    }
+}
+
+pub fn config(fake: &FakeOllama) -> Config {
+    Config {
+        models: ModelsSection {
+            coordinator: ModelSpec::Ollama(COORDINATOR.into()),
+            reasoner: ModelSpec::Ollama(REASONER.into()),
+            belter: ModelSpec::Ollama(WORKER.into()),
+            drummer: ModelSpec::Ollama(WORKER.into()),
+        },
+        ollama: OllamaSection {
+            url: Some(fake.url().into()),
+            timeout_s: Some(10),
+        },
+        ..Default::default()
+    }
+}
+
+struct Setup {
+    home: tempfile::TempDir,
+    ws: PathBuf,
+    engine: Engine,
+    _ws_dir: tempfile::TempDir,
+}
+
+async fn setup(fake: &FakeOllama) -> Setup {
+    let home = tempfile::tempdir().unwrap();
+    let ws_dir = tempfile::tempdir().unwrap();
+    let ws = ws_dir.path().to_path_buf();
+    project(&ws);
+    let registry = Registry::open(home.path(), sandbox()).unwrap();
+    install_skills(&registry).await;
+    let (journal, _) = Journal::open(&home.path().join("journal")).unwrap();
+    let bridge = Bridge::new(config(fake), home.path()).unwrap();
+    let engine = Engine::new(
+        Arc::new(journal),
+        Arc::new(registry),
+        Arc::new(bridge),
+        home.path(),
+    );
+    Setup {
+        home,
+        ws,
+        engine,
+        _ws_dir: ws_dir,
+    }
+}
+
+const PROMPT: &str = "Collect every TODO line under src/ into todo.md";
+
+#[tokio::test]
+async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let s = setup(&fake).await;
+    let task = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    assert_eq!(task.status, Status::Queued);
+    let done = s.engine.run(&task.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        done.answer.as_deref(),
+        Some("The TODO lines are in todo.md.")
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("todo.md")).unwrap(),
+        EXPECTED_TODO
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
+        "collected\n"
+    );
+
+    // The protocol, as the models saw it.
+    let chats = fake.chats();
+    let reasoner = chats.iter().find(|c| c["model"] == REASONER).unwrap();
+    assert_eq!(reasoner["think"], true);
+    assert!(
+        reasoner.get("tools").is_none(),
+        "the reasoner gets no tools"
+    );
+    let plan = chats
+        .iter()
+        .find(|c| c["model"] == COORDINATOR && c["format"].to_string().contains("oneOf"))
+        .unwrap();
+    assert!(
+        plan["format"].to_string().contains("\"belter\"")
+            && plan["format"].to_string().contains("\"drummer\"")
+    );
+    let belter = chats.iter().find(|c| offers(c, "write_file")).unwrap();
+    assert!(
+        offers(belter, "append_file") && !offers(belter, "grep"),
+        "belters get belter tools only"
+    );
+    let drummer = chats.iter().find(|c| offers(c, "grep")).unwrap();
+    assert!(offers(drummer, "http_get") && !offers(drummer, "write_file"));
+    // A step sees the results of the steps before it.
+    let belter_user = last_user(belter);
+    assert!(
+        belter_user.contains("src/main.rs:2:     // TODO: parse args"),
+        "{belter_user}"
+    );
+
+    // The journal holds the whole story, durable tool intents included.
+    let records = s.engine.journal().records(&task.id).unwrap();
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    for k in [
+        "submitted",
+        "started",
+        "model_request",
+        "model_reply",
+        "advice",
+        "plan",
+        "step_started",
+        "tool_intent",
+        "tool_result",
+        "step_finished",
+        "answer",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let intent = records
+        .iter()
+        .find(|r| r.kind == "tool_intent" && r.data["tool"] == "append_file")
+        .unwrap();
+    assert_eq!(intent.data["effect"], "side-effecting");
+    assert!(
+        intent.data["key"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:step/1/", task.id))
+    );
+    assert!(
+        intent.data["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let advice = records.iter().find(|r| r.kind == "advice").unwrap();
+    assert_eq!(
+        advice.data["thinking"],
+        "The task needs a search and a write."
+    );
+}
+
+#[tokio::test]
+async fn resuming_a_finished_task_is_refused_and_nothing_is_redone() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let s = setup(&fake).await;
+    let task = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    s.engine.run(&task.id, RunOptions::default()).await.unwrap();
+    let before = fake.chats().len();
+    let err = s
+        .engine
+        .run(&task.id, RunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("succeeded"), "{err}");
+    assert_eq!(fake.chats().len(), before);
+}
+
+#[tokio::test]
+async fn invalid_plan_json_gets_a_correction_then_fails_with_a_reason() {
+    let attempts = Arc::new(Mutex::new(0));
+    let seen = attempts.clone();
+    let fake = FakeOllama::start(models(), move |req| {
+        if req["model"] == COORDINATOR && req["format"].to_string().contains("oneOf") {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            return match *n {
+                1 => Reply::text("{\"steps\": [{\"crew\": \"pilot\", \"instruction\": \"fly\"}]}"),
+                2 => Reply::text("not json at all"),
+                _ => Reply::text(&json!({"answer": "nothing to do"}).to_string()),
+            };
+        }
+        todo_script(req)
+    });
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(
+        done.status,
+        Status::Succeeded,
+        "the third attempt was valid"
+    );
+    assert_eq!(done.answer.as_deref(), Some("nothing to do"));
+    let plans: Vec<Value> = fake
+        .chats()
+        .into_iter()
+        .filter(|c| c["format"].to_string().contains("oneOf"))
+        .collect();
+    assert_eq!(plans.len(), 3);
+    let correction = last_user(&plans[1]);
+    assert!(
+        correction.contains("unknown crew `pilot`"),
+        "the model is told what was wrong: {correction}"
+    );
+
+    let never = FakeOllama::start(models(), |req| {
+        if req["model"] == COORDINATOR {
+            Reply::text("{\"steps\": []}")
+        } else {
+            todo_script(req)
+        }
+    });
+    let s = setup(&never).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Failed);
+    let reason = done.error.unwrap();
+    assert!(
+        reason.contains("no valid plan after 3 attempts") && reason.contains("no steps"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_tools_are_corrected_and_bounded() {
+    // Once wrong, then right: the correction works.
+    let fake = FakeOllama::start(models(), |req| {
+        if offers(req, "grep") && since_user(req).is_empty() {
+            return Reply::tool_call("rm_rf", json!({"path": "/"}));
+        }
+        todo_script(req)
+    });
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    let corrected = fake.chats().iter().any(|c| {
+        since_user(c).iter().any(|m| {
+            m["role"] == "tool"
+                && m["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("no tool named `rm_rf`")
+        })
+    });
+    assert!(corrected, "the model was told the tool does not exist");
+
+    // Always wrong: after the bound the task fails, naming the tool and
+    // the real ones.
+    let stubborn = FakeOllama::start(models(), |req| {
+        if offers(req, "grep") {
+            return Reply::tool_call("rm_rf", json!({"path": "/"}));
+        }
+        todo_script(req)
+    });
+    let s = setup(&stubborn).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Failed);
+    let reason = done.error.unwrap();
+    assert!(
+        reason.contains("rm_rf") && reason.contains("grep"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn a_model_error_mid_task_fails_it_and_resume_does_not_reask() {
+    let broken = Arc::new(Mutex::new(true));
+    let flag = broken.clone();
+    let fake = FakeOllama::start(models(), move |req| {
+        if req["model"] == COORDINATOR
+            && !req["format"].to_string().contains("oneOf")
+            && *flag.lock().unwrap()
+        {
+            return Reply::status(500, "llama runner process has terminated: signal: killed");
+        }
+        todo_script(req)
+    });
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Failed);
+    assert!(
+        done.error
+            .as_deref()
+            .unwrap()
+            .contains("llama runner process has terminated")
+    );
+    assert!(
+        s.ws.join("todo.md").exists(),
+        "the steps before the failure happened"
+    );
+
+    *broken.lock().unwrap() = false;
+    let before = fake.chats().len();
+    std::fs::remove_file(s.ws.join("log.txt")).unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(
+        fake.chats().len(),
+        before + 1,
+        "only the failed answer request is sent again"
+    );
+    assert!(
+        !s.ws.join("log.txt").exists(),
+        "finished tool calls are not re-run"
+    );
+}
+
+#[tokio::test]
+async fn budgets_stop_a_task() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let s = setup(&fake).await;
+    let budgets = Budgets {
+        max_model_calls: 4,
+        ..Budgets::default()
+    };
+    let t = s.engine.submit(PROMPT, &s.ws, budgets).await.unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Failed);
+    assert!(
+        done.error
+            .as_deref()
+            .unwrap()
+            .contains("budget exhausted: 4 model calls"),
+        "{:?}",
+        done.error
+    );
+    assert_eq!(fake.chats().len(), 4);
+
+    // Turns per step: a crew that never stops calling tools ends its step.
+    let looping = FakeOllama::start(models(), |req| {
+        if offers(req, "grep") {
+            let n = since_user(req)
+                .iter()
+                .filter(|m| m["role"] == "tool")
+                .count();
+            return Reply::tool_call("find_files", json!({"pattern": format!("*.{n}")}));
+        }
+        todo_script(req)
+    });
+    let s = setup(&looping).await;
+    let budgets = Budgets {
+        max_turns: 3,
+        ..Budgets::default()
+    };
+    let t = s.engine.submit(PROMPT, &s.ws, budgets).await.unwrap();
+    s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let finished = records.iter().find(|r| r.kind == "step_finished").unwrap();
+    assert_eq!(finished.data["complete"], false);
+    assert!(
+        finished.data["result"]
+            .as_str()
+            .unwrap()
+            .contains("stopped after 3 turns")
+    );
+}
+
+#[tokio::test]
+async fn cancel_mid_step_stops_the_task() {
+    let fake = FakeOllama::start(models(), |req| {
+        if offers(req, "grep") {
+            return Reply::Delayed {
+                ms: 5_000,
+                reply: Box::new(todo_script(req)),
+            };
+        }
+        todo_script(req)
+    });
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let engine = Arc::new(s.engine);
+    let runner = {
+        let engine = engine.clone();
+        let id = t.id.clone();
+        tokio::spawn(async move { engine.run(&id, RunOptions::default()).await })
+    };
+    // Wait until the drummer's model call is in flight.
+    let mut feed = engine.journal().subscribe();
+    loop {
+        let (id, rec) = feed.recv().await.unwrap();
+        if id == t.id && rec.kind == "model_request" && rec.step == "step/0/turn/0" {
+            break;
+        }
+    }
+    let started = std::time::Instant::now();
+    let cancelled = engine
+        .cancel(&t.id, "the user changed their mind")
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, Status::Cancelled);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "no waiting for the model"
+    );
+    let done = runner.await.unwrap().unwrap();
+    assert_eq!(done.status, Status::Cancelled);
+    assert_eq!(done.error.as_deref(), Some("the user changed their mind"));
+    assert!(!s.ws.join("todo.md").exists());
+    let err = engine.run(&t.id, RunOptions::default()).await.unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    let _ = s.home;
+}
+
+#[tokio::test]
+async fn a_changed_plugin_blocks_resume_unless_allowed() {
+    let broken = Arc::new(Mutex::new(true));
+    let flag = broken.clone();
+    let fake = FakeOllama::start(models(), move |req| {
+        if req["model"] == COORDINATOR
+            && !req["format"].to_string().contains("oneOf")
+            && *flag.lock().unwrap()
+        {
+            return Reply::status(500, "down");
+        }
+        todo_script(req)
+    });
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    *broken.lock().unwrap() = false;
+    // Reinstall belter-fs with another policy: its policy hash changes.
+    let policy = PolicySource {
+        text: format!("{}\n# changed\n", shipped_policy("belter-fs")),
+        name: "changed.toml".into(),
+    };
+    s.engine
+        .registry()
+        .install(
+            &std::fs::read(artifacts::BELTER_FS).unwrap(),
+            Some(&policy),
+            None,
+            "b",
+        )
+        .await
+        .unwrap();
+    let err = s
+        .engine
+        .run(&t.id, RunOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("plugin `belter-fs` changed"),
+        "{err}"
+    );
+    let done = s
+        .engine
+        .run(
+            &t.id,
+            RunOptions {
+                allow_changed_plugins: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Succeeded);
+}
+
+#[tokio::test]
+async fn an_interrupted_side_effecting_call_needs_review() {
+    // Simulate a crash between the intent and the result of append_file by
+    // writing the history a crashed run leaves, then resuming.
+    let fake = FakeOllama::start(models(), todo_script);
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let cut = records
+        .iter()
+        .position(|r| r.kind == "tool_intent" && r.data["tool"] == "append_file")
+        .unwrap();
+
+    // Copy the history up to and including the intent into a new task.
+    let copy = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    for r in records[2..=cut].iter() {
+        let mut data = r.data.clone();
+        if let Some(k) = data.get_mut("key") {
+            *k = json!(k.as_str().unwrap().replace(&t.id, &copy.id));
+        }
+        s.engine
+            .journal()
+            .append(
+                &copy.id,
+                camina_journal::NewRecord {
+                    step: r.step.clone(),
+                    kind: r.kind.clone(),
+                    data,
+                    elapsed_ms: r.elapsed_ms,
+                },
+                Default::default(),
+                camina_journal::Durability::Flush,
+            )
+            .await
+            .unwrap();
+    }
+    std::fs::write(s.ws.join("log.txt"), "").unwrap();
+    let before = fake.chats().len();
+    let done = s.engine.run(&copy.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::NeedsReview);
+    assert!(
+        done.error.as_deref().unwrap().contains("append_file"),
+        "{:?}",
+        done.error
+    );
+    assert_eq!(
+        fake.chats().len(),
+        before,
+        "no model was asked while replaying"
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
+        "",
+        "not run again"
+    );
+
+    let done = s
+        .engine
+        .run(
+            &copy.id,
+            RunOptions {
+                interrupted: Some(Decision::Skip),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
+        "",
+        "skipped, not run"
+    );
+    let records = s.engine.journal().records(&copy.id).unwrap();
+    let skipped = records
+        .iter()
+        .find(|r| r.kind == "tool_result" && r.data["error"][0] == "skipped");
+    assert!(skipped.is_some(), "the model was told the call was skipped");
+}
