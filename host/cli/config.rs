@@ -14,6 +14,29 @@ pub struct FileConfig {
     pub ollama: camina_model::config::OllamaSection,
     #[serde(default)]
     pub embedded: camina_model::config::EmbeddedSection,
+    #[serde(default)]
+    pub server: ServerSection,
+}
+
+/// `[server]`: `camina serve`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Default `127.0.0.1:7700`.
+    pub listen: Option<String>,
+    /// Task workspaces must lie under it; default `{home}/workspaces`.
+    pub workspace_root: Option<String>,
+    /// Tasks running at once (the rest stay queued); default 4.
+    pub max_running: Option<usize>,
+    /// Largest JSON body; default 1024 KiB.
+    pub max_json_kib: Option<usize>,
+    /// Largest plugin upload; default 64 MiB.
+    pub max_upload_mib: Option<usize>,
+    /// Per-request time limit (event streams excepted); default 30 s.
+    pub request_timeout_s: Option<u64>,
+    /// `[[server.tokens]] token = "…", scopes = ["tasks", "admin"]`
+    #[serde(default)]
+    pub tokens: Vec<camina_api::Token>,
 }
 
 impl FileConfig {

@@ -8,6 +8,7 @@ mod config;
 mod home;
 mod model;
 mod plugin;
+mod serve;
 mod task;
 mod tool;
 
@@ -52,6 +53,8 @@ enum Command {
     /// List, show, resume and cancel tasks.
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Serve the HTTP API (tasks, events, plugins, audit).
+    Serve(serve::ServeArgs),
 }
 
 /// What every command needs: the home directory and the configuration.
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
             Command::Model(cmd) => model::run(&cx, cmd).await,
             Command::Run(args) => task::run(&cx, args).await,
             Command::Task(cmd) => task::task(&cx, cmd).await,
+            Command::Serve(args) => serve::serve(&cx, args).await,
         }
     });
     match result {

@@ -255,6 +255,22 @@ fn killed_runs_resume_to_the_same_result() {
         std::thread::sleep(std::time::Duration::from_millis(20 + lcg(&mut seed) % 400));
         let _ = child.kill();
         let _ = child.wait();
+        if tasks(&home).is_empty() {
+            // Killed before the task was even submitted: nothing may have
+            // happened; the user simply runs it again.
+            assert!(
+                !ws.join("todo.md").exists() && !ws.join("log.txt").exists(),
+                "random kill {k}"
+            );
+            ok(
+                camina(&home)
+                    .args(["run", PROMPT, "--workspace"])
+                    .arg(&ws)
+                    .output()
+                    .unwrap(),
+                "rerun",
+            );
+        }
         check_trial(&home, &ws, &format!("random kill {k}"));
         trials += 1;
         let _ = std::fs::remove_dir_all(&home);

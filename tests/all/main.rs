@@ -2,6 +2,7 @@
 //!
 //! Guest components come from `camina-test-artifacts`, built once per build.
 
+mod api;
 mod cli;
 mod crash;
 mod engine;

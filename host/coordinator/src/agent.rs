@@ -19,7 +19,21 @@ pub enum Halt {
     Engine(EngineError),
     Failed(String),
     Cancelled(String),
-    Review { key: String, reason: String },
+    /// The engine is shutting down: stop at the next boundary, resume later.
+    Paused,
+    Review {
+        key: String,
+        reason: String,
+    },
+}
+
+/// A request to stop a running task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// For good, at once (in-flight calls are abandoned).
+    Cancel(String),
+    /// For now, at the next boundary (in-flight tool calls finish).
+    Pause,
 }
 
 impl From<EngineError> for Halt {
@@ -38,18 +52,16 @@ pub struct Agent<'e> {
     pub submitted: Submitted,
     pub crews: Vec<Crew>,
     pub opts: RunOptions,
-    pub cancel: tokio::sync::watch::Receiver<Option<String>>,
+    pub cancel: tokio::sync::watch::Receiver<Option<Stop>>,
     pub model_calls: u32,
 }
 
 impl Agent<'_> {
-    fn cancelled(&self) -> Option<String> {
-        self.cancel.borrow().clone()
-    }
-
     fn check(&self) -> Flow<()> {
-        if let Some(reason) = self.cancelled() {
-            return Err(Halt::Cancelled(reason));
+        match self.cancel.borrow().clone() {
+            Some(Stop::Cancel(reason)) => return Err(Halt::Cancelled(reason)),
+            Some(Stop::Pause) => return Err(Halt::Paused),
+            None => {}
         }
         let b = &self.submitted.budgets;
         if self.model_calls >= b.max_model_calls {
@@ -69,13 +81,19 @@ impl Agent<'_> {
         Ok(())
     }
 
-    async fn until_cancelled(rx: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    /// Resolves when a stop is requested: any stop, or only cancellation.
+    async fn until_stopped(
+        rx: &mut tokio::sync::watch::Receiver<Option<Stop>>,
+        pause_too: bool,
+    ) -> Halt {
         loop {
-            if let Some(r) = rx.borrow().clone() {
-                return r;
+            match rx.borrow().clone() {
+                Some(Stop::Cancel(r)) => return Halt::Cancelled(r),
+                Some(Stop::Pause) if pause_too => return Halt::Paused,
+                _ => {}
             }
             if rx.changed().await.is_err() {
-                // The engine dropped the sender: never cancelled.
+                // The engine dropped the sender: never stopped.
                 std::future::pending::<()>().await;
             }
         }
@@ -139,9 +157,10 @@ impl Agent<'_> {
                 .await?;
         }
         let mut cancel = self.cancel.clone();
+        // A model call is abandoned for a pause too: asking again is harmless.
         let reply = tokio::select! {
             r = self.bridge.chat(role, &req, None) => r,
-            reason = Self::until_cancelled(&mut cancel) => return Err(Halt::Cancelled(reason)),
+            halt = Self::until_stopped(&mut cancel, true) => return Err(halt),
         };
         let reply = reply.map_err(|e| Halt::Failed(format!("the {role} model failed: {e}")))?;
         self.model_calls += 1;
@@ -260,9 +279,12 @@ impl Agent<'_> {
         let workspace = PathBuf::from(&self.submitted.workspace);
         let input = intent.input.to_string();
         let mut cancel = self.cancel.clone();
+        // A tool call is only abandoned when cancelled: a pause lets it
+        // finish (it has its own time limit) so no side effect is left
+        // half-recorded.
         let outcome = tokio::select! {
             r = self.registry.call(&intent.plugin, &intent.tool, &input, Some(&workspace)) => r,
-            reason = Self::until_cancelled(&mut cancel) => return Err(Halt::Cancelled(reason)),
+            halt = Self::until_stopped(&mut cancel, false) => return Err(halt),
         };
         let denials = |ds: &[camina_sandbox::Decision]| {
             ds.iter()

@@ -33,6 +33,7 @@ pub mod durable;
 pub mod events;
 pub mod prompts;
 pub mod toolbox;
+pub mod view;
 
 use camina_journal::{Durability, Journal, Status, TaskSummary, Update};
 use camina_model::Bridge;
@@ -77,6 +78,8 @@ pub enum EngineError {
     Corrupt { seq: u64, reason: String },
     #[error("the workspace {path}: {reason}")]
     Workspace { path: String, reason: String },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -99,7 +102,8 @@ pub struct Engine {
     registry: Arc<Registry>,
     bridge: Arc<Bridge>,
     home: PathBuf,
-    running: Mutex<HashMap<String, tokio::sync::watch::Sender<Option<String>>>>,
+    running: Mutex<HashMap<String, tokio::sync::watch::Sender<Option<agent::Stop>>>>,
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -123,7 +127,33 @@ impl Engine {
             bridge,
             home: home.to_path_buf(),
             running: Mutex::new(HashMap::new()),
+            paused: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Stops taking work: running tasks stop at their next boundary
+    /// (in-flight tool calls finish) and become `interrupted`; later `run`s
+    /// are refused. For graceful shutdown.
+    pub fn pause_all(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        for tx in self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let _ = tx.send(Some(agent::Stop::Pause));
+        }
+    }
+
+    /// Tasks running in this process.
+    pub fn running(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn journal(&self) -> &Arc<Journal> {
@@ -227,6 +257,9 @@ impl Engine {
                 status: task.status,
             });
         }
+        if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(EngineError::ShuttingDown);
+        }
         let (tx, rx) = tokio::sync::watch::channel(None);
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
@@ -248,7 +281,7 @@ impl Engine {
         id: &str,
         task: &TaskSummary,
         opts: RunOptions,
-        cancel: tokio::sync::watch::Receiver<Option<String>>,
+        cancel: tokio::sync::watch::Receiver<Option<agent::Stop>>,
     ) -> Result<TaskSummary> {
         let submitted = self.submitted(id)?;
         self.check_plugins(id, opts.allow_changed_plugins)?;
@@ -318,6 +351,17 @@ impl Engine {
                 )
                 .await?;
             }
+            Err(agent::Halt::Paused) => {
+                let update = Update {
+                    status: Some(Status::Interrupted),
+                    ..Default::default()
+                };
+                let reason = Reason {
+                    reason: "the engine shut down; resume to continue".into(),
+                };
+                d.record_with("paused", "paused", &reason, Durability::Flush, update)
+                    .await?;
+            }
             Err(agent::Halt::Review { key, reason }) => {
                 let update = Update {
                     status: Some(Status::NeedsReview),
@@ -376,7 +420,9 @@ impl Engine {
                         let name = e.file_name().to_string_lossy().into_owned();
                         if name.len() >= 6 && id.starts_with(&name) {
                             let _ = std::fs::remove_file(e.path());
-                            let _ = sender.send(Some("cancelled by `camina task cancel`".into()));
+                            let _ = sender.send(Some(agent::Stop::Cancel(
+                                "cancelled by `camina task cancel`".into(),
+                            )));
                             return;
                         }
                     }
@@ -403,7 +449,7 @@ impl Engine {
             .get(id)
             .cloned();
         if let Some(tx) = live {
-            let _ = tx.send(Some(reason.to_owned()));
+            let _ = tx.send(Some(agent::Stop::Cancel(reason.to_owned())));
             let mut feed = self.journal.subscribe();
             loop {
                 let t = self.journal.task(id)?;

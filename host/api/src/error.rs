@@ -1,0 +1,126 @@
+//! One error type for every route: `{"error": {"kind", "message"}}` with the
+//! right status. Client errors say what was wrong; internal errors are
+//! logged in full and answered with a plain message.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use camina_coordinator::EngineError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: &str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {detail}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error (see the server log)",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"kind": self.kind, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<camina_journal::Error> for ApiError {
+    fn from(e: camina_journal::Error) -> Self {
+        use camina_journal::Error as E;
+        match e {
+            E::UnknownTask(_) | E::Ambiguous { .. } => ApiError::not_found(e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Journal(j) => j.into(),
+            EngineError::Registry(r) => r.into(),
+            EngineError::Finished { .. }
+            | EngineError::AlreadyRunning(_)
+            | EngineError::PluginChanged { .. } => ApiError::conflict(e.to_string()),
+            EngineError::Workspace { .. } => ApiError::bad_request(e.to_string()),
+            EngineError::ShuttingDown => ApiError::unavailable(e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<camina_registry::Error> for ApiError {
+    fn from(e: camina_registry::Error) -> Self {
+        use camina_registry::Error as E;
+        match e {
+            E::UnknownPlugin(_) => ApiError::not_found(e.to_string()),
+            E::BadDigest(_) => ApiError::bad_request(e.to_string()),
+            E::DigestMismatch { .. }
+            | E::Policy(_)
+            | E::Component { .. }
+            | E::Describe { .. }
+            | E::Manifest { .. }
+            | E::NameMismatch { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_plugin",
+                e.to_string(),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Body extractors' rejections as API errors (413 for size, 400 naming the
+/// problem otherwise).
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                r.body_text(),
+            );
+        }
+        ApiError::bad_request(r.body_text())
+    }
+}

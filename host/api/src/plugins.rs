@@ -1,0 +1,152 @@
+//! `/v1/plugins…` and `/v1/policies/audit`
+
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::extract::{Multipart, Path, State};
+use axum::http::StatusCode;
+use camina_registry::{PluginRecord, PolicySource};
+use serde::Serialize;
+use serde_json::{Value, json};
+use utoipa::ToSchema;
+
+/// An installed plugin as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub digest: String,
+    pub crew: Option<String>,
+    /// `[{name, description, effect, input_schema}]`
+    #[schema(value_type = Vec<Object>)]
+    pub tools: Vec<Value>,
+    /// `{hash, file, grants}`; grants in words.
+    #[schema(value_type = Object)]
+    pub policy: Value,
+    pub installed_at: String,
+}
+
+fn view(r: &PluginRecord) -> PluginView {
+    let grants = r
+        .policy()
+        .map(|p| p.summary())
+        .unwrap_or_else(|e| vec![format!("invalid policy: {e}")]);
+    PluginView {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        description: r.description.clone(),
+        digest: r.digest.clone(),
+        crew: r.crew.clone(),
+        tools: r
+            .tools
+            .iter()
+            .map(|t| json!({"name": t.name, "description": t.description, "effect": t.effect, "input_schema": t.input_schema}))
+            .collect(),
+        policy: json!({"hash": r.policy.hash, "file": r.policy.file, "grants": grants}),
+        installed_at: r.installed_at.clone(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
+    responses((status = 200, body = Vec<PluginView>), (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PluginView>>, ApiError> {
+    let records = state.engine.registry().list()?;
+    Ok(Json(records.iter().map(view).collect()))
+}
+
+#[utoipa::path(post, path = "/v1/plugins", tag = "plugins",
+    request_body(content_type = "multipart/form-data", description = "`component` (the .wasm), `policy` (TOML), optional `sha256`"),
+    responses((status = 201, body = PluginView), (status = 400, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid component or policy, or digest mismatch", body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["admin"])))]
+pub async fn install(
+    State(state): State<AppState>,
+    mut form: Multipart,
+) -> Result<(StatusCode, Json<PluginView>), ApiError> {
+    let mut component: Option<Vec<u8>> = None;
+    let mut policy: Option<String> = None;
+    let mut sha256: Option<String> = None;
+    let too_big = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                e.body_text(),
+            )
+        } else {
+            ApiError::bad_request(format!("multipart body: {}", e.body_text()))
+        }
+    };
+    while let Some(field) = form.next_field().await.map_err(too_big)? {
+        let name = field.name().unwrap_or_default().to_owned();
+        match name.as_str() {
+            "component" => component = Some(field.bytes().await.map_err(too_big)?.to_vec()),
+            "policy" => policy = Some(field.text().await.map_err(too_big)?),
+            "sha256" => sha256 = Some(field.text().await.map_err(too_big)?),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown form field `{other}` (component, policy, sha256)"
+                )));
+            }
+        }
+    }
+    let component =
+        component.ok_or_else(|| ApiError::bad_request("the form has no `component` field"))?;
+    let policy = policy.ok_or_else(|| ApiError::bad_request("the form has no `policy` field"))?;
+    let source = PolicySource {
+        text: policy,
+        name: "uploaded policy".into(),
+    };
+    let report = state
+        .engine
+        .registry()
+        .install(
+            &component,
+            Some(&source),
+            sha256.as_deref(),
+            "uploaded component",
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(&report.record))))
+}
+
+#[utoipa::path(delete, path = "/v1/plugins/{name}", tag = "plugins", params(("name" = String, Path)),
+    responses((status = 200, body = PluginView), (status = 404, body = crate::openapi::ErrorBody),
+        (status = 403, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["admin"])))]
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<PluginView>, ApiError> {
+    let record = state.engine.registry().remove(&name)?;
+    Ok(Json(view(&record)))
+}
+
+#[utoipa::path(get, path = "/v1/policies/audit", tag = "plugins",
+    responses((status = 200, description = "The effective grants of every installed plugin (the full audit report arrives with `camina policy audit`)", body = Object),
+        (status = 403, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["admin"])))]
+pub async fn audit(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut plugins = Vec::new();
+    for r in state.engine.registry().list()? {
+        let p = r
+            .policy()
+            .map_err(|e| ApiError::internal(format!("{}: {e}", r.name)))?;
+        plugins.push(json!({
+            "plugin": r.name,
+            "digest": r.digest,
+            "policy_hash": r.policy.hash,
+            "crew": r.crew,
+            "imports": r.imports,
+            "grants": {
+                "fs": p.mounts.iter().map(|m| json!({"host": m.host.to_string(), "guest": m.guest, "access": m.access.as_str()})).collect::<Vec<_>>(),
+                "net": p.net.rules.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
+                "env": p.env,
+                "limits": {"memory_mib": p.limits.memory_mib, "timeout_ms": p.limits.timeout_ms, "max_output_kib": p.limits.max_output_kib}
+            }
+        }));
+    }
+    Ok(Json(json!({ "plugins": plugins })))
+}

@@ -1,0 +1,382 @@
+//! `/v1/tasks…`
+
+use crate::{ApiError, AppState};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use camina_coordinator::RunOptions;
+use camina_coordinator::events::{Budgets, Decision};
+use camina_journal::{Record, Status, TaskSummary};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use std::path::{Component, PathBuf};
+use utoipa::ToSchema;
+
+/// `POST /v1/tasks`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    /// What to do, in words.
+    pub prompt: String,
+    /// A directory under the server's workspace root (absolute, or relative
+    /// to the root). Missing: a fresh directory there.
+    #[serde(default)]
+    pub workspace: Option<String>,
+}
+
+/// A task's id and state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskRef {
+    pub id: String,
+    /// queued | running | succeeded | failed | cancelled | interrupted | needs-review
+    pub status: String,
+}
+
+/// `POST /v1/tasks/{id}/resume`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeTask {
+    /// How to settle an interrupted side-effecting call: `retry` or `skip`.
+    #[serde(default)]
+    pub interrupted: Option<String>,
+}
+
+/// Query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only tasks in this state.
+    pub status: Option<String>,
+    /// Page size (1-200, default 50).
+    pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of tasks, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskPage {
+    #[schema(value_type = Vec<Object>)]
+    pub tasks: Vec<TaskSummary>,
+    /// Cursor of the next page, if any.
+    pub next: Option<String>,
+}
+
+fn reference(t: &TaskSummary) -> TaskRef {
+    TaskRef {
+        id: t.id.clone(),
+        status: t.status.as_str().to_owned(),
+    }
+}
+
+/// Resolves a requested workspace under the root; anything resolving
+/// outside it (`..`, symlinks) is a 400.
+fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiError> {
+    let root = &state.settings.workspace_root;
+    std::fs::create_dir_all(root).map_err(ApiError::internal)?;
+    let root = root.canonicalize().map_err(ApiError::internal)?;
+    let requested = requested.map(str::trim).filter(|s| !s.is_empty());
+    let path = match requested {
+        None => {
+            let fresh = root.join(uuid::Uuid::now_v7().simple().to_string());
+            std::fs::create_dir_all(&fresh).map_err(ApiError::internal)?;
+            fresh
+        }
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if p.components().any(|c| matches!(c, Component::ParentDir)) {
+                return Err(ApiError::bad_request("workspace: `..` is not allowed"));
+            }
+            if p.is_absolute() {
+                p
+            } else {
+                let joined = root.join(&p);
+                std::fs::create_dir_all(&joined).map_err(|e| {
+                    ApiError::bad_request(format!("workspace: cannot create {}: {e}", p.display()))
+                })?;
+                joined
+            }
+        }
+    };
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| ApiError::bad_request(format!("workspace {}: {e}", path.display())))?;
+    if !resolved.starts_with(&root) || !resolved.is_dir() {
+        return Err(ApiError::bad_request(format!(
+            "workspace {} is not a directory under the workspace root {}",
+            path.display(),
+            root.display()
+        )));
+    }
+    Ok(resolved)
+}
+
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks",
+    request_body = CreateTask,
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same task")),
+    responses(
+        (status = 201, description = "Created (queued or running)", body = TaskRef),
+        (status = 200, description = "The task this Idempotency-Key created before", body = TaskRef),
+        (status = 400, description = "Bad body or workspace", body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
+        (status = 413, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)
+    ), security(("bearer" = ["tasks"])))]
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<CreateTask>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    if state.closing() {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let Json(body) = body?;
+    if body.prompt.trim().is_empty() {
+        return Err(ApiError::bad_request("prompt: must not be empty"));
+    }
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
+    let journal = state.engine.journal();
+    if let Some(k) = &key
+        && let Some(id) = journal.key(k)?
+    {
+        return Ok((StatusCode::OK, Json(reference(&journal.task(&id)?))));
+    }
+    let ws = workspace(&state, body.workspace.as_deref())?;
+    let task = state
+        .engine
+        .submit(&body.prompt, &ws, Budgets::default())
+        .await?;
+    if let Some(k) = &key
+        && let Some(existing) = journal.claim_key(k, &task.id)?
+    {
+        // Another request with the same key won the race; this task is
+        // cancelled before it ever runs.
+        let _ = state
+            .engine
+            .cancel(&task.id, "duplicate of an idempotent request")
+            .await;
+        return Ok((StatusCode::OK, Json(reference(&journal.task(&existing)?))));
+    }
+    state.spawn(task.id.clone(), RunOptions::default()).await;
+    Ok((StatusCode::CREATED, Json(reference(&task))))
+}
+
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
+    responses((status = 200, body = TaskPage), (status = 400, body = crate::openapi::ErrorBody),
+        (status = 401, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TaskPage>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = q
+        .status
+        .as_deref()
+        .map(|s| {
+            Status::parse(s)
+                .ok_or_else(|| ApiError::bad_request(format!("status: unknown state `{s}`")))
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::bad_request("limit: must be from 1 to 200"));
+    }
+    let mut tasks: Vec<TaskSummary> = state
+        .engine
+        .journal()
+        .list()?
+        .into_iter()
+        .filter(|t| filter.is_none_or(|f| t.status == f))
+        .filter(|t| q.cursor.as_deref().is_none_or(|c| t.id.as_str() < c))
+        .take(limit + 1)
+        .collect();
+    let next = (tasks.len() > limit).then(|| {
+        tasks.truncate(limit);
+        tasks.last().map(|t| t.id.clone()).unwrap_or_default()
+    });
+    Ok(Json(TaskPage { tasks, next }))
+}
+
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "Task id (or a unique prefix)")),
+    responses((status = 200, description = "id, status, prompt, workspace, plan, steps with tool calls and outcomes, answer or error, timestamps", body = Object),
+        (status = 404, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let journal = state.engine.journal();
+    let t = journal.find(&id)?;
+    let records = journal.records(&t.id)?;
+    Ok(Json(camina_coordinator::view::task_json(&t, &records)))
+}
+
+#[utoipa::path(post, path = "/v1/tasks/{id}/resume", tag = "tasks",
+    params(("id" = String, Path)), request_body(content = ResumeTask, description = "Optional"),
+    responses((status = 202, body = TaskRef), (status = 400, body = crate::openapi::ErrorBody),
+        (status = 404, body = crate::openapi::ErrorBody), (status = 409, description = "Finished or running", body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<serde_json::Value>>,
+) -> Result<impl IntoResponse, ApiError> {
+    if state.closing() {
+        return Err(ApiError::unavailable("the server is shutting down"));
+    }
+    let body: ResumeTask = match body {
+        Some(Json(v)) => {
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("body: {e}")))?
+        }
+        None => ResumeTask::default(),
+    };
+    let interrupted = match body.interrupted.as_deref() {
+        None => None,
+        Some("retry") => Some(Decision::Retry),
+        Some("skip") => Some(Decision::Skip),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "interrupted: `{other}` is not retry or skip"
+            )));
+        }
+    };
+    let t = state.engine.journal().find(&id)?;
+    if t.status.is_final() && t.status != Status::Failed {
+        return Err(ApiError::conflict(format!(
+            "task {} is {}; there is nothing to resume",
+            t.id, t.status
+        )));
+    }
+    if state.engine.running().contains(&t.id) {
+        return Err(ApiError::conflict(format!("task {} is running", t.id)));
+    }
+    state
+        .spawn(
+            t.id.clone(),
+            RunOptions {
+                interrupted,
+                allow_changed_plugins: false,
+            },
+        )
+        .await;
+    Ok((StatusCode::ACCEPTED, Json(reference(&t))))
+}
+
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, body = TaskRef), (status = 404, body = crate::openapi::ErrorBody),
+        (status = 409, description = "Already finished", body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TaskRef>, ApiError> {
+    let t = state.engine.journal().find(&id)?;
+    let t = state
+        .engine
+        .cancel(&t.id, "cancelled through the API")
+        .await?;
+    Ok(Json(reference(&t)))
+}
+
+/// Kinds after which a task stops (for now or for good).
+fn ends_task(kind: &str) -> bool {
+    matches!(
+        kind,
+        "answer" | "failed" | "cancelled" | "needs_review" | "paused"
+    )
+}
+
+fn sse(r: &Record) -> Event {
+    Event::default()
+        .id(r.seq.to_string())
+        .event(r.kind.clone())
+        .data(serde_json::to_string(r).unwrap_or_default())
+}
+
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "tasks",
+    params(("id" = String, Path), ("Last-Event-ID" = Option<String>, Header, description = "Continue after this record")),
+    responses((status = 200, description = "Server-Sent Events: every journal record (event = its kind, id = its sequence number, data = the record as JSON) from the start, then live until the task stops", content_type = "text/event-stream"),
+        (status = 404, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+    let journal = state.engine.journal().clone();
+    let t = journal.find(&id)?;
+    let after: Option<u64> = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    // Subscribe before reading the past, so nothing falls in between.
+    let mut feed = journal.subscribe();
+    let past = journal.records(&t.id)?;
+    let id = t.id.clone();
+    let stream = async_stream(move |tx| async move {
+        let mut last = after;
+        for r in past.iter().filter(|r| after.is_none_or(|a| r.seq > a)) {
+            if tx.send(sse(r)).await.is_err() {
+                return;
+            }
+            last = Some(r.seq);
+        }
+        // A task that is not running (or about to) ends the stream after
+        // its history.
+        let live = matches!(
+            journal.task(&id).map(|t| t.status),
+            Ok(Status::Running | Status::Queued)
+        );
+        if !live {
+            return;
+        }
+        loop {
+            match feed.recv().await {
+                Ok((tid, r)) if tid == id => {
+                    if last.is_some_and(|l| r.seq <= l) {
+                        continue;
+                    }
+                    last = Some(r.seq);
+                    let end = ends_task(&r.kind);
+                    if tx.send(sse(&r)).await.is_err() || end {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Fell behind: catch up from the journal.
+                    if let Ok(all) = journal.records(&id) {
+                        let from = last;
+                        for r in all.iter().filter(|r| from.is_none_or(|l| r.seq > l)) {
+                            last = Some(r.seq);
+                            if tx.send(sse(r)).await.is_err() || ends_task(&r.kind) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A stream fed by a producer task through a channel.
+fn async_stream<F, Fut>(producer: F) -> impl Stream<Item = Result<Event, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(producer(tx));
+    futures_util::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok)
+}
