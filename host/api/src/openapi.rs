@@ -42,7 +42,10 @@ pub struct ApiDoc;
 
 /// Liveness.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
-#[expect(dead_code, reason = "documents the /healthz route served by lib.rs; utoipa only reads its attribute")]
+#[expect(
+    dead_code,
+    reason = "documents the /healthz route served by lib.rs; utoipa only reads its attribute"
+)]
 async fn health() {}
 
 pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
