@@ -16,6 +16,41 @@ pub struct FileConfig {
     pub embedded: camina_model::config::EmbeddedSection,
     #[serde(default)]
     pub server: ServerSection,
+    #[serde(default)]
+    pub plugins: PluginsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+/// `[plugins]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsSection {
+    /// Refuse to install plugins without a trusted signature.
+    #[serde(default)]
+    pub require_signatures: bool,
+}
+
+/// `[audit]`: the capability decision log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Keep decisions this many days (default 30).
+    pub retention_days: Option<u64>,
+    /// Keep at most this many decisions (default 200000).
+    pub max_entries: Option<usize>,
+}
+
+impl AuditSection {
+    pub fn retention(&self) -> camina_journal::Retention {
+        let d = camina_journal::Retention::default();
+        camina_journal::Retention {
+            max_age: self.retention_days.map_or(d.max_age, |days| {
+                std::time::Duration::from_secs(days * 24 * 3600)
+            }),
+            max_entries: self.max_entries.unwrap_or(d.max_entries),
+        }
+    }
 }
 
 /// `[server]`: `camina serve`.

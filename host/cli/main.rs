@@ -8,6 +8,7 @@ mod config;
 mod home;
 mod model;
 mod plugin;
+mod policy;
 mod serve;
 mod task;
 mod tool;
@@ -55,6 +56,15 @@ enum Command {
     Task(task::TaskCommand),
     /// Serve the HTTP API (tasks, events, plugins, audit).
     Serve(serve::ServeArgs),
+    /// Audit and approve plugin policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Query the capability decision log.
+    #[command(subcommand)]
+    Audit(policy::AuditCommand),
+    /// Keys for signing plugins.
+    #[command(subcommand)]
+    Key(policy::KeyCommand),
 }
 
 /// What every command needs: the home directory and the configuration.
@@ -66,7 +76,36 @@ pub struct Context {
 
 impl Context {
     pub fn registry(&self) -> anyhow::Result<camina_registry::Registry> {
-        home::registry(&self.home)
+        let r = home::registry(&self.home)?;
+        r.require_signatures(self.config.plugins.require_signatures);
+        Ok(r)
+    }
+
+    /// The server's (and the audit's) workspace root.
+    pub fn workspace_root(&self) -> PathBuf {
+        self.config
+            .server
+            .workspace_root
+            .as_deref()
+            .map(|p| PathBuf::from(p.replace("{home}", &self.home.display().to_string())))
+            .unwrap_or_else(|| self.home.join("workspaces"))
+    }
+
+    /// Records sandbox decisions of a direct tool call in the decision log
+    /// (skipped, with a note, while another process holds the journal).
+    pub fn log_decisions(&self, entries: &[camina_journal::DecisionEntry]) {
+        if entries.is_empty() {
+            return;
+        }
+        match camina_journal::Journal::open(&self.home.join("journal")) {
+            Ok((j, _)) => {
+                let _ = j.set_retention(self.config.audit.retention());
+                if let Err(e) = j.record_decisions(entries) {
+                    tracing::warn!("decision log: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("decisions of this call not logged: {e}"),
+        }
     }
 
     pub fn bridge(&self) -> anyhow::Result<camina_model::Bridge> {
@@ -126,6 +165,9 @@ fn main() -> ExitCode {
             Command::Run(args) => task::run(&cx, args).await,
             Command::Task(cmd) => task::task(&cx, cmd).await,
             Command::Serve(args) => serve::serve(&cx, args).await,
+            Command::Policy(cmd) => policy::policy(&cx, cmd).await,
+            Command::Audit(cmd) => policy::audit(&cx, cmd).await,
+            Command::Key(cmd) => policy::key(&cx, cmd).await,
         }
     });
     match result {

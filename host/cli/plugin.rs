@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 pub enum PluginCommand {
     /// Validate, precompile and store a skill component with its policy.
     Install {
-        /// The component (`.wasm`, built for wasm32-wasip2).
-        file: PathBuf,
+        /// The component: a `.wasm` file (built for wasm32-wasip2), or an
+        /// http(s) URL to download it from.
+        file: String,
         /// Its capability policy. Without one the plugin gets nothing: no
         /// filesystem, no network, no environment.
         #[arg(long, value_name = "FILE.toml")]
@@ -18,9 +19,26 @@ pub enum PluginCommand {
         /// Refuse the file unless its SHA-256 digest is this (64 hex digits).
         #[arg(long, value_name = "HEX")]
         sha256: Option<String>,
+        /// A detached signature (`camina plugin sign`) to verify against the
+        /// trusted keys in <home>/trusted_keys.
+        #[arg(long, value_name = "FILE.sig")]
+        signature: Option<PathBuf>,
         /// Print the installed record as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Sign a component and its policy with a key from `camina key generate`.
+    Sign {
+        file: PathBuf,
+        /// The secret key file (<home>/keys/NAME.key).
+        #[arg(long, value_name = "FILE.key")]
+        key: PathBuf,
+        /// The policy it will be installed with (the signature covers both).
+        #[arg(long, value_name = "FILE.toml")]
+        policy: Option<PathBuf>,
+        /// Where to write the signature (default FILE.wasm.sig).
+        #[arg(long, value_name = "FILE.sig")]
+        output: Option<PathBuf>,
     },
     /// List installed plugins.
     List {
@@ -43,8 +61,25 @@ pub async fn run(cx: &crate::Context, cmd: PluginCommand) -> anyhow::Result<()> 
             file,
             policy,
             sha256,
+            signature,
             json,
-        } => install(cx, &file, policy.as_deref(), sha256.as_deref(), json).await,
+        } => {
+            install(
+                cx,
+                &file,
+                policy.as_deref(),
+                sha256.as_deref(),
+                signature.as_deref(),
+                json,
+            )
+            .await
+        }
+        PluginCommand::Sign {
+            file,
+            key,
+            policy,
+            output,
+        } => sign(&file, &key, policy.as_deref(), output),
         PluginCommand::List { json } => list(cx, json),
         PluginCommand::Show { name, json } => show(cx, &name, json),
         PluginCommand::Remove { name } => {
@@ -59,18 +94,51 @@ pub async fn run(cx: &crate::Context, cmd: PluginCommand) -> anyhow::Result<()> 
     }
 }
 
+/// Downloads a component (at most 256 MiB).
+async fn download(url: &str) -> anyhow::Result<Vec<u8>> {
+    const MAX: usize = 256 * 1024 * 1024;
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .timeout(std::time::Duration::from_secs(600))
+        .build()?;
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("downloading {url}"))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .with_context(|| format!("downloading {url}"))?
+    {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > MAX {
+            anyhow::bail!("{url}: larger than {MAX} bytes; refusing");
+        }
+    }
+    Ok(bytes)
+}
+
 async fn install(
     cx: &crate::Context,
-    file: &Path,
+    file: &str,
     policy: Option<&Path>,
     sha256: Option<&str>,
+    signature: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let wasm = if file.starts_with("http://") || file.starts_with("https://") {
+        download(file).await?
+    } else {
+        std::fs::read(file).with_context(|| format!("cannot read {file}"))?
+    };
     let policy = policy.map(PolicySource::from_file).transpose()?;
+    let signature = signature.map(camina_registry::sign::load).transpose()?;
     let registry = cx.registry()?;
     let report = registry
-        .install(&wasm, policy.as_ref(), sha256, &file.display().to_string())
+        .install_signed(&wasm, policy.as_ref(), sha256, file, signature.as_ref())
         .await?;
     let r = &report.record;
     if json {
@@ -82,6 +150,9 @@ async fn install(
             "installed"
         };
         println!("{verb} {} {} ({})", r.name, r.version, r.digest);
+        if let Some(signer) = &r.signer {
+            println!("  signed by: {signer} (trusted)");
+        }
         println!(
             "  crew: {}",
             r.crew
@@ -101,6 +172,45 @@ async fn install(
             r.name
         );
     }
+    Ok(())
+}
+
+fn sign(
+    file: &Path,
+    key: &Path,
+    policy: Option<&Path>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let policy_text = match policy {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            camina_policy::Policy::parse(&text, &p.display().to_string())?;
+            text
+        }
+        None => String::new(),
+    };
+    let signer = key
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let sig = camina_registry::sign::sign(
+        key,
+        &signer,
+        &camina_registry::digest(&wasm),
+        &camina_policy::hash_text(&policy_text),
+    )?;
+    let out = output.unwrap_or_else(|| PathBuf::from(format!("{}.sig", file.display())));
+    std::fs::write(&out, serde_json::to_string_pretty(&sig)?)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    println!(
+        "signed {} (component {}, policy {}) -> {}",
+        file.display(),
+        sig.component,
+        sig.policy,
+        out.display()
+    );
     Ok(())
 }
 
@@ -127,17 +237,24 @@ fn list(cx: &crate::Context, json: bool) -> anyhow::Result<()> {
         .unwrap_or(4)
         .max(4);
     println!(
-        "{:width$}  {:8}  {:8}  {:12}  TOOLS",
-        "NAME", "VERSION", "CREW", "DIGEST"
+        "{:width$}  {:8}  {:8}  {:12}  {:10}  {:22}  TOOLS",
+        "NAME", "VERSION", "CREW", "DIGEST", "SIGNER", "APPROVAL"
     );
     for r in &records {
         let tools: Vec<&str> = r.tools.iter().map(|t| t.name.as_str()).collect();
+        let approval = match registry.approval(&r.name) {
+            None => "not approved",
+            Some(a) if a.digest == r.digest && a.policy_hash == r.policy.hash => "approved",
+            Some(_) => "changed since approval",
+        };
         println!(
-            "{:width$}  {:8}  {:8}  {:12}  {}",
+            "{:width$}  {:8}  {:8}  {:12}  {:10}  {:22}  {}",
             r.name,
             r.version,
             r.crew.as_deref().unwrap_or("-"),
             short(&r.digest),
+            r.signer.as_deref().unwrap_or("-"),
+            approval,
             tools.join(", ")
         );
     }

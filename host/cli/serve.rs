@@ -5,7 +5,6 @@ use anyhow::Context as _;
 use camina_api::{AppState, Scope, Settings, Token};
 use clap::Args;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,11 +43,7 @@ pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let workspace_root = s
-        .workspace_root
-        .as_deref()
-        .map(|p| PathBuf::from(p.replace("{home}", &cx.home.display().to_string())))
-        .unwrap_or_else(|| cx.home.join("workspaces"));
+    let workspace_root = cx.workspace_root();
     let settings = Settings {
         tokens,
         workspace_root,

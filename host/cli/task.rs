@@ -83,6 +83,7 @@ pub enum TaskCommand {
 pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine> {
     let path = cx.home.join("journal");
     let (journal, interrupted) = camina_journal::Journal::open(&path)?;
+    journal.set_retention(cx.config.audit.retention())?;
     if !interrupted.is_empty() {
         let ids: Vec<&str> = interrupted.iter().map(|t| t.id.as_str()).collect();
         eprintln!(

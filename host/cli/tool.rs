@@ -69,7 +69,29 @@ async fn call(
         .into());
     }
     let registry = cx.registry()?;
-    match registry.call(plugin, tool, &input, Some(&workspace)).await {
+    let outcome = registry.call(plugin, tool, &input, Some(&workspace)).await;
+    let decisions: &[camina_sandbox::Decision] = match &outcome {
+        Ok(o) => &o.decisions,
+        Err(camina_registry::Error::Call(e)) => e.decisions(),
+        Err(_) => &[],
+    };
+    if !decisions.is_empty()
+        && let Ok(p) = registry.get(plugin)
+    {
+        let entries: Vec<camina_journal::DecisionEntry> = decisions
+            .iter()
+            .map(|d| camina_journal::DecisionEntry {
+                capability: d.capability.as_str().to_owned(),
+                action: d.action.clone(),
+                target: d.target.clone(),
+                allowed: d.allowed,
+                detail: d.detail.clone(),
+                ..camina_journal::DecisionEntry::now(plugin, &p.record.digest)
+            })
+            .collect();
+        cx.log_decisions(&entries);
+    }
+    match outcome {
         Ok(outcome) => match outcome.result {
             Ok(json) => {
                 println!("{json}");

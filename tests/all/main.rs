@@ -3,6 +3,7 @@
 //! Guest components come from `camina-test-artifacts`, built once per build.
 
 mod api;
+mod audit;
 mod cli;
 mod crash;
 mod engine;

@@ -237,6 +237,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/plugins", post(plugins::install))
         .route("/v1/plugins/{name}", delete(plugins::remove))
         .route("/v1/policies/audit", get(plugins::audit))
+        .route("/v1/audit", get(plugins::decisions))
         .layer(timeout)
         .layer(DefaultBodyLimit::max(state.settings.max_upload_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_scope));

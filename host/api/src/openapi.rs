@@ -30,7 +30,7 @@ impl Modify for Bearer {
     paths(
         health, crate::tasks::create, crate::tasks::list, crate::tasks::show, crate::tasks::events,
         crate::tasks::resume, crate::tasks::cancel, crate::plugins::list, crate::plugins::install,
-        crate::plugins::remove, crate::plugins::audit
+        crate::plugins::remove, crate::plugins::audit, crate::plugins::decisions
     ),
     components(schemas(ErrorBody, crate::tasks::CreateTask, crate::tasks::TaskRef, crate::tasks::ResumeTask,
         crate::tasks::TaskPage, crate::plugins::PluginView)),

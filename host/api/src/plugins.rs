@@ -125,28 +125,77 @@ pub async fn remove(
 }
 
 #[utoipa::path(get, path = "/v1/policies/audit", tag = "plugins",
-    responses((status = 200, description = "The effective grants of every installed plugin (the full audit report arrives with `camina policy audit`)", body = Object),
+    responses((status = 200, description = "The policy audit report: per plugin its effective grants, approval state and findings (level, code, message); the JSON of `camina policy audit --json`", body = Object),
         (status = 403, body = crate::openapi::ErrorBody)),
     security(("bearer" = ["admin"])))]
 pub async fn audit(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let mut plugins = Vec::new();
-    for r in state.engine.registry().list()? {
-        let p = r
-            .policy()
-            .map_err(|e| ApiError::internal(format!("{}: {e}", r.name)))?;
-        plugins.push(json!({
-            "plugin": r.name,
-            "digest": r.digest,
-            "policy_hash": r.policy.hash,
-            "crew": r.crew,
-            "imports": r.imports,
-            "grants": {
-                "fs": p.mounts.iter().map(|m| json!({"host": m.host.to_string(), "guest": m.guest, "access": m.access.as_str()})).collect::<Vec<_>>(),
-                "net": p.net.rules.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
-                "env": p.env,
-                "limits": {"memory_mib": p.limits.memory_mib, "timeout_ms": p.limits.timeout_ms, "max_output_kib": p.limits.max_output_kib}
-            }
-        }));
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let report = state
+        .engine
+        .registry()
+        .audit(&state.settings.workspace_root, home.as_deref())?;
+    Ok(Json(
+        serde_json::to_value(report).map_err(ApiError::internal)?,
+    ))
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub plugin: Option<String>,
+    /// Task id or prefix.
+    pub task: Option<String>,
+    /// Only refused accesses.
+    pub denied: Option<bool>,
+    /// RFC 3339 time, or a duration back from now (`1h`).
+    pub since: Option<String>,
+    /// At most this many, newest first (default 200, max 5000).
+    pub limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "plugins", params(AuditQuery),
+    responses((status = 200, description = "Capability decisions, newest first: at, plugin, digest, task, step, capability, action, target, allowed, detail", body = Vec<Object>),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["admin"])))]
+pub async fn decisions(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let since_unix_ms = q
+        .since
+        .as_deref()
+        .map(|t| {
+            humantime::parse_rfc3339_weak(t)
+                .or_else(|_| humantime::parse_duration(t).map(|d| std::time::SystemTime::now() - d))
+                .map(|t| {
+                    t.duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0)
+                })
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "since: `{t}` is not an RFC 3339 time or a duration"
+                    ))
+                })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=5000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: must be from 1 to 5000"));
     }
-    Ok(Json(json!({ "plugins": plugins })))
+    let entries = state
+        .engine
+        .journal()
+        .decisions(&camina_journal::DecisionFilter {
+            plugin: q.plugin,
+            task: q.task,
+            denied_only: q.denied.unwrap_or(false),
+            since_unix_ms,
+            limit,
+        })?;
+    Ok(Json(
+        serde_json::to_value(entries).map_err(ApiError::internal)?,
+    ))
 }

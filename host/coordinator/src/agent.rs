@@ -286,6 +286,29 @@ impl Agent<'_> {
             r = self.registry.call(&intent.plugin, &intent.tool, &input, Some(&workspace)) => r,
             halt = Self::until_stopped(&mut cancel, false) => return Err(halt),
         };
+        // Every sandbox decision goes to the decision log, with the task
+        // and step it belongs to.
+        let logged: &[camina_sandbox::Decision] = match &outcome {
+            Ok(o) => &o.decisions,
+            Err(camina_registry::Error::Call(e)) => e.decisions(),
+            Err(_) => &[],
+        };
+        let entries: Vec<camina_journal::DecisionEntry> = logged
+            .iter()
+            .map(|d| camina_journal::DecisionEntry {
+                task: Some(self.d.task.clone()),
+                step: Some(step.to_owned()),
+                capability: d.capability.as_str().to_owned(),
+                action: d.action.clone(),
+                target: d.target.clone(),
+                allowed: d.allowed,
+                detail: d.detail.clone(),
+                ..camina_journal::DecisionEntry::now(&intent.plugin, &intent.digest)
+            })
+            .collect();
+        if let Err(e) = self.d.journal().record_decisions(&entries) {
+            tracing::warn!("decision log: {e}");
+        }
         let denials = |ds: &[camina_sandbox::Decision]| {
             ds.iter()
                 .filter(|d| !d.allowed)

@@ -222,6 +222,79 @@ impl Committer {
     }
 }
 
+/// One capability decision of the sandbox, as the decision log keeps it.
+/// Never file contents or bodies: what was tried, on what, the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionEntry {
+    /// RFC 3339, UTC, milliseconds.
+    pub at: String,
+    pub at_unix_ms: u64,
+    pub plugin: String,
+    pub digest: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// `fs`, `net`, `env`, `limit`
+    pub capability: String,
+    pub action: String,
+    pub target: String,
+    pub allowed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl DecisionEntry {
+    /// An entry stamped now.
+    pub fn now(plugin: &str, digest: &str) -> Self {
+        let t = std::time::SystemTime::now();
+        Self {
+            at: humantime::format_rfc3339_millis(t).to_string(),
+            at_unix_ms: t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            plugin: plugin.to_owned(),
+            digest: digest.to_owned(),
+            task: None,
+            step: None,
+            capability: String::new(),
+            action: String::new(),
+            target: String::new(),
+            allowed: true,
+            detail: None,
+        }
+    }
+}
+
+/// Which decisions to return.
+#[derive(Debug, Clone, Default)]
+pub struct DecisionFilter {
+    pub plugin: Option<String>,
+    /// Task id or prefix.
+    pub task: Option<String>,
+    pub denied_only: bool,
+    pub since_unix_ms: Option<u64>,
+    /// Newest first, at most this many (0: no limit).
+    pub limit: usize,
+}
+
+/// How long the decision log keeps entries.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: std::time::Duration,
+    pub max_entries: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age: std::time::Duration::from_secs(30 * 24 * 3600),
+            max_entries: 200_000,
+        }
+    }
+}
+
 /// A journal (one per home directory, one process at a time).
 pub struct Journal {
     path: PathBuf,
@@ -229,6 +302,9 @@ pub struct Journal {
     tasks: sled::Tree,
     events: sled::Tree,
     keys: sled::Tree,
+    decisions: sled::Tree,
+    retention: Mutex<Retention>,
+    since_prune: AtomicU64,
     committer: Arc<Committer>,
     appends: AtomicU64,
     crash_after: Option<u64>,
@@ -291,6 +367,7 @@ impl Journal {
         let tasks = db.open_tree("tasks").map_err(storage)?;
         let events = db.open_tree("events").map_err(storage)?;
         let keys = db.open_tree("keys").map_err(storage)?;
+        let decisions = db.open_tree("decisions").map_err(storage)?;
         match meta.get("schema").map_err(storage)? {
             Some(v) if v.as_ref() == SCHEMA.as_bytes() => {}
             Some(v) => {
@@ -303,7 +380,12 @@ impl Journal {
                 let foreign = db.tree_names().iter().any(|n| {
                     !matches!(
                         n.as_ref(),
-                        b"meta" | b"tasks" | b"events" | b"keys" | b"__sled__default"
+                        b"meta"
+                            | b"tasks"
+                            | b"events"
+                            | b"keys"
+                            | b"decisions"
+                            | b"__sled__default"
                     )
                 }) || !db.is_empty()
                     || !tasks.is_empty()
@@ -332,6 +414,9 @@ impl Journal {
             tasks,
             events,
             keys,
+            decisions,
+            retention: Mutex::new(Retention::default()),
+            since_prune: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             crash_after,
             feed,
@@ -349,7 +434,91 @@ impl Journal {
         if !interrupted.is_empty() {
             journal.db.flush().map_err(storage)?;
         }
+        journal.prune_decisions()?;
         Ok((journal, interrupted))
+    }
+
+    /// Sets how long the decision log keeps entries (and prunes now).
+    pub fn set_retention(&self, retention: Retention) -> Result<usize> {
+        *self.retention.lock().unwrap_or_else(|p| p.into_inner()) = retention;
+        self.prune_decisions()
+    }
+
+    /// Appends capability decisions to the log (buffered: an audit trail,
+    /// not a durability point).
+    pub fn record_decisions(&self, entries: &[DecisionEntry]) -> Result<()> {
+        for e in entries {
+            let mut key = e.at_unix_ms.to_be_bytes().to_vec();
+            key.extend_from_slice(&self.db.generate_id().map_err(storage)?.to_be_bytes());
+            self.decisions
+                .insert(key, serde_json::to_vec(e).map_err(storage)?)
+                .map_err(storage)?;
+        }
+        let n = self
+            .since_prune
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        if n > 5_000 {
+            self.since_prune.store(0, Ordering::Relaxed);
+            self.prune_decisions()?;
+        }
+        Ok(())
+    }
+
+    /// Drops decisions older than the retention age, then the oldest beyond
+    /// the retention size. Returns how many were dropped.
+    pub fn prune_decisions(&self) -> Result<usize> {
+        let r = *self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(r.max_age)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut dropped = 0;
+        for item in self.decisions.range(..cutoff.to_be_bytes().to_vec()) {
+            let (k, _) = item.map_err(storage)?;
+            self.decisions.remove(k).map_err(storage)?;
+            dropped += 1;
+        }
+        let excess = self.decisions.len().saturating_sub(r.max_entries);
+        for item in self.decisions.iter().take(excess) {
+            let (k, _) = item.map_err(storage)?;
+            self.decisions.remove(k).map_err(storage)?;
+            dropped += 1;
+        }
+        Ok(dropped)
+    }
+
+    /// Decisions matching `filter`, newest first.
+    pub fn decisions(&self, filter: &DecisionFilter) -> Result<Vec<DecisionEntry>> {
+        let mut out = Vec::new();
+        for item in self.decisions.iter().rev() {
+            let (k, v) = item.map_err(storage)?;
+            let e: DecisionEntry = serde_json::from_slice(&v).map_err(|err| Error::Corrupt {
+                task: "(decision log)".into(),
+                seq: k
+                    .get(..8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map_or(0, u64::from_be_bytes),
+                reason: err.to_string(),
+            })?;
+            if filter.since_unix_ms.is_some_and(|s| e.at_unix_ms < s) {
+                break;
+            }
+            if filter.plugin.as_ref().is_some_and(|p| &e.plugin != p)
+                || filter
+                    .task
+                    .as_ref()
+                    .is_some_and(|t| !e.task.as_deref().unwrap_or("").starts_with(t.as_str()))
+                || (filter.denied_only && e.allowed)
+            {
+                continue;
+            }
+            out.push(e);
+            if filter.limit > 0 && out.len() >= filter.limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     pub fn path(&self) -> &Path {
@@ -718,6 +887,73 @@ mod tests {
             seqs,
             (0..33).collect::<Vec<_>>(),
             "gapless, ordered sequence numbers"
+        );
+    }
+
+    #[tokio::test]
+    async fn decisions_are_filtered_and_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(&dir.path().join("j")).unwrap();
+        let mut entries = Vec::new();
+        for i in 0..10u64 {
+            let mut e = DecisionEntry::now(if i % 2 == 0 { "a" } else { "b" }, "sha256:x");
+            e.at_unix_ms -= 10 - i;
+            e.capability = "fs".into();
+            e.action = "open read".into();
+            e.target = format!("/w/{i}");
+            e.allowed = i % 3 != 0;
+            e.task = (i > 5).then(|| "task1".to_owned());
+            entries.push(e);
+        }
+        j.record_decisions(&entries).unwrap();
+        let all = j.decisions(&DecisionFilter::default()).unwrap();
+        assert_eq!(all.len(), 10);
+        assert_eq!(all[0].target, "/w/9", "newest first");
+        let a = j
+            .decisions(&DecisionFilter {
+                plugin: Some("a".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(a.len(), 5);
+        let denied = j
+            .decisions(&DecisionFilter {
+                denied_only: true,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            denied.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+            ["/w/9", "/w/6", "/w/3", "/w/0"]
+        );
+        let t = j
+            .decisions(&DecisionFilter {
+                task: Some("task".into()),
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(t.len(), 2);
+        let since = entries[7].at_unix_ms;
+        assert_eq!(
+            j.decisions(&DecisionFilter {
+                since_unix_ms: Some(since),
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+            3
+        );
+        let dropped = j
+            .set_retention(Retention {
+                max_age: std::time::Duration::from_secs(3600),
+                max_entries: 4,
+            })
+            .unwrap();
+        assert_eq!(dropped, 6);
+        assert_eq!(
+            j.decisions(&DecisionFilter::default()).unwrap()[3].target,
+            "/w/6"
         );
     }
 

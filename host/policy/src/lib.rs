@@ -16,6 +16,7 @@
 //! tested without running a guest. Malformed policies are rejected with the
 //! file, line and key at fault, never half-applied.
 
+pub mod audit;
 mod fs;
 mod limits;
 mod locate;

@@ -316,3 +316,44 @@ max_output_kib = 16
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::parse;
+    use proptest::prelude::*;
+
+    const VALID: &str = "plugin = \"p\"\ncrew = \"belter\"\n[[fs]]\nhost = \"{workspace}\"\nguest = \"/w\"\naccess = \"read-write\"\n[net]\nallow = [\"https://x.org\", \"http://10.0.0.1:*\", \"*\"]\n[env]\nallow = [\"LANG\"]\n[limits]\nmemory_mib = 8\ntimeout_ms = 10\nmax_output_kib = 1\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any text: an error or a policy, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,400}") {
+            let _ = parse(&text, "fuzz.toml");
+        }
+
+        /// A valid policy with bytes changed, cut or inserted.
+        #[test]
+        fn mutated_policies_never_panic(pos in 0usize..VALID.len(), cut in 0usize..40, insert in "[\\[\\]{}\"=:*./a-z0-9 \n\\\\]{0,12}") {
+            let mut text = VALID.to_owned();
+            let at = (0..=pos).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+            let end = (at + cut).min(text.len());
+            let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+            text.replace_range(at..end, &insert);
+            let _ = parse(&text, "fuzz.toml");
+        }
+
+        /// Any allow rule.
+        #[test]
+        fn arbitrary_net_rules_never_panic(rule in "\\PC{0,80}") {
+            let _ = crate::NetRule::parse(&rule);
+            if let Ok(url) = url::Url::parse(&rule) {
+                let p = crate::NetPolicy::parse(&["*", "https://*.example.com", "http://127.0.0.1:8080"]).unwrap();
+                if p.check_url(&url).is_ok() {
+                    let _ = p.check_addr(&url, "127.0.0.1".parse().unwrap());
+                }
+            }
+        }
+    }
+}

@@ -17,8 +17,12 @@
 //! input against the tool's JSON Schema, resolve the policy for the
 //! workspace, run the tool in a fresh sandbox.
 
+mod audit;
 mod record;
 mod schema;
+pub mod sign;
+
+pub use audit::{Approval, AuditReport, PluginAudit};
 
 pub use record::{PluginRecord, PolicyRecord, ToolRecord};
 
@@ -73,6 +77,11 @@ pub enum Error {
     CorruptRecord { path: String, reason: String },
     #[error(transparent)]
     Call(#[from] CallError),
+    #[error("{source_name}: {error}")]
+    Signature {
+        source_name: String,
+        error: sign::SignError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -137,6 +146,7 @@ pub struct Registry {
     home: PathBuf,
     sandbox: Arc<Sandbox>,
     loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    require_signatures: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -150,7 +160,23 @@ impl Registry {
             home: home.to_path_buf(),
             sandbox,
             loaded: Mutex::new(HashMap::new()),
+            require_signatures: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Refuse unsigned installs from now on (`[plugins] require_signatures`).
+    pub fn require_signatures(&self, required: bool) {
+        self.require_signatures
+            .store(required, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Where trusted public keys live.
+    pub fn trusted_keys_dir(&self) -> PathBuf {
+        self.home.join("trusted_keys")
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
     }
 
     pub fn sandbox(&self) -> &Arc<Sandbox> {
@@ -182,6 +208,20 @@ impl Registry {
         expected_sha256: Option<&str>,
         source_name: &str,
     ) -> Result<InstallReport> {
+        self.install_signed(wasm, policy, expected_sha256, source_name, None)
+            .await
+    }
+
+    /// [`Self::install`] with a detached signature to verify against the
+    /// trusted keys (mandatory when signatures are required).
+    pub async fn install_signed(
+        &self,
+        wasm: &[u8],
+        policy: Option<&PolicySource>,
+        expected_sha256: Option<&str>,
+        source_name: &str,
+        signature: Option<&sign::SignatureFile>,
+    ) -> Result<InstallReport> {
         let digest = digest(wasm);
         if let Some(expected) = expected_sha256 {
             let expected = expected
@@ -203,6 +243,24 @@ impl Registry {
         let parsed_policy = policy
             .map(|p| Policy::parse(&p.text, &p.name))
             .transpose()?;
+        let sig_err = |error| Error::Signature {
+            source_name: source_name.to_owned(),
+            error,
+        };
+        let policy_hash = camina_policy::hash_text(policy.map_or("", |p| p.text.as_str()));
+        let signer = match signature {
+            Some(sig) => Some(
+                sign::verify(sig, &digest, &policy_hash, &self.trusted_keys_dir())
+                    .map_err(sig_err)?,
+            ),
+            None if self
+                .require_signatures
+                .load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                return Err(sig_err(sign::SignError::Missing));
+            }
+            None => None,
+        };
         let component_err = |error| Error::Component {
             source_name: source_name.to_owned(),
             error,
@@ -240,7 +298,9 @@ impl Registry {
         let native = self.sandbox.precompile(wasm).map_err(component_err)?;
         write_atomic(&self.cache_path(&digest), &native)?;
         write_atomic(&self.blob_path(&digest), wasm)?;
-        let record = PluginRecord::new(&manifest, &digest, &policy, policy_file, skill.imports());
+        let mut record =
+            PluginRecord::new(&manifest, &digest, &policy, policy_file, skill.imports());
+        record.signer = signer;
         let previous = self.read_record(&manifest.name).ok();
         write_atomic(
             &self.record_path(&manifest.name),
@@ -417,7 +477,7 @@ impl Registry {
 }
 
 /// Writes `bytes` to `path` via a temp file in the same directory + rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
     tmp.write_all(bytes).map_err(io_err(path))?;

@@ -52,6 +52,9 @@ pub struct PluginRecord {
     pub imports: Vec<String>,
     /// RFC 3339, UTC.
     pub installed_at: String,
+    /// The trusted key that verified its signature, if signed.
+    #[serde(default)]
+    pub signer: Option<String>,
 }
 
 impl PluginRecord {
@@ -88,6 +91,7 @@ impl PluginRecord {
             imports: imports.to_vec(),
             installed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
+            signer: None,
         }
     }
 

@@ -246,6 +246,13 @@ impl Skill {
         wasi.allow_blocking_current_thread(true);
         wasi.stdout(capture.clone()).stderr(capture.clone());
         for (name, value) in grants.env_vars() {
+            decisions.push(crate::Decision {
+                capability: crate::Capability::Env,
+                action: "pass".into(),
+                target: name.clone(),
+                allowed: true,
+                detail: None,
+            });
             wasi.env(name, value);
         }
         for m in &grants.mounts {
@@ -282,7 +289,7 @@ impl Skill {
         };
         let outcome = tokio::time::timeout(limits.timeout(), work).await;
         let taken = || (decisions.take(), capture.text());
-        match outcome {
+        let result = match outcome {
             Err(_) => Err(CallError::Limit {
                 kind: LimitKind::Timeout {
                     ms: limits.timeout_ms,
@@ -298,7 +305,25 @@ impl Skill {
                 decisions.take(),
                 capture.text(),
             )),
-        }
+        };
+        // A broken limit is a decision too.
+        result.map_err(|e| match e {
+            CallError::Limit {
+                kind,
+                mut decisions,
+            } => {
+                tracing::warn!(plugin = %grants.plugin, capability = "limit", "{kind}");
+                decisions.push(crate::Decision {
+                    capability: crate::Capability::Limit,
+                    action: "stop".into(),
+                    target: kind.to_string(),
+                    allowed: false,
+                    detail: None,
+                });
+                CallError::Limit { kind, decisions }
+            }
+            other => other,
+        })
     }
 }
 
