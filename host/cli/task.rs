@@ -25,6 +25,9 @@ pub struct RunArgs {
     /// Model turns per crew step.
     #[arg(long, default_value_t = Budgets::default().max_turns)]
     pub max_turns: u32,
+    /// Steps a plan may have.
+    #[arg(long, default_value_t = Budgets::default().max_steps)]
+    pub max_steps: u32,
     /// Model calls for the whole task.
     #[arg(long, default_value_t = Budgets::default().max_model_calls)]
     pub max_model_calls: u32,
@@ -265,6 +268,7 @@ pub async fn run(cx: &Context, args: RunArgs) -> anyhow::Result<()> {
     let budgets = Budgets {
         max_turns: args.max_turns.max(1),
         max_model_calls: args.max_model_calls.max(1),
+        max_steps: args.max_steps.clamp(1, 50),
         max_wall_ms: args.max_time.as_millis() as u64,
         ..Budgets::default()
     };

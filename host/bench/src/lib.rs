@@ -69,3 +69,6 @@ pub fn gguf() -> Option<PathBuf> {
         .unwrap_or_else(|| root().join("target/models/gemma-3-270m-q4_k_m.gguf"));
     p.is_file().then_some(p)
 }
+
+pub mod api;
+pub mod tasks;

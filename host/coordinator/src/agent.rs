@@ -423,10 +423,11 @@ impl Agent<'_> {
         let advice: Advice = self.d.run("advice", "advice", async { Ok(advice) }).await?;
 
         // 2. The plan.
-        let plan_req = prompts::plan(&task, &advice.text, &crews);
+        let max_steps = self.submitted.budgets.max_steps;
+        let plan_req = prompts::plan(&task, &advice.text, &crews, max_steps);
         let plan = self
             .decide("plan", ModelRole::Coordinator, plan_req, |c| {
-                prompts::parse_plan(c, &crews)
+                prompts::parse_plan(c, &crews, max_steps)
             })
             .await?;
         let plan: Plan = self.d.run("plan", "plan", async { Ok(plan) }).await?;

@@ -22,6 +22,13 @@ pub struct Budgets {
     pub max_wall_ms: u64,
     /// Corrective retries after invalid model output, per decision.
     pub max_invalid_retries: u32,
+    /// Steps a plan may have.
+    #[serde(default = "default_max_steps")]
+    pub max_steps: u32,
+}
+
+fn default_max_steps() -> u32 {
+    8
 }
 
 impl Default for Budgets {
@@ -31,6 +38,7 @@ impl Default for Budgets {
             max_model_calls: 60,
             max_wall_ms: 30 * 60 * 1000,
             max_invalid_retries: 2,
+            max_steps: default_max_steps(),
         }
     }
 }

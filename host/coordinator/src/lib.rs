@@ -32,6 +32,7 @@ pub mod agent;
 pub mod durable;
 pub mod events;
 pub mod prompts;
+pub mod replay;
 pub mod toolbox;
 pub mod view;
 

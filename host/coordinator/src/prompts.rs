@@ -12,8 +12,6 @@ use serde_json::{Value, json};
 /// Longest instruction and answer the schemas allow.
 const MAX_INSTRUCTION: u64 = 200;
 const MAX_ANSWER: u64 = 2000;
-/// At most this many steps per plan.
-pub const MAX_STEPS: u64 = 5;
 /// How much of a step's result later prompts see.
 pub const RESULT_CAP: usize = 6000;
 
@@ -116,7 +114,7 @@ impl Example {
 }
 
 /// The plan's JSON schema: steps for the installed crews, or an answer.
-pub fn plan_schema(crews: &[Crew]) -> Value {
+pub fn plan_schema(crews: &[Crew], max_steps: u32) -> Value {
     let names: Vec<&str> = crews.iter().map(|c| c.name.as_str()).collect();
     json!({
         "oneOf": [
@@ -126,7 +124,7 @@ pub fn plan_schema(crews: &[Crew]) -> Value {
                     "steps": {
                         "type": "array",
                         "minItems": 1,
-                        "maxItems": MAX_STEPS,
+                        "maxItems": max_steps,
                         "items": {
                             "type": "object",
                             "properties": {
@@ -149,7 +147,7 @@ pub fn plan_schema(crews: &[Crew]) -> Value {
 }
 
 /// Step 2: the plan. Two worked examples precede the task.
-pub fn plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
+pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatRequest {
     let has = |c: &str| crews.iter().any(|k| k.name == c);
     let mut messages = vec![Message::system(format!(
         "You are Caminaå, the coordinator. Plan how your crews do the user's task. Reply with \
@@ -183,7 +181,7 @@ pub fn plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
     }));
     ChatRequest {
         messages,
-        format: Some(plan_schema(crews)),
+        format: Some(plan_schema(crews, max_steps)),
         options: deterministic(512),
         ..Default::default()
     }
@@ -191,7 +189,7 @@ pub fn plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
 
 /// Checks a plan reply against the schema's rules; the reason is shown to
 /// the model on retry.
-pub fn parse_plan(content: &str, crews: &[Crew]) -> Result<Plan, String> {
+pub fn parse_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan, String> {
     let value: Value =
         serde_json::from_str(content.trim()).map_err(|e| format!("not JSON ({e})"))?;
     let plan: Plan = serde_json::from_value(value).map_err(|e| format!("not a plan ({e})"))?;
@@ -201,8 +199,8 @@ pub fn parse_plan(content: &str, crews: &[Crew]) -> Result<Plan, String> {
         (_, true) => return Err("the plan has no steps and no answer".into()),
         _ => {}
     }
-    if plan.steps.len() as u64 > MAX_STEPS {
-        return Err(format!("at most {MAX_STEPS} steps"));
+    if plan.steps.len() > max_steps as usize {
+        return Err(format!("at most {max_steps} steps"));
     }
     for (i, s) in plan.steps.iter().enumerate() {
         if !crews.iter().any(|c| c.name == s.crew) {
@@ -368,11 +366,12 @@ mod tests {
         assert!(
             parse_plan(
                 r#"{"steps":[{"crew":"belter","instruction":"write x"}]}"#,
-                &c
+                &c,
+                8
             )
             .is_ok()
         );
-        assert!(parse_plan(r#"{"answer":"42"}"#, &c).is_ok());
+        assert!(parse_plan(r#"{"answer":"42"}"#, &c, 8).is_ok());
         for (bad, why) in [
             ("nope", "not JSON"),
             (r#"{"steps":[]}"#, "no steps"),
@@ -386,7 +385,7 @@ mod tests {
             ),
             (r#"{"steps":[{"crew":"belter"}]}"#, "not a plan"),
         ] {
-            let e = parse_plan(bad, &c).unwrap_err();
+            let e = parse_plan(bad, &c, 8).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

@@ -5,6 +5,8 @@
 //!   their policies, get the embedded model, run the sample task, print the
 //!   result
 //! - `cargo xtask test`: the whole test suite (installs what it needs)
+//! - `cargo xtask bench`: every benchmark with its same-run baseline; the
+//!   table is printed and written to `target/bench-report.md`
 //! - `cargo xtask setup`: system packages and the wasm32-wasip2 target
 //! - `cargo xtask plugins`: build the bundled skills into target/plugins/
 
@@ -26,11 +28,13 @@ fn main() -> ExitCode {
         Some("plugins") => setup().and_then(|()| plugins()).map(|_| ()),
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo|test|setup|plugins>\n\
-                 \n  demo     build, install the bundled skills, run a sample job\
+                "usage: cargo xtask <demo|test|bench|setup|plugins>\n\
+                 \n  demo     build, install the bundled skills, run the sample task\
                  \n  test     run the whole test suite (fmt, clippy, tests)\
+                 \n  bench    run the benchmarks, write target/bench-report.md\
                  \n  setup    install system packages and the wasm32-wasip2 target\
                  \n  plugins  build the bundled skills into target/plugins/"
             );
@@ -80,7 +84,7 @@ fn have(program: &str) -> bool {
 /// Debian packages the build needs (cmake/clang/libclang for llama.cpp).
 fn missing_packages() -> Vec<&'static str> {
     let mut missing = Vec::new();
-    for (program, package) in [("cmake", "cmake"), ("clang", "clang")] {
+    for (program, package) in [("cmake", "cmake"), ("clang", "clang"), ("wrk", "wrk")] {
         if !have(program) {
             missing.push(package);
         }
@@ -283,4 +287,37 @@ fn test(extra: &[String]) -> Result {
         .args(["test", "--workspace"])
         .args(extra)
         .env("CAMINA_TEST_GGUF", &gguf))
+}
+
+fn bench(extra: &[String]) -> Result {
+    setup()?;
+    let root = root();
+    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
+    run(cargo()
+        .current_dir(&root)
+        .args([
+            "run", "--quiet", "--bin", "camina", "--", "model", "fetch", "--output",
+        ])
+        .arg(&gguf))?;
+    let out = root.join("target/bench");
+    let _ = std::fs::remove_dir_all(&out);
+    run(cargo()
+        .current_dir(&root)
+        .args(["bench", "-p", "camina-bench"])
+        .args(extra)
+        .env("CAMINA_BENCH_GGUF", &gguf))?;
+    let mut report = String::from(
+        "# Caminaå benchmark report\n\nEvery figure next to a baseline measured in the same run on the same \
+         machine; ratios matter, absolute times are context. Targets are goals, not assertions; \
+         misses are explained in project_plan.md.\n",
+    );
+    for name in ["host", "model"] {
+        if let Ok(table) = std::fs::read_to_string(out.join(format!("{name}.md"))) {
+            report.push_str(&format!("\n## {name}\n\n{table}"));
+        }
+    }
+    let path = root.join("target/bench-report.md");
+    std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("{report}\nwritten to {}", path.display());
+    Ok(())
 }

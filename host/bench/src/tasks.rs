@@ -1,0 +1,292 @@
+//! P5 and P7: tasks on the replay backend.
+
+use crate::Row;
+use camina_coordinator::events::Budgets;
+use camina_coordinator::{Engine, RunOptions};
+use camina_journal::{Journal, Status};
+use camina_model::config::{ModelsSection, OllamaSection};
+use camina_model::replay::ReplayBackend;
+use camina_model::{Bridge, Config, ModelSpec};
+use camina_registry::{PolicySource, Registry};
+use fake_ollama::{FakeModel, FakeOllama, Reply};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+const WORKER: &str = "mistral:7b";
+
+fn since_user(req: &Value) -> usize {
+    let msgs = req["messages"].as_array().cloned().unwrap_or_default();
+    let last = msgs.iter().rposition(|m| m["role"] == "user").unwrap_or(0);
+    msgs[last + 1..]
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .count()
+}
+
+/// Scripted models: a plan of `steps` alternating crews, one tool call
+/// per step, then an answer.
+fn script(steps: usize) -> impl FnMut(&Value) -> Reply + Send + 'static {
+    move |req| {
+        let format = req["format"].to_string();
+        if format.contains("oneOf") {
+            let plan: Vec<Value> = (0..steps)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        json!({"crew": "drummer", "instruction": format!("List the text files ({i})")})
+                    } else {
+                        json!({"crew": "belter", "instruction": format!("Write note {i}")})
+                    }
+                })
+                .collect();
+            return Reply::text(&json!({ "steps": plan }).to_string());
+        }
+        if !format.is_empty() && format != "null" {
+            return Reply::text(&json!({"answer": "done"}).to_string());
+        }
+        let tools = req["tools"].to_string();
+        if tools.is_empty() || tools == "null" {
+            return Reply::text("advice");
+        }
+        if since_user(req) > 0 {
+            return Reply::text("finished the step");
+        }
+        let user = req["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let n: String = user.chars().filter(char::is_ascii_digit).take(3).collect();
+        if tools.contains("write_file") {
+            Reply::tool_call(
+                "write_file",
+                json!({"path": format!("note{n}.txt"), "content": "n"}),
+            )
+        } else {
+            Reply::tool_call("find_files", json!({"pattern": "*.txt"}))
+        }
+    }
+}
+
+fn config(fake: &FakeOllama) -> Config {
+    Config {
+        models: ModelsSection::all(ModelSpec::Ollama(WORKER.into())),
+        ollama: OllamaSection {
+            url: Some(fake.url().into()),
+            timeout_s: Some(10),
+        },
+        ..Default::default()
+    }
+}
+
+async fn registry(home: &Path) -> Arc<Registry> {
+    let sandbox = Arc::new(camina_sandbox::Sandbox::new().expect("sandbox"));
+    let r = Registry::open(home, sandbox).expect("registry");
+    for (file, name) in [
+        (camina_test_artifacts::BELTER_FS, "belter-fs"),
+        (camina_test_artifacts::DRUMMER_SEARCH, "drummer-search"),
+    ] {
+        let text = std::fs::read_to_string(
+            Path::new(camina_test_artifacts::ROOT).join(format!("policies/{name}.toml")),
+        )
+        .expect("policy");
+        let policy = PolicySource {
+            text,
+            name: name.into(),
+        };
+        r.install(
+            &std::fs::read(file).expect("artifact"),
+            Some(&policy),
+            None,
+            name,
+        )
+        .await
+        .expect("install");
+    }
+    Arc::new(r)
+}
+
+/// Records a task with `steps` steps on the fake server; returns its
+/// transcript and role models.
+async fn record(
+    steps: usize,
+    ws: &Path,
+) -> (
+    Vec<camina_model::replay::Exchange>,
+    std::collections::HashMap<camina_model::ModelRole, String>,
+) {
+    let fake = FakeOllama::start(
+        vec![FakeModel::new(WORKER, &["completion", "tools", "thinking"])],
+        script(steps),
+    );
+    let home = tempfile::tempdir().expect("tmp");
+    let (journal, _) = Journal::open(&home.path().join("journal")).expect("journal");
+    let bridge = Bridge::new(config(&fake), home.path()).expect("bridge");
+    let engine = Engine::new(
+        Arc::new(journal),
+        registry(home.path()).await,
+        Arc::new(bridge),
+        home.path(),
+    );
+    let t = engine
+        .submit(
+            "bench",
+            ws,
+            Budgets {
+                max_model_calls: 500,
+                max_steps: 20,
+                ..Budgets::default()
+            },
+        )
+        .await
+        .expect("submit");
+    let done = engine.run(&t.id, RunOptions::default()).await.expect("run");
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    camina_coordinator::replay::transcript(engine.journal(), &t.id).expect("transcript")
+}
+
+pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bool) {
+    if p5 {
+        let ws = tempfile::tempdir().expect("tmp");
+        let (transcript, models) = rt.block_on(record(20, ws.path()));
+        let calls = transcript.len();
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let home = tempfile::tempdir().expect("tmp");
+            // The replay must start from the recorded (empty) workspace.
+            for e in std::fs::read_dir(ws.path()).expect("ws").flatten() {
+                std::fs::remove_file(e.path()).expect("clean");
+            }
+            let elapsed = rt.block_on(async {
+                let (journal, _) = Journal::open(&home.path().join("journal")).expect("journal");
+                let replay = Arc::new(ReplayBackend::new(transcript.clone()));
+                let bridge = Bridge::fixed(Config::default(), home.path(), replay, models.clone())
+                    .expect("bridge");
+                let engine = Engine::new(
+                    Arc::new(journal),
+                    registry(home.path()).await,
+                    Arc::new(bridge),
+                    home.path(),
+                );
+                let t = engine
+                    .submit(
+                        "bench",
+                        ws.path(),
+                        Budgets {
+                            max_model_calls: 500,
+                            max_steps: 20,
+                            ..Budgets::default()
+                        },
+                    )
+                    .await
+                    .expect("submit");
+                let started = Instant::now();
+                let done = engine.run(&t.id, RunOptions::default()).await.expect("run");
+                let e = started.elapsed();
+                assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+                e
+            });
+            times.push(elapsed);
+        }
+        times.sort();
+        let ms = times[times.len() / 2].as_secs_f64() * 1e3;
+        rows.push(Row {
+            id: "P5".into(),
+            what: format!("20-step task on the replay backend ({calls} model calls, 20 tool calls): host time, median of 5"),
+            measured: format!("{ms:.1} ms"),
+            baseline: format!("≈ {} s of model time for a real 7B model (≈ 2 s per call, for context)", calls * 2),
+            ratio: format!("{:.3}% of the model time", ms / (calls as f64 * 2000.0) * 100.0),
+            target: "≤ 5 ms".into(),
+        });
+    }
+    if p7 {
+        let shared_ws = tempfile::tempdir().expect("tmp");
+        let (transcript, models) = rt.block_on(record(1, shared_ws.path()));
+        let home = tempfile::tempdir().expect("tmp");
+        let n = 1000;
+        let (elapsed, failures) = rt.block_on(async {
+            let (journal, _) = Journal::open(&home.path().join("journal")).expect("journal");
+            let journal = Arc::new(journal);
+            let registry = registry(home.path()).await;
+            let mut set = tokio::task::JoinSet::new();
+            let started = Instant::now();
+            for i in 0..n {
+                // The transcript names its workspace: every task uses it.
+                let ws = shared_ws.path().to_path_buf();
+                let _ = i;
+                let replay = Arc::new(ReplayBackend::new(transcript.clone()));
+                let bridge = Bridge::fixed(Config::default(), home.path(), replay, models.clone())
+                    .expect("bridge");
+                let engine = Engine::new(
+                    journal.clone(),
+                    registry.clone(),
+                    Arc::new(bridge),
+                    home.path(),
+                );
+                set.spawn(async move {
+                    let t = engine
+                        .submit(
+                            "bench",
+                            &ws,
+                            Budgets {
+                                max_model_calls: 500,
+                                max_steps: 20,
+                                ..Budgets::default()
+                            },
+                        )
+                        .await?;
+                    engine.run(&t.id, RunOptions::default()).await
+                });
+            }
+            let mut failures = 0;
+            let mut first: Option<String> = None;
+            while let Some(r) = set.join_next().await {
+                match r {
+                    Ok(Ok(t)) if t.status == Status::Succeeded => {}
+                    other => {
+                        failures += 1;
+                        if first.is_none() {
+                            first = Some(match other {
+                                Ok(Ok(t)) => format!("{}: {:?}", t.status, t.error),
+                                Ok(Err(e)) => e.to_string(),
+                                Err(e) => e.to_string(),
+                            });
+                        }
+                    }
+                }
+            }
+            if let Some(f) = first {
+                eprintln!("P7: first failure: {f}");
+            }
+            (started.elapsed(), failures)
+        });
+        let rss = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .unwrap_or("0")
+                        .parse::<u64>()
+                        .unwrap_or(0)
+                })
+            })
+            .unwrap_or(0);
+        rows.push(Row {
+            id: "P7".into(),
+            what: format!(
+                "{n} concurrent tasks on the replay backend (1 crew step with a tool call each)"
+            ),
+            measured: format!(
+                "peak RSS {} MiB, {failures} failures, {:.1} s",
+                rss / 1024,
+                elapsed.as_secs_f64()
+            ),
+            baseline: "—".into(),
+            ratio: "—".into(),
+            target: "RSS ≤ 1 GiB, 0 failures".into(),
+        });
+    }
+}
