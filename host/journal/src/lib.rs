@@ -303,6 +303,8 @@ pub struct Journal {
     events: sled::Tree,
     keys: sled::Tree,
     decisions: sled::Tree,
+    /// Next sequence number per task (this process owns the journal).
+    seqs: Mutex<std::collections::HashMap<String, u64>>,
     retention: Mutex<Retention>,
     since_prune: AtomicU64,
     committer: Arc<Committer>,
@@ -415,6 +417,7 @@ impl Journal {
             events,
             keys,
             decisions,
+            seqs: Mutex::new(std::collections::HashMap::new()),
             retention: Mutex::new(Retention::default()),
             since_prune: AtomicU64::new(0),
             appends: AtomicU64::new(0),
@@ -428,7 +431,8 @@ impl Journal {
                     status: Some(Status::Interrupted),
                     ..Default::default()
                 };
-                interrupted.push(journal.apply(&t.id, None, &update)?.0);
+                journal.apply(&t.id, None, &update)?;
+                interrupted.push(journal.task(&t.id)?);
             }
         }
         if !interrupted.is_empty() {
@@ -586,8 +590,36 @@ impl Journal {
         id: &str,
         record: Option<&NewRecord>,
         update: &Update,
-    ) -> Result<(TaskSummary, Option<Record>)> {
+    ) -> Result<(Option<TaskSummary>, Option<Record>)> {
         use sled::Transactional;
+        let plain = update.status.is_none()
+            && update.answer.is_none()
+            && update.error.is_none()
+            && !update.clear_error;
+        // The common case, a record without a state change, is one insert:
+        // the summary's record count and time are derived on read.
+        if let (Some(r), true) = (record, plain) {
+            if !self.tasks.contains_key(id.as_bytes()).map_err(storage)? {
+                return Err(Error::UnknownTask(id.to_owned()));
+            }
+            let rec = Record {
+                seq: self.next_seq(id)?,
+                at: now(),
+                elapsed_ms: r.elapsed_ms,
+                step: r.step.clone(),
+                kind: r.kind.clone(),
+                data: r.data.clone(),
+            };
+            let bytes = serde_json::to_vec(&rec).map_err(storage)?;
+            self.events
+                .insert(event_key(id, rec.seq), bytes)
+                .map_err(storage)?;
+            return Ok((None, Some(rec)));
+        }
+        let seq = match record {
+            Some(_) => Some(self.next_seq(id)?),
+            None => None,
+        };
         let result = (&self.tasks, &self.events).transaction(|(tasks, events)| {
             let Some(raw) = tasks.get(id.as_bytes())? else {
                 return sled::transaction::abort(Error::UnknownTask(id.to_owned()));
@@ -606,7 +638,7 @@ impl Journal {
             let written = match record {
                 Some(r) => {
                     let rec = Record {
-                        seq: summary.events,
+                        seq: seq.unwrap_or(summary.events),
                         at: at.clone(),
                         elapsed_ms: r.elapsed_ms,
                         step: r.step.clone(),
@@ -617,7 +649,7 @@ impl Journal {
                         sled::transaction::ConflictableTransactionError::Abort(storage(e))
                     })?;
                     events.insert(event_key(id, rec.seq), bytes)?;
-                    summary.events += 1;
+                    summary.events = rec.seq + 1;
                     Some(rec)
                 }
                 None => None,
@@ -638,12 +670,55 @@ impl Journal {
             let bytes = serde_json::to_vec(&summary)
                 .map_err(|e| sled::transaction::ConflictableTransactionError::Abort(storage(e)))?;
             tasks.insert(id.as_bytes(), bytes)?;
-            Ok((summary, written))
+            Ok((Some(summary), written))
         });
         result.map_err(|e| match e {
             sled::transaction::TransactionError::Abort(e) => e,
             sled::transaction::TransactionError::Storage(e) => storage(e),
         })
+    }
+
+    /// The next sequence number of task `id`.
+    fn next_seq(&self, id: &str) -> Result<u64> {
+        let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
+        let next = match seqs.get(id) {
+            Some(n) => *n,
+            None => self.last_record(id)?.map_or(0, |(seq, _)| seq + 1),
+        };
+        seqs.insert(id.to_owned(), next + 1);
+        Ok(next)
+    }
+
+    /// The sequence number and time of a task's last record.
+    fn last_record(&self, id: &str) -> Result<Option<(u64, String)>> {
+        let mut prefix = id.as_bytes().to_vec();
+        prefix.push(b'/');
+        let Some(item) = self.events.scan_prefix(&prefix).next_back() else {
+            return Ok(None);
+        };
+        let (_, v) = item.map_err(storage)?;
+        #[derive(Deserialize)]
+        struct Head {
+            seq: u64,
+            at: String,
+        }
+        let head: Head = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+            task: id.to_owned(),
+            seq: 0,
+            reason: e.to_string(),
+        })?;
+        Ok(Some((head.seq, head.at)))
+    }
+
+    /// A stored summary with its record count and last change filled in.
+    fn fill(&self, mut s: TaskSummary) -> Result<TaskSummary> {
+        if let Some((seq, at)) = self.last_record(&s.id)? {
+            s.events = seq + 1;
+            if at > s.updated_at {
+                s.updated_at = at;
+            }
+        }
+        Ok(s)
     }
 
     /// Appends a record (and a summary change) to task `id`.
@@ -670,9 +745,9 @@ impl Journal {
 
     /// Changes a task's summary without a record.
     pub async fn update(&self, id: &str, update: Update) -> Result<TaskSummary> {
-        let (summary, _) = self.apply(id, None, &update)?;
+        self.apply(id, None, &update)?;
         self.committer.commit().await?;
-        Ok(summary)
+        self.task(id)
     }
 
     /// Flushes everything written so far.
@@ -692,11 +767,12 @@ impl Journal {
             .get(id.as_bytes())
             .map_err(storage)?
             .ok_or_else(|| Error::UnknownTask(id.to_owned()))?;
-        serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+        let summary = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
             task: id.to_owned(),
             seq: 0,
             reason: e.to_string(),
-        })
+        })?;
+        self.fill(summary)
     }
 
     /// A task by id or unique id prefix.
@@ -733,7 +809,7 @@ impl Journal {
                 seq: 0,
                 reason: e.to_string(),
             })?;
-            out.push(summary);
+            out.push(self.fill(summary)?);
         }
         Ok(out)
     }
