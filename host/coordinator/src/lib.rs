@@ -319,64 +319,37 @@ impl Engine {
         let outcome = agent.drive().await;
         watcher.abort();
         let d = &agent.d;
-        match outcome {
-            Ok(_) => {}
+        // How the task stopped: the record, the state, the reason.
+        let (kind, status, error, data) = match outcome {
+            Ok(_) => return Ok(self.journal.task(id)?),
             Err(agent::Halt::Failed(reason)) => {
                 tracing::warn!(task = id, "task failed: {reason}");
-                let update = Update {
-                    status: Some(Status::Failed),
-                    error: Some(reason.clone()),
-                    ..Default::default()
-                };
-                d.record_with(
-                    "failed",
-                    "failed",
-                    &Reason { reason },
-                    Durability::Flush,
-                    update,
-                )
-                .await?;
+                let data = serde_json::json!(Reason {
+                    reason: reason.clone()
+                });
+                ("failed", Status::Failed, Some(reason), data)
             }
             Err(agent::Halt::Cancelled(reason)) => {
-                let update = Update {
-                    status: Some(Status::Cancelled),
-                    error: Some(reason.clone()),
-                    ..Default::default()
-                };
-                d.record_with(
-                    "cancelled",
-                    "cancelled",
-                    &Reason { reason },
-                    Durability::Flush,
-                    update,
-                )
-                .await?;
+                let data = serde_json::json!(Reason {
+                    reason: reason.clone()
+                });
+                ("cancelled", Status::Cancelled, Some(reason), data)
             }
             Err(agent::Halt::Paused) => {
-                let update = Update {
-                    status: Some(Status::Interrupted),
-                    ..Default::default()
-                };
-                let reason = Reason {
-                    reason: "the engine shut down; resume to continue".into(),
-                };
-                d.record_with("paused", "paused", &reason, Durability::Flush, update)
-                    .await?;
+                let reason = "the engine shut down; resume to continue".to_owned();
+                (
+                    "paused",
+                    Status::Interrupted,
+                    None,
+                    serde_json::json!(Reason { reason }),
+                )
             }
             Err(agent::Halt::Review { key, reason }) => {
-                let update = Update {
-                    status: Some(Status::NeedsReview),
-                    error: Some(reason.clone()),
-                    ..Default::default()
-                };
-                d.record_with(
-                    "needs_review",
-                    "needs_review",
-                    &NeedsReview { key, reason },
-                    Durability::Flush,
-                    update,
-                )
-                .await?;
+                let data = serde_json::json!(NeedsReview {
+                    key,
+                    reason: reason.clone()
+                });
+                ("needs_review", Status::NeedsReview, Some(reason), data)
             }
             Err(agent::Halt::Engine(e)) => {
                 // The task cannot continue; say why in the journal, then
@@ -398,7 +371,14 @@ impl Engine {
                     .await;
                 return Err(e);
             }
-        }
+        };
+        let update = Update {
+            status: Some(status),
+            error,
+            ..Default::default()
+        };
+        d.record_with(kind, kind, &data, Durability::Flush, update)
+            .await?;
         Ok(self.journal.task(id)?)
     }
 

@@ -270,13 +270,7 @@ fn test(extra: &[String]) -> Result {
         .arg(root.join("target/wasm"))
         .args(["--", "-D", "warnings"]))?;
     // The embedded-model tests need the default GGUF (cached downloads).
-    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
-    run(cargo()
-        .current_dir(&root)
-        .args([
-            "run", "--quiet", "--bin", "camina", "--", "model", "fetch", "--output",
-        ])
-        .arg(&gguf))?;
+    let gguf = fetch_model(&root)?;
     // The skills' own unit tests run natively.
     run(cargo()
         .current_dir(root.join("plugins"))
@@ -292,13 +286,7 @@ fn test(extra: &[String]) -> Result {
 fn bench(extra: &[String]) -> Result {
     setup()?;
     let root = root();
-    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
-    run(cargo()
-        .current_dir(&root)
-        .args([
-            "run", "--quiet", "--bin", "camina", "--", "model", "fetch", "--output",
-        ])
-        .arg(&gguf))?;
+    let gguf = fetch_model(&root)?;
     let out = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&out);
     run(cargo()
@@ -320,4 +308,16 @@ fn bench(extra: &[String]) -> Result {
     std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("{report}\nwritten to {}", path.display());
     Ok(())
+}
+
+/// The default embedded model at target/models/ (downloads are cached).
+fn fetch_model(root: &Path) -> Result<PathBuf> {
+    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
+    run(cargo()
+        .current_dir(root)
+        .args([
+            "run", "--quiet", "--bin", "camina", "--", "model", "fetch", "--output",
+        ])
+        .arg(&gguf))?;
+    Ok(gguf)
 }
