@@ -167,6 +167,14 @@ fn the_audit_reports_grants_findings_and_drift() {
     assert_eq!(codes(&report, "belter-fs"), ["drift-policy"]);
     let list = h.ok(&["plugin", "list"]);
     assert!(list.contains("changed since approval"), "{list}");
+    // A different component under the approved name.
+    h.ok(&["policy", "approve", "belter-fs"]);
+    let approval = h.path().join("approvals/belter-fs.json");
+    let mut a: Value = serde_json::from_str(&std::fs::read_to_string(&approval).unwrap()).unwrap();
+    a["digest"] = Value::String(format!("sha256:{}", "1".repeat(64)));
+    std::fs::write(&approval, a.to_string()).unwrap();
+    let report = h.json(&["policy", "audit", "--json"]);
+    assert_eq!(codes(&report, "belter-fs"), ["drift-component"]);
 }
 
 #[test]

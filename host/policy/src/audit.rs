@@ -410,6 +410,55 @@ mod tests {
     }
 
     #[test]
+    fn home_output_and_missing_policy_findings() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path().display().to_string();
+        let cx = Context {
+            home: Some(home.path()),
+            workspace_root: Path::new("/srv/ws"),
+        };
+        let run = |text: String| -> Vec<&'static str> {
+            let p = Policy::parse(&text, "t.toml").unwrap();
+            audit(&p, &facts(&[FS], false), &cx)
+                .into_iter()
+                .map(|f| f.code)
+                .collect()
+        };
+        let rw = format!(
+            "plugin = \"p\"\ncrew = \"belter\"\n[[fs]]\nhost = \"{h}\"\nguest = \"/h\"\naccess = \"read-write\"\n"
+        );
+        assert_eq!(run(rw), ["write-home"]);
+        let ro =
+            format!("plugin = \"p\"\ncrew = \"belter\"\n[[fs]]\nhost = \"{h}\"\nguest = \"/h\"\n");
+        assert_eq!(run(ro), ["broad-mount"]);
+        let c = codes(
+            "plugin = \"p\"\ncrew = \"belter\"\n[limits]\nmax_output_kib = 32768\n",
+            facts(&[], false),
+        );
+        assert_eq!(c, ["large-output"]);
+        let p = Policy::deny_all("p");
+        let cx = Context {
+            home: None,
+            workspace_root: Path::new("/srv/ws"),
+        };
+        let f = audit(
+            &p,
+            &ComponentFacts {
+                imports: vec![FS.into()],
+                all_tools_read_only: true,
+                no_policy: true,
+            },
+            &cx,
+        );
+        let c: Vec<&str> = f.iter().map(|f| f.code).collect();
+        assert_eq!(
+            c,
+            ["no-crew", "no-policy"],
+            "no `ungranted-fs` noise when there is no policy at all"
+        );
+    }
+
+    #[test]
     fn findings_sort_high_first_and_levels_compare() {
         let c = codes("plugin = \"p\"\n[net]\nallow = [\"*\"]\n", facts(&[], true));
         assert_eq!(c, ["net-any", "unused-net", "no-crew"]);

@@ -192,7 +192,16 @@ impl NetGate {
                     action: method,
                     target,
                     allowed: true,
-                    detail: Some(format!("status {}", r.status().as_u16())),
+                    detail: Some(
+                        match r
+                            .headers()
+                            .get(http::header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok())
+                        {
+                            Some(n) => format!("status {}, {n} bytes", r.status().as_u16()),
+                            None => format!("status {}", r.status().as_u16()),
+                        },
+                    ),
                 });
             }
             Err(e) => {
