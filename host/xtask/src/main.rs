@@ -59,7 +59,15 @@ fn root() -> PathBuf {
 }
 
 fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // Compilers and tests write their temporary files under target/, not
+    // to a /tmp that may be a small tmpfs (llama.cpp's C++ objects need
+    // hundreds of megabytes of assembler files on the way).
+    let tmp = root().join("target/tmp");
+    if std::fs::create_dir_all(&tmp).is_ok() {
+        c.env("TMPDIR", tmp);
+    }
+    c
 }
 
 fn run(cmd: &mut Command) -> Result {
@@ -269,18 +277,27 @@ fn test(extra: &[String]) -> Result {
         .args(["clippy", "--target", "wasm32-wasip2", "--target-dir"])
         .arg(root.join("target/wasm"))
         .args(["--", "-D", "warnings"]))?;
-    // The embedded-model tests need the default GGUF (cached downloads).
-    let gguf = fetch_model(&root)?;
-    // The skills' own unit tests run natively.
+    // Build every test binary, and the `camina` binary the tests drive,
+    // once with the workspace's feature set: a `cargo run --bin camina`
+    // alone resolves features differently and would build much of the
+    // graph (llama.cpp included) a second time.
     run(cargo()
-        .current_dir(root.join("plugins"))
-        .args(["test", "--workspace", "--target-dir"])
-        .arg(root.join("target")))?;
+        .current_dir(&root)
+        .args(["test", "--workspace", "--no-run"]))?;
+    // The embedded-model tests need the default GGUF (cached downloads).
+    let gguf = fetch_model_with(&root, Command::new(root.join("target/debug/camina")))?;
     run(cargo()
         .current_dir(&root)
         .args(["test", "--workspace"])
         .args(extra)
-        .env("CAMINA_TEST_GGUF", &gguf))
+        .env("CAMINA_TEST_GGUF", &gguf))?;
+    // The skills' own unit tests run natively (their own target dir: the
+    // plugins are another workspace, and sharing target/debug would make
+    // each side rebuild crates the other built).
+    run(cargo()
+        .current_dir(root.join("plugins"))
+        .args(["test", "--workspace", "--target-dir"])
+        .arg(root.join("target/native-plugins")))
 }
 
 fn bench(extra: &[String]) -> Result {
@@ -289,6 +306,11 @@ fn bench(extra: &[String]) -> Result {
     let gguf = fetch_model(&root)?;
     let out = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&out);
+    // The Extism baseline of P1b first (host.rs quotes its figures): its
+    // own crate and target dir, since Extism pins another wasmtime.
+    if let Err(e) = extism_baseline(&root) {
+        eprintln!("xtask: the Extism baseline was not measured: {e}");
+    }
     run(cargo()
         .current_dir(&root)
         .args(["bench", "-p", "camina-bench"])
@@ -299,7 +321,7 @@ fn bench(extra: &[String]) -> Result {
          machine; ratios matter, absolute times are context. Targets are goals, not assertions; \
          misses are explained in project_plan.md.\n",
     );
-    for name in ["host", "model"] {
+    for name in ["host", "extism", "model"] {
         if let Ok(table) = std::fs::read_to_string(out.join(format!("{name}.md"))) {
             report.push_str(&format!("\n## {name}\n\n{table}"));
         }
@@ -310,14 +332,45 @@ fn bench(extra: &[String]) -> Result {
     Ok(())
 }
 
-/// The default embedded model at target/models/ (downloads are cached).
-fn fetch_model(root: &Path) -> Result<PathBuf> {
-    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
+/// Builds the Extism plugin (wasm32-wasip1) and runs host/bench-extism,
+/// which writes target/bench/extism.{md,json}.
+fn extism_baseline(root: &Path) -> Result {
+    run(Command::new("rustup").args(["target", "add", "wasm32-wasip1"]))?;
+    let target_dir = root.join("target/bench-extism");
     run(cargo()
         .current_dir(root)
         .args([
-            "run", "--quiet", "--bin", "camina", "--", "model", "fetch", "--output",
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
         ])
-        .arg(&gguf))?;
+        .arg(root.join("host/bench-extism/plugin/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir))?;
+    let plugin = target_dir.join("wasm32-wasip1/release/camina_extism_read_file.wasm");
+    run(cargo()
+        .current_dir(root)
+        .args(["bench", "--manifest-path"])
+        .arg(root.join("host/bench-extism/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CAMINA_EXTISM_PLUGIN", plugin))
+}
+
+/// The default embedded model at target/models/ (downloads are cached).
+fn fetch_model(root: &Path) -> Result<PathBuf> {
+    let mut camina = cargo();
+    camina
+        .current_dir(root)
+        .args(["run", "--quiet", "--bin", "camina", "--"]);
+    fetch_model_with(root, camina)
+}
+
+/// [`fetch_model`] through a given `camina` command.
+fn fetch_model_with(root: &Path, mut camina: Command) -> Result<PathBuf> {
+    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
+    run(camina.args(["model", "fetch", "--output"]).arg(&gguf))?;
     Ok(gguf)
 }
