@@ -368,3 +368,69 @@ async fn shipped_plugins_install_with_their_policies() {
         ]
     );
 }
+
+/// `camina plugin remove` (or a reinstall with a narrower policy) from the
+/// CLI while `camina serve` runs: the server must not keep the old grants.
+#[tokio::test]
+async fn revoked_plugin_is_not_served_from_memory_by_another_process() {
+    let home = tempfile::tempdir().unwrap();
+    let cli = Registry::open(home.path(), sandbox()).unwrap();
+    let server = Registry::open(home.path(), sandbox()).unwrap();
+    let wasm = read(artifacts::BELTER_FS);
+    cli.install(&wasm, Some(&policy("belter-fs")), None, "b")
+        .await
+        .unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let write = r#"{"path":"n.txt","content":"hi"}"#;
+    let out = server
+        .call("belter-fs", "write_file", write, Some(ws.path()))
+        .await
+        .unwrap();
+    assert!(out.result.is_ok(), "{:?}", out.result);
+
+    // Reinstalled with a read-only mount: the server sees the new policy.
+    let read_only = PolicySource {
+        text: shipped_policy("belter-fs").replace("read-write", "read"),
+        name: "ro.toml".into(),
+    };
+    cli.install(&wasm, Some(&read_only), None, "b")
+        .await
+        .unwrap();
+    let out = server
+        .call("belter-fs", "write_file", write, Some(ws.path()))
+        .await
+        .unwrap();
+    assert!(out.result.is_err(), "the old read-write grant lived on");
+
+    // Removed: the server no longer has it.
+    cli.remove("belter-fs").unwrap();
+    assert!(matches!(
+        server
+            .call(
+                "belter-fs",
+                "read_file",
+                r#"{"path":"n.txt"}"#,
+                Some(ws.path())
+            )
+            .await,
+        Err(Error::UnknownPlugin(_))
+    ));
+}
+
+#[tokio::test]
+async fn plugin_name_traversal_never_reaches_outside_the_store() {
+    let (home, r) = registry();
+    // A JSON file beside the store that a `../` name would point at.
+    std::fs::write(home.path().join("victim.json"), "{}").unwrap();
+    for name in ["../victim", "..", "a/b", "Belter-FS", ""] {
+        assert!(
+            matches!(r.remove(name), Err(Error::UnknownPlugin(_))),
+            "{name}"
+        );
+        assert!(
+            matches!(r.get(name), Err(Error::UnknownPlugin(_))),
+            "{name}"
+        );
+    }
+    assert!(home.path().join("victim.json").exists());
+}

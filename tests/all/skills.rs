@@ -314,15 +314,18 @@ async fn belter_fs_list_make_move_delete_info() {
         ToolErrorKind::NotFound,
     )
     .await;
-    tool_err(
-        &b,
-        &g,
-        "delete_path",
-        json!({"path": "."}),
-        ToolErrorKind::InvalidInput,
-    )
-    .await;
-    assert!(s.ws().exists());
+    std::fs::write(s.ws().join("keep.txt"), "still here").unwrap();
+    for spelling in [".", "/workspace/", "x/..", "./"] {
+        tool_err(
+            &b,
+            &g,
+            "delete_path",
+            json!({"path": spelling, "recursive": true}),
+            ToolErrorKind::InvalidInput,
+        )
+        .await;
+    }
+    assert!(s.ws().join("keep.txt").exists(), "the workspace was wiped");
 }
 
 fn search(s: &Scene) -> (camina_sandbox::Skill, camina_policy::Grants) {

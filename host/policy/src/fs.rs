@@ -71,21 +71,37 @@ impl Mount {
             host: self.host.to_string(),
             reason,
         };
-        let path = match &self.host {
-            HostPath::Fixed(p) => p.clone(),
+        let canonical = |path: &Path| {
+            path.canonicalize()
+                .map_err(|e| fail(format!("{}: {e}", path.display())))
+        };
+        let host = match &self.host {
+            HostPath::Fixed(p) => canonical(p)?,
             HostPath::Workspace { sub } => {
                 let ws = workspace.ok_or_else(|| {
                     fail("the policy mounts the workspace but no workspace was given".into())
                 })?;
+                let ws = canonical(ws)?;
                 match sub {
-                    Some(s) => ws.join(s),
-                    None => ws.to_path_buf(),
+                    None => ws,
+                    Some(s) => {
+                        // The workspace's contents are not trusted (a skill
+                        // or a checkout may have put a symlink there): the
+                        // subdirectory must still be inside it once resolved.
+                        let host = canonical(&ws.join(s))?;
+                        if !host.starts_with(&ws) {
+                            return Err(fail(format!(
+                                "{} resolves to {}, outside the workspace {} (a symlink?)",
+                                ws.join(s).display(),
+                                host.display(),
+                                ws.display()
+                            )));
+                        }
+                        host
+                    }
                 }
             }
         };
-        let host = path
-            .canonicalize()
-            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
         if !host.is_dir() {
             return Err(fail(format!("{} is not a directory", host.display())));
         }
@@ -147,6 +163,13 @@ pub(crate) fn parse_host(text: &str) -> std::result::Result<HostPath, String> {
             "`{text}` must be absolute, start with ~/ or with {WORKSPACE_TOKEN}"
         ));
     }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        // `/srv/ws/../..` would read as "under /srv/ws" to the audit.
+        return Err(format!("`{text}` must not contain `..`"));
+    }
     match std::fs::metadata(&path) {
         Ok(m) if m.is_dir() => Ok(HostPath::Fixed(path)),
         Ok(_) => Err(format!("`{text}` is not a directory")),
@@ -183,6 +206,7 @@ mod tests {
         assert!(parse_host("relative/dir").is_err());
         assert!(parse_host("/definitely/not/here/camina").is_err());
         assert!(parse_host("{home}/x").is_err());
+        assert!(parse_host("/tmp/..").is_err());
     }
 
     #[test]
@@ -197,5 +221,25 @@ mod tests {
         assert_eq!(r.host, dir.path().canonicalize().unwrap());
         assert!(m.resolve(None).is_err());
         assert!(m.resolve(Some(&dir.path().join("missing"))).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fs_escape_via_symlinked_workspace_subdirectory() {
+        let outside = tempfile::tempdir().unwrap();
+        let ws = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.path().join("out")).unwrap();
+        std::fs::create_dir(ws.path().join("real")).unwrap();
+        let mount = |sub: &str| Mount {
+            host: HostPath::Workspace {
+                sub: Some(sub.into()),
+            },
+            guest: "/out".into(),
+            access: Access::ReadWrite,
+        };
+        let err = mount("out").resolve(Some(ws.path())).unwrap_err();
+        assert!(err.to_string().contains("outside the workspace"), "{err}");
+        let ok = mount("real").resolve(Some(ws.path())).unwrap();
+        assert_eq!(ok.host, ws.path().join("real").canonicalize().unwrap());
     }
 }

@@ -26,6 +26,7 @@ mod raw;
 pub use fs::{Access, HostPath, Mount, ResolvedMount, WORKSPACE_TOKEN};
 pub use limits::Limits;
 pub use net::{NetDenial, NetPolicy, NetRule};
+pub use raw::valid_plugin_name;
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

@@ -84,7 +84,10 @@ impl Ctx<'_> {
     }
 }
 
-fn valid_plugin_name(name: &str) -> bool {
+/// A plugin name: lower-case ASCII letters, digits, `-` and `_`, starting
+/// with a letter or digit, at most 64 bytes. Names become file names in the
+/// plugin store, so nothing else may pass.
+pub fn valid_plugin_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')

@@ -84,6 +84,16 @@ impl Registry {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// `approved`, `not-approved` or `changed-since-approval` (the
+    /// component or the policy differ from what was approved).
+    pub fn approval_state(&self, r: &PluginRecord) -> &'static str {
+        match self.approval(&r.name) {
+            None => "not-approved",
+            Some(a) if a.digest == r.digest && a.policy_hash == r.policy.hash => "approved",
+            Some(_) => "changed-since-approval",
+        }
+    }
+
     /// Audits every installed plugin.
     pub fn audit(&self, workspace_root: &Path, home_dir: Option<&Path>) -> Result<AuditReport> {
         let cx = Context {
@@ -106,14 +116,23 @@ impl Registry {
     }
 
     fn audit_one(&self, r: &PluginRecord, cx: &Context<'_>) -> Result<PluginAudit> {
-        let policy = r.policy()?;
         let facts = ComponentFacts {
             imports: r.imports.clone(),
             all_tools_read_only: !r.tools.is_empty()
                 && r.tools.iter().all(|t| t.effect == "read-only"),
             no_policy: r.policy.source.is_empty(),
         };
-        let mut findings = audit(&policy, &facts, cx);
+        // A stored policy that no longer holds (a fixed mount was deleted,
+        // say) is this plugin's finding, not a failure of the whole audit.
+        let policy = r.policy();
+        let mut findings = match &policy {
+            Ok(policy) => audit(policy, &facts, cx),
+            Err(e) => vec![Finding {
+                level: Level::High,
+                code: "policy-invalid",
+                message: format!("the stored policy no longer holds, so every call fails: {e}"),
+            }],
+        };
         let approval = match self.approval(&r.name) {
             None => {
                 findings.push(Finding {
@@ -155,12 +174,15 @@ impl Registry {
             }
         };
         findings.sort_by(|a, b| b.level.cmp(&a.level).then(a.code.cmp(b.code)));
-        let grants = json!({
+        let grants = match &policy {
+            Err(_) => Value::Null,
+            Ok(policy) => json!({
             "fs": policy.mounts.iter().map(|m| json!({"host": m.host.to_string(), "guest": m.guest, "access": m.access.as_str()})).collect::<Vec<_>>(),
             "net": policy.net.rules.iter().map(|r| r.text.clone()).collect::<Vec<_>>(),
             "env": policy.env,
             "limits": {"memory_mib": policy.limits.memory_mib, "timeout_ms": policy.limits.timeout_ms, "max_output_kib": policy.limits.max_output_kib},
-        });
+            }),
+        };
         Ok(PluginAudit {
             plugin: r.name.clone(),
             version: r.version.clone(),

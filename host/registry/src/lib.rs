@@ -140,12 +140,39 @@ impl Plugin {
     }
 }
 
+/// Identifies one version of a record file: a reinstall writes a new file
+/// and renames it into place (a new inode), a remove deletes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let ino = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let ino = 0;
+        Ok(Self {
+            ino,
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
 /// The plugin store under one home directory.
 #[derive(Debug)]
 pub struct Registry {
     home: PathBuf,
     sandbox: Arc<Sandbox>,
-    loaded: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Loaded plugins with the stamp of the record they were loaded from:
+    /// another process (the CLI beside `camina serve`) may reinstall or
+    /// remove a plugin, and a revoked grant must not live on in memory.
+    loaded: Mutex<HashMap<String, (Arc<Plugin>, Stamp)>>,
     require_signatures: std::sync::atomic::AtomicBool,
 }
 
@@ -265,7 +292,19 @@ impl Registry {
             source_name: source_name.to_owned(),
             error,
         };
-        let skill = self.sandbox.compile(wasm).map_err(component_err)?;
+        // Compiling is seconds of CPU: off the async runtime, so a server
+        // installing a plugin keeps answering.
+        let sandbox = self.sandbox.clone();
+        let bytes = wasm.to_vec();
+        let (skill, native) =
+            tokio::task::spawn_blocking(move || sandbox.compile_for_cache(&bytes))
+                .await
+                .map_err(|e| {
+                    component_err(camina_sandbox::Error::Compile(format!(
+                        "the compiler stopped: {e}"
+                    )))
+                })?
+                .map_err(component_err)?;
         let hint = parsed_policy
             .as_ref()
             .map_or("(installing)", |p| p.plugin.as_str());
@@ -295,7 +334,6 @@ impl Registry {
         };
 
         // Store: compiled cache, blob, then the record (the commit point).
-        let native = self.sandbox.precompile(wasm).map_err(component_err)?;
         write_atomic(&self.cache_path(&digest), &native)?;
         write_atomic(&self.blob_path(&digest), wasm)?;
         let mut record =
@@ -311,15 +349,22 @@ impl Registry {
         {
             self.collect_garbage(&prev.digest);
         }
-        self.lock_loaded().remove(&manifest.name);
         let plugin = Plugin {
             record: record.clone(),
             policy: policy.clone(),
             skill,
             schemas,
         };
-        self.lock_loaded()
-            .insert(manifest.name.clone(), Arc::new(plugin));
+        let record_path = self.record_path(&manifest.name);
+        match Stamp::of(&record_path) {
+            Ok(stamp) => {
+                self.lock_loaded()
+                    .insert(manifest.name.clone(), (Arc::new(plugin), stamp));
+            }
+            Err(_) => {
+                self.lock_loaded().remove(&manifest.name);
+            }
+        }
         tracing::info!(plugin = %manifest.name, %digest, "installed");
         Ok(InstallReport {
             record,
@@ -328,7 +373,7 @@ impl Registry {
         })
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Plugin>>> {
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Plugin>, Stamp)>> {
         self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -345,6 +390,11 @@ impl Registry {
     }
 
     fn read_record(&self, name: &str) -> Result<PluginRecord> {
+        // Names come from users (CLI, URL paths): `../x` must never become
+        // a path outside the store.
+        if !camina_policy::valid_plugin_name(name) {
+            return Err(Error::UnknownPlugin(name.to_owned()));
+        }
         let path = self.record_path(name);
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
@@ -390,7 +440,22 @@ impl Registry {
     /// Loads `name` (from memory, else from the precompiled cache, else by
     /// recompiling the stored blob).
     pub fn get(&self, name: &str) -> Result<Arc<Plugin>> {
-        if let Some(p) = self.lock_loaded().get(name) {
+        if !camina_policy::valid_plugin_name(name) {
+            return Err(Error::UnknownPlugin(name.to_owned()));
+        }
+        // One stat per call: the record on disk is the truth.
+        let record_path = self.record_path(name);
+        let stamp = match Stamp::of(&record_path) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.lock_loaded().remove(name);
+                return Err(Error::UnknownPlugin(name.to_owned()));
+            }
+            Err(e) => return Err(io_err(&record_path)(e)),
+        };
+        if let Some((p, loaded)) = self.lock_loaded().get(name)
+            && *loaded == stamp
+        {
             return Ok(p.clone());
         }
         let record = self.read_record(name)?;
@@ -431,7 +496,8 @@ impl Registry {
             skill,
             schemas,
         });
-        self.lock_loaded().insert(name.to_owned(), plugin.clone());
+        self.lock_loaded()
+            .insert(name.to_owned(), (plugin.clone(), stamp));
         Ok(plugin)
     }
 

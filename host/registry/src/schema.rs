@@ -15,14 +15,6 @@ fn valid_tool_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Plugin names: as in policies (lower-case, digits, `-`, `_`).
-fn valid_plugin_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-        && name.len() <= 64
-}
-
 #[derive(Debug)]
 struct Entry {
     schema: serde_json::Value,
@@ -41,7 +33,7 @@ impl Schemas {
     /// Checks a fresh manifest: names, unique tools, schemas that compile
     /// and describe objects.
     pub(crate) fn check(manifest: &Manifest) -> Result<Self, String> {
-        if !valid_plugin_name(&manifest.name) {
+        if !camina_policy::valid_plugin_name(&manifest.name) {
             return Err(format!(
                 "name `{}` must be 1-64 lower-case letters, digits, `-` or `_`",
                 manifest.name

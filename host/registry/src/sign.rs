@@ -64,15 +64,7 @@ pub fn message(component_digest: &str, policy_hash: &str) -> Vec<u8> {
 /// Makes a key pair: `<dir>/<name>.key` (secret, mode 0600) and
 /// `<dir>/<name>.pub`; returns the public key (base64).
 pub fn generate(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf, String), SignError> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(SignError::Format(format!(
-            "key name `{name}`: use letters, digits, `-`, `_`"
-        )));
-    }
+    check_key_name(name)?;
     std::fs::create_dir_all(dir).map_err(file_err(dir))?;
     let secret = dir.join(format!("{name}.key"));
     if secret.exists() {
@@ -144,8 +136,24 @@ pub fn load(path: &Path) -> Result<SignatureFile, SignError> {
     Ok(sig)
 }
 
+/// Key names become file names: letters, digits, `-`, `_` only.
+fn check_key_name(name: &str) -> Result<(), SignError> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(SignError::Format(format!(
+            "key name `{name}`: use up to 64 letters, digits, `-`, `_`"
+        )));
+    }
+    Ok(())
+}
+
 /// Copies a public key into the trusted keys as `<name>.pub`.
 pub fn trust(public_file: &Path, trusted_dir: &Path, name: &str) -> Result<PathBuf, SignError> {
+    check_key_name(name)?;
     let key = read_key::<32>(public_file)?;
     VerifyingKey::from_bytes(&key).map_err(|e| SignError::File {
         path: public_file.display().to_string(),
@@ -214,6 +222,22 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_name_traversal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let trusted = dir.path().join("trusted");
+        let (_, public, _) = generate(&keys, "alice").unwrap();
+        for name in ["../evil", "a/b", "", ".."] {
+            assert!(matches!(
+                trust(&public, &trusted, name),
+                Err(SignError::Format(_))
+            ));
+            assert!(generate(&keys, name).is_err());
+        }
+        assert!(!dir.path().join("evil.pub").exists());
+    }
 
     #[test]
     fn sign_trust_verify_and_every_way_to_fail() {

@@ -136,6 +136,22 @@ impl Sandbox {
             .map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
+    /// Compiles once and returns both the loaded skill and its native code
+    /// for the cache (an install needs both; compiling twice doubles the
+    /// slowest part of it).
+    pub fn compile_for_cache(&self, wasm: &[u8]) -> Result<(Skill, Vec<u8>)> {
+        let native = self.precompile(wasm)?;
+        #[expect(
+            unsafe_code,
+            reason = "wasmtime can only load native code unsafely; these bytes were just compiled here"
+        )]
+        // SAFETY: `native` was produced a moment ago by this very engine's
+        // `precompile_component` and never left this process.
+        let component = unsafe { Component::deserialize(&self.engine, &native) }
+            .map_err(|e| Error::Compile(format!("{e:#}")))?;
+        Ok((Skill::prepare(self, component)?, native))
+    }
+
     /// Loads a component precompiled by [`Sandbox::precompile`] from the
     /// plugin store (memory-mapped, no compilation).
     pub fn load_precompiled(&self, path: &Path) -> Result<Skill> {

@@ -1,6 +1,8 @@
 //! Where a skill's paths point: relative paths are joined to the workspace
-//! mount (with any `..` left for the host's sandbox to judge); absolute paths
-//! must lie under the mount, since no other path exists for the skill.
+//! mount and normalised; absolute paths must lie under the mount, since no
+//! other path exists for the skill. The host's sandbox is the enforcement;
+//! this is so a tool knows what a path names (e.g. never deletes the
+//! workspace itself through `a/..`).
 
 use crate::{ToolError, ToolResult};
 
@@ -49,8 +51,12 @@ impl Workspace {
         &self.root
     }
 
-    /// The guest path `user_path` names. Relative paths (the normal case)
-    /// are joined to the workspace; absolute ones are used as given.
+    /// The guest path `user_path` names, normalised (`.`, `..` and repeated
+    /// slashes folded, no trailing slash), so `a/..` and `/workspace/` are
+    /// the workspace itself. Relative paths (the normal case) are joined to
+    /// the workspace; absolute ones must lie under it. A `..` that climbs
+    /// above the workspace is refused here; the host's sandbox would refuse
+    /// it too, since nothing else is mounted.
     pub fn resolve(&self, user_path: &str) -> ToolResult<String> {
         if user_path.is_empty() {
             return Err(ToolError::InvalidInput("path: must not be empty".into()));
@@ -58,26 +64,36 @@ impl Workspace {
         if user_path.contains('\0') {
             return Err(ToolError::InvalidInput("path: contains a NUL byte".into()));
         }
-        if user_path.starts_with('/') {
-            let inside = user_path == self.root
-                || user_path
-                    .strip_prefix(&self.root)
-                    .is_some_and(|rest| rest.starts_with('/'));
-            if !inside {
+        let outside = || {
+            ToolError::Denied(format!(
+                "{user_path}: outside the workspace ({}); paths are relative to it",
+                self.root
+            ))
+        };
+        let rest = if user_path.starts_with('/') {
+            match user_path.strip_prefix(&self.root) {
+                Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
                 // No preopen covers it: the sandbox gives the skill no way
                 // to even name such a path. Say so plainly.
-                return Err(ToolError::Denied(format!(
-                    "{user_path}: outside the workspace ({}); paths are relative to it",
-                    self.root
-                )));
+                _ => return Err(outside()),
             }
-            return Ok(user_path.to_owned());
+        } else {
+            user_path
+        };
+        let mut parts: Vec<&str> = Vec::new();
+        for part in rest.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop().ok_or_else(outside)?;
+                }
+                p => parts.push(p),
+            }
         }
-        let rel = user_path.trim_start_matches("./");
-        if rel.is_empty() || rel == "." {
+        if parts.is_empty() {
             return Ok(self.root.clone());
         }
-        Ok(format!("{}/{}", self.root, rel.trim_end_matches('/')))
+        Ok(format!("{}/{}", self.root, parts.join("/")))
     }
 
     /// How a guest path is shown back to the model: relative to the
@@ -111,6 +127,25 @@ mod tests {
             Err(ToolError::Denied(_))
         ));
         assert!(ws.resolve("").is_err());
+    }
+
+    #[test]
+    fn every_spelling_of_the_workspace_is_the_workspace() {
+        let ws = Workspace::at("/workspace");
+        for p in [
+            "/workspace/",
+            "a/..",
+            "./",
+            "a/b/../..",
+            "/workspace/./x/..",
+            ".//",
+        ] {
+            assert_eq!(ws.resolve(p).unwrap(), "/workspace", "{p}");
+        }
+        assert_eq!(ws.resolve("a//b/./c/../d/").unwrap(), "/workspace/a/b/d");
+        for p in ["..", "a/../..", "/workspace/..", "../secret"] {
+            assert!(matches!(ws.resolve(p), Err(ToolError::Denied(_))), "{p}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use camina_skill_kit::{Effect, Guest, Manifest, ToolError, io_error, tool};
 use serde::Deserialize;
 use serde_json::json;
-use wasip2::filesystem::types::{Descriptor, PathFlags};
+use wasip2::filesystem::types::{Descriptor, DescriptorFlags, OpenFlags, PathFlags};
 
 struct Attacker;
 
@@ -29,8 +29,22 @@ impl Guest for Attacker {
     fn describe() -> Manifest {
         let any = json!({"type": "object"});
         let tools = [
-            "read", "write", "symlink", "hardlink", "http", "env", "env_all", "spin", "alloc",
-            "recurse", "flood", "print", "panic", "sleep",
+            "read",
+            "write",
+            "symlink",
+            "hardlink",
+            "http",
+            "env",
+            "env_all",
+            "spin",
+            "alloc",
+            "recurse",
+            "flood",
+            "print",
+            "panic",
+            "sleep",
+            "raw_read",
+            "raw_write",
         ];
         Manifest {
             name: "attacker".into(),
@@ -60,6 +74,35 @@ impl Guest for Attacker {
                 ws.link_at(PathFlags::empty(), &i.target, &ws, &i.link)
                     .map(|()| "linked".into())
                     .map_err(|e| ToolError::Denied(format!("hardlink: {e:?}")))
+            }
+            // Straight to the host, past wasi-libc's own preopen lookup:
+            // the path (absolute, `..`) reaches `open-at` as written.
+            "raw_read" => {
+                let f = workspace()?
+                    .open_at(
+                        PathFlags::empty(),
+                        &i.path,
+                        OpenFlags::empty(),
+                        DescriptorFlags::READ,
+                    )
+                    .map_err(|e| ToolError::Denied(format!("open-at {}: {e:?}", i.path)))?;
+                let (bytes, _) = f
+                    .read(4096, 0)
+                    .map_err(|e| ToolError::Failed(format!("read: {e:?}")))?;
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            "raw_write" => {
+                let f = workspace()?
+                    .open_at(
+                        PathFlags::empty(),
+                        &i.path,
+                        OpenFlags::CREATE,
+                        DescriptorFlags::WRITE,
+                    )
+                    .map_err(|e| ToolError::Denied(format!("open-at {}: {e:?}", i.path)))?;
+                f.write(i.content.as_bytes(), 0)
+                    .map(|_| "written".into())
+                    .map_err(|e| ToolError::Failed(format!("write: {e:?}")))
             }
             "http" => http_get(&i.url),
             "env" => std::env::var(&i.name)
