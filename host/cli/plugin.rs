@@ -17,7 +17,7 @@ pub enum PluginCommand {
         #[arg(long, value_name = "FILE.toml")]
         policy: Option<PathBuf>,
         /// Refuse the file unless its SHA-256 digest is this (64 hex digits).
-        #[arg(long, value_name = "HEX")]
+        #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
         sha256: Option<String>,
         /// A detached signature (`camina plugin sign`) to verify against the
         /// trusted keys in <home>/trusted_keys.
@@ -214,6 +214,17 @@ fn sign(
     Ok(())
 }
 
+/// `--sha256`: 64 hex digits, optionally `sha256:`-prefixed (a usage
+/// error, exit 2, otherwise).
+fn parse_sha256(text: &str) -> Result<String, String> {
+    let hex = text.trim().trim_start_matches("sha256:");
+    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err(format!("`{text}` is not 64 hex digits"))
+    }
+}
+
 fn short(digest: &str) -> &str {
     let hex = digest.trim_start_matches("sha256:");
     &hex[..hex.len().min(12)]
@@ -223,7 +234,14 @@ fn list(cx: &crate::Context, json: bool) -> anyhow::Result<()> {
     let registry = cx.registry()?;
     let records = registry.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&records)?);
+        // Each record as stored, plus its approval state.
+        let mut out = Vec::new();
+        for r in &records {
+            let mut v = serde_json::to_value(r)?;
+            v["approval"] = registry.approval_state(r).into();
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if records.is_empty() {
@@ -242,11 +260,7 @@ fn list(cx: &crate::Context, json: bool) -> anyhow::Result<()> {
     );
     for r in &records {
         let tools: Vec<&str> = r.tools.iter().map(|t| t.name.as_str()).collect();
-        let approval = match registry.approval(&r.name) {
-            None => "not approved",
-            Some(a) if a.digest == r.digest && a.policy_hash == r.policy.hash => "approved",
-            Some(_) => "changed since approval",
-        };
+        let approval = registry.approval_state(r).replace('-', " ");
         println!(
             "{:width$}  {:8}  {:8}  {:12}  {:10}  {:22}  {}",
             r.name,

@@ -165,16 +165,11 @@ pub async fn policy(cx: &Context, cmd: PolicyCommand) -> anyhow::Result<()> {
 
 /// Parses `--since`: RFC 3339, or a duration back from now.
 pub fn since(text: &str) -> Result<u64, UsageError> {
-    let t = humantime::parse_rfc3339_weak(text)
-        .or_else(|_| humantime::parse_duration(text).map(|d| std::time::SystemTime::now() - d))
-        .map_err(|_| {
-            UsageError(format!(
-                "--since `{text}`: give an RFC 3339 time or a duration like 1h"
-            ))
-        })?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0))
+    camina_journal::parse_since(text).ok_or_else(|| {
+        UsageError(format!(
+            "--since `{text}`: give an RFC 3339 time or a duration like 1h"
+        ))
+    })
 }
 
 pub async fn audit(cx: &Context, cmd: AuditCommand) -> anyhow::Result<()> {

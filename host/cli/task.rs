@@ -81,20 +81,32 @@ pub enum TaskCommand {
     Cancel { id: String },
 }
 
-/// Opens the engine; a journal held by another process is reported as
-/// such.
-pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine> {
-    let path = cx.home.join("journal");
-    let (journal, interrupted) = camina_journal::Journal::open(&path)?;
-    journal.set_retention(cx.config.audit.retention())?;
-    if !interrupted.is_empty() {
-        let ids: Vec<&str> = interrupted.iter().map(|t| t.id.as_str()).collect();
+/// Lists every interrupted task (other than `except`) on stderr, so a user
+/// starting new work learns what a crash left behind.
+fn note_interrupted(engine: &Engine, except: &str) {
+    let Ok(tasks) = engine.journal().list() else {
+        return;
+    };
+    let ids: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t.status == Status::Interrupted && t.id != except)
+        .map(|t| t.id.as_str())
+        .collect();
+    if !ids.is_empty() {
         eprintln!(
             "note: {} task(s) were interrupted: {}; resume with `camina task resume --all`",
             ids.len(),
             ids.join(", ")
         );
     }
+}
+
+/// Opens the engine; a journal held by another process is reported as
+/// such.
+pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine> {
+    let path = cx.home.join("journal");
+    let (journal, _) = camina_journal::Journal::open(&path)?;
+    journal.set_retention(cx.config.audit.retention())?;
     let registry = cx.registry()?;
     let mut config = cx.config.model_config();
     if let Some(spec) = model {
@@ -204,23 +216,53 @@ fn render(r: &Record) -> Option<String> {
 
 /// Runs `id` on `engine`, printing progress to stderr.
 async fn drive(engine: &Engine, id: &str, opts: RunOptions, json_out: bool) -> anyhow::Result<()> {
-    let mut feed = engine.journal().subscribe();
-    let task_id = id.to_owned();
-    let printer = tokio::spawn(async move {
-        while let Ok((tid, rec)) = feed.recv().await {
-            if tid == task_id
-                && let Some(line) = render(&rec)
-            {
-                eprintln!("{line}");
+    let journal = engine.journal().clone();
+    let mut feed = journal.subscribe();
+    // The last record printed: history before this run is not. Progress
+    // is printed live from the feed; whatever it missed (it lagged, or
+    // the task ended first) is printed from the journal, in order.
+    let before = journal.task(id)?.events as i64 - 1;
+    let printed = Arc::new(std::sync::atomic::AtomicI64::new(before));
+    let catch_up = {
+        let (journal, printed, id) = (journal.clone(), printed.clone(), id.to_owned());
+        move || {
+            if let Ok(records) = journal.records(&id) {
+                for rec in records {
+                    print_once(&rec, &printed);
+                }
             }
         }
-    });
+    };
+    let printer = {
+        let (printed, task_id, catch_up) = (printed.clone(), id.to_owned(), catch_up.clone());
+        tokio::spawn(async move {
+            loop {
+                match feed.recv().await {
+                    Ok((tid, rec)) if tid == task_id => print_once(&rec, &printed),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => catch_up(),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        })
+    };
     let result = engine.run(id, opts).await;
-    // Let the printer drain what was appended.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     printer.abort();
+    let _ = printer.await;
+    catch_up();
     let summary = result?;
     finish(&summary, json_out)
+}
+
+/// Prints a record's progress line unless it (or a later one) was printed.
+fn print_once(rec: &camina_journal::Record, printed: &std::sync::atomic::AtomicI64) {
+    use std::sync::atomic::Ordering;
+    let seq = rec.seq as i64;
+    if printed.fetch_max(seq, Ordering::SeqCst) < seq
+        && let Some(line) = render(rec)
+    {
+        eprintln!("{line}");
+    }
 }
 
 fn finish(summary: &TaskSummary, json_out: bool) -> anyhow::Result<()> {
@@ -274,6 +316,7 @@ pub async fn run(cx: &Context, args: RunArgs) -> anyhow::Result<()> {
     };
     let task = engine.submit(&args.prompt, &workspace, budgets).await?;
     eprintln!("task {}", task.id);
+    note_interrupted(&engine, &task.id);
     drive(&engine, &task.id, RunOptions::default(), args.json).await
 }
 
@@ -381,6 +424,7 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
             let id = id.unwrap_or_default();
             let t = engine.journal().find(&id)?;
             eprintln!("task {}", t.id);
+            note_interrupted(&engine, &t.id);
             drive(&engine, &t.id, opts, json).await
         }
         TaskCommand::Cancel { id } => {

@@ -167,6 +167,8 @@ fn the_audit_reports_grants_findings_and_drift() {
     assert_eq!(codes(&report, "belter-fs"), ["drift-policy"]);
     let list = h.ok(&["plugin", "list"]);
     assert!(list.contains("changed since approval"), "{list}");
+    let list = h.json(&["plugin", "list", "--json"]);
+    assert_eq!(list[0]["approval"], "changed-since-approval", "{list}");
     // A different component under the approved name.
     h.ok(&["policy", "approve", "belter-fs"]);
     let approval = h.path().join("approvals/belter-fs.json");

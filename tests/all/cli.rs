@@ -319,6 +319,9 @@ fn install_errors_name_the_file() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("digest mismatch"), "{}", stderr(&o));
+    // A malformed digest is a usage error.
+    let o = c.run(&["plugin", "install", artifacts::BELTER_FS, "--sha256", "abc"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let o = c.run(&["plugin", "list", "--json"]);
     assert_eq!(stdout(&o).trim(), "[]");
 

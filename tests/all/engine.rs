@@ -279,12 +279,9 @@ async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
         .find(|r| r.kind == "tool_intent" && r.data["tool"] == "append_file")
         .unwrap();
     assert_eq!(intent.data["effect"], "side-effecting");
-    assert!(
-        intent.data["key"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("{}:step/1/", task.id))
-    );
+    // The idempotency key is `task:step:n`: the append is the second
+    // plan step's second call (after write_file).
+    assert_eq!(intent.data["key"], format!("{}:1:1", task.id));
     assert!(
         intent.data["digest"]
             .as_str()

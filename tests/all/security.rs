@@ -97,6 +97,47 @@ async fn fs_escape_via_absolute_path() {
     assert!(!s.outside("pwned-abs.txt").exists());
 }
 
+/// The same attack past wasi-libc: the absolute paths reach the host's
+/// `open-at` on the workspace descriptor, and the host refuses them.
+#[tokio::test]
+async fn fs_escape_via_absolute_path_at_the_host() {
+    let s = scene_with_secret();
+    let g = grants(RW, &s.ws());
+    let a = attacker();
+    let secret = s.outside("secret.txt").display().to_string();
+    let pwned = s.outside("pwned-raw.txt").display().to_string();
+    for path in [secret.as_str(), "/etc/passwd", "../secret.txt"] {
+        let out = call(&a, &g, "raw_read", json!({"path": path}))
+            .await
+            .unwrap();
+        let err = out.result.expect_err(path);
+        assert!(
+            !err.message.contains("TOP SECRET"),
+            "{path}: {}",
+            err.message
+        );
+        assert!(
+            out.decisions
+                .iter()
+                .any(|d| !d.allowed && d.capability == Capability::Fs),
+            "{path}: the host recorded no denial: {:?}",
+            out.decisions
+        );
+    }
+    let out = call(&a, &g, "raw_write", json!({"path": pwned, "content": "x"}))
+        .await
+        .unwrap();
+    assert!(out.result.is_err());
+    assert!(!s.outside("pwned-raw.txt").exists());
+    // A path inside the mount still works the same way, so the refusals
+    // above are about where the paths point.
+    std::fs::write(s.ws().join("inside.txt"), "fine").unwrap();
+    let out = call(&a, &g, "raw_read", json!({"path": "inside.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(out.result.unwrap(), "fine");
+}
+
 #[tokio::test]
 async fn fs_escape_via_symlink_planted_on_host() {
     let s = scene_with_secret();
@@ -306,6 +347,38 @@ async fn http_allowed_host_is_reachable() {
         out.decisions
             .iter()
             .any(|d| d.capability == Capability::Net && d.allowed)
+    );
+}
+
+/// The decision log shows every request the policy let through, also one
+/// that then went nowhere (nothing listening).
+#[tokio::test]
+async fn http_allowed_but_unreachable_is_still_logged() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Scene::new();
+    let g = grants(&net_policy(&[format!("http://127.0.0.1:{port}")]), &s.ws());
+    let out = call(
+        &attacker(),
+        &g,
+        "http",
+        json!({"url": format!("http://127.0.0.1:{port}/")}),
+    )
+    .await
+    .unwrap();
+    assert!(out.result.is_err());
+    let d = out
+        .decisions
+        .iter()
+        .find(|d| d.capability == Capability::Net)
+        .expect("the attempt is recorded");
+    assert!(d.allowed, "{d:?}");
+    assert!(
+        d.detail.as_deref().unwrap_or("").starts_with("failed:"),
+        "{d:?}"
     );
 }
 

@@ -176,8 +176,13 @@ impl Agent<'_> {
 
     /// A tool call as a durable step: intent durable before it runs, result
     /// durable before the next model request.
-    async fn tool(&mut self, step: &str, crew: &Crew, call: &ToolCall) -> Flow<ToolResult> {
-        let key = format!("{}:{step}", self.d.task);
+    async fn tool(
+        &mut self,
+        step: &str,
+        key: String,
+        crew: &Crew,
+        call: &ToolCall,
+    ) -> Flow<ToolResult> {
         if let Some(r) = self.d.take_kind(step, "tool_intent")? {
             let intent: ToolIntent = decode(&r)?;
             if let Some(result) = self.d.take_kind(step, "tool_result")? {
@@ -396,19 +401,38 @@ impl Agent<'_> {
     pub async fn drive(&mut self) -> Flow<String> {
         let task = self.submitted.prompt.clone();
         let workspace = self.submitted.workspace.clone();
-        let crews = self.crews.clone();
-        if crews.is_empty() {
-            return Err(Halt::Failed(
-                "no crew has tools: install plugins with a policy naming crew \"belter\" or \"drummer\""
-                    .into(),
-            ));
-        }
+
+        // 0. What the task works with: recorded at the first start and
+        // replayed after, so installing a plugin (or a different reasoner)
+        // between a crash and the resume does not change the questions.
+        let setup: Setup = match self.d.take_kind("setup", "setup")? {
+            Some(r) => decode(&r)?,
+            None => {
+                if self.crews.is_empty() {
+                    return Err(Halt::Failed(
+                        "no crew has tools: install plugins with a policy naming crew \"belter\" or \"drummer\""
+                            .into(),
+                    ));
+                }
+                let think = match self.bridge.resolve(ModelRole::Reasoner).await {
+                    Ok(r) => r.can("thinking"),
+                    Err(e) => return Err(Halt::Failed(e.to_string())),
+                };
+                let setup = Setup {
+                    crews: self.crews.clone(),
+                    think,
+                };
+                self.d
+                    .record("setup", "setup", &setup, Durability::Buffered)
+                    .await?;
+                setup
+            }
+        };
+        self.crews = setup.crews.clone();
+        let crews = setup.crews;
+        let think = setup.think;
 
         // 1. The reasoner.
-        let think = match self.bridge.resolve(ModelRole::Reasoner).await {
-            Ok(r) => r.can("thinking"),
-            Err(e) => return Err(Halt::Failed(e.to_string())),
-        };
         let reply = self
             .model(
                 "reasoner",
@@ -416,8 +440,14 @@ impl Agent<'_> {
                 prompts::reasoner(&task, &workspace, &crews, think),
             )
             .await?;
+        // A reasoner cut off while still thinking has no answer yet: its
+        // thinking so far is the advice.
+        let text = match (&reply.message.content, &reply.message.thinking) {
+            (c, Some(t)) if c.trim().is_empty() => t.clone(),
+            (c, _) => c.clone(),
+        };
         let advice = Advice {
-            text: reply.message.content.clone(),
+            text,
             thinking: reply.message.thinking.clone(),
         };
         let advice: Advice = self.d.run("advice", "advice", async { Ok(advice) }).await?;
@@ -510,6 +540,8 @@ impl Agent<'_> {
         let mut repeats = 0;
         let mut done: Vec<String> = Vec::new();
         let max_turns = self.submitted.budgets.max_turns;
+        // Calls run in this step so far: the `n` of the key `task:step:n`.
+        let mut calls = 0usize;
         for turn in 0..max_turns {
             let req = prompts::crew_request(messages.clone(), crew);
             let reply = self
@@ -578,7 +610,9 @@ impl Agent<'_> {
                     continue;
                 }
                 let step = format!("step/{i}/turn/{turn}/call/{k}");
-                let result = self.tool(&step, crew, call).await?;
+                let key = format!("{}:{i}:{calls}", self.d.task);
+                calls += 1;
+                let result = self.tool(&step, key, crew, call).await?;
                 done.push(fingerprint);
                 evidence.push(format!(
                     "{} {} → {}",

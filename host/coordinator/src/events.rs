@@ -75,6 +75,15 @@ pub struct Advice {
     pub thinking: Option<String>,
 }
 
+/// What a task works with, fixed when it first starts so that a resume
+/// asks the same questions even after plugins were installed or removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    pub crews: Vec<crate::toolbox::Crew>,
+    /// Whether the reasoner was asked to think.
+    pub think: bool,
+}
+
 /// One delegated step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanStep {
@@ -110,7 +119,9 @@ pub struct ToolIntent {
     pub input: serde_json::Value,
     /// `read-only` | `idempotent` | `side-effecting`
     pub effect: String,
-    /// `task:step`: unique per call.
+    /// The idempotency key `task:step:n`: the task id, the plan step's
+    /// index and the call's index within that step (from 0); unique per
+    /// call and the same on every replay.
     pub key: String,
 }
 
@@ -194,6 +205,7 @@ pub struct Review {
 
 /// Kinds of the deterministic history.
 pub const REPLAYED: &[&str] = &[
+    "setup",
     "model_request",
     "model_reply",
     "advice",

@@ -214,7 +214,7 @@ impl Engine {
     }
 
     /// Refuses to replay calls whose plugin changed, unless allowed.
-    fn check_plugins(&self, id: &str, allow: bool) -> Result<()> {
+    pub fn check_plugins(&self, id: &str, allow: bool) -> Result<()> {
         if allow {
             return Ok(());
         }
@@ -417,7 +417,9 @@ impl Engine {
     /// tool call is abandoned); a waiting one is marked cancelled.
     pub async fn cancel(&self, id: &str, reason: &str) -> Result<TaskSummary> {
         let task = self.journal.task(id)?;
-        if task.status.is_final() {
+        // A failed task can still be resumed, so it can be cancelled (for
+        // good) too.
+        if matches!(task.status, Status::Succeeded | Status::Cancelled) {
             return Err(EngineError::Finished {
                 id: id.to_owned(),
                 status: task.status,

@@ -61,7 +61,9 @@ pub fn reasoner(task: &str, workspace: &str, crews: &[Crew], think: bool) -> Cha
             Message::user(format!("Task: {task}\nWorkspace: {workspace}")),
         ],
         think,
-        options: deterministic(200),
+        // A thinking model spends its budget on the thinking first
+        // (deepseek-r1 easily uses a thousand tokens before answering).
+        options: deterministic(if think { 2048 } else { 200 }),
         ..Default::default()
     }
 }

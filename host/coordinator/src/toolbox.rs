@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// One tool as a crew's model sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CrewTool {
     /// The function name offered to the model: the tool name, or
     /// `<plugin>__<tool>` when two plugins of the crew share a tool name.
@@ -19,7 +19,7 @@ pub struct CrewTool {
 
 /// A crew: Belters or Drummers, with every tool of every plugin whose
 /// policy names the crew.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Crew {
     pub name: String,
     pub tools: Vec<CrewTool>,

@@ -21,8 +21,10 @@
 //! path, never rewritten; a corrupt record is an error naming the task and
 //! sequence number; nothing is ever deleted.
 //!
-//! Test-only failpoint: `CAMINA_CRASH_AFTER=<n>` aborts the process right
-//! after its n-th append (as `kill -9` would), for the crash harness.
+//! Test-only failpoints for the crash harness: `CAMINA_CRASH_AFTER=<n>`
+//! aborts the process right after its n-th append (as `kill -9` would),
+//! `CAMINA_CRASH_BEFORE=<n>` right before it: after a tool ran but before
+//! its result was written, the window that matters for side effects.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -279,6 +281,26 @@ pub struct DecisionFilter {
     pub limit: usize,
 }
 
+/// Parses a "since" bound for the decision log: an RFC 3339 time, or a
+/// duration back from now (`1h`, `7days`); a duration longer than the age
+/// of the epoch means "everything". `None` when `text` is neither.
+pub fn parse_since(text: &str) -> Option<u64> {
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => t,
+        Err(_) => {
+            let back = humantime::parse_duration(text).ok()?;
+            std::time::SystemTime::now()
+                .checked_sub(back)
+                .unwrap_or(std::time::UNIX_EPOCH)
+        }
+    };
+    Some(
+        at.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
 /// How long the decision log keeps entries.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -310,6 +332,7 @@ pub struct Journal {
     committer: Arc<Committer>,
     appends: AtomicU64,
     crash_after: Option<u64>,
+    crash_before: Option<u64>,
     feed: tokio::sync::broadcast::Sender<(String, Record)>,
 }
 
@@ -402,9 +425,9 @@ impl Journal {
                 db.flush().map_err(storage)?;
             }
         }
-        let crash_after = std::env::var("CAMINA_CRASH_AFTER")
-            .ok()
-            .and_then(|v| v.parse().ok());
+        let failpoint = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        let crash_after = failpoint("CAMINA_CRASH_AFTER");
+        let crash_before = failpoint("CAMINA_CRASH_BEFORE");
         let (feed, _) = tokio::sync::broadcast::channel(1024);
         let journal = Self {
             path: path.to_path_buf(),
@@ -422,6 +445,7 @@ impl Journal {
             since_prune: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             crash_after,
+            crash_before,
             feed,
         };
         let mut interrupted = Vec::new();
@@ -729,13 +753,17 @@ impl Journal {
         update: Update,
         durability: Durability,
     ) -> Result<Record> {
+        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_before == Some(n) {
+            // Test-only failpoint: die as kill -9 would, before the write.
+            std::process::abort();
+        }
         let (_, rec) = self.apply(id, Some(&record), &update)?;
         let rec = rec.ok_or_else(|| storage("append wrote no record"))?;
         if durability == Durability::Flush {
             self.committer.commit().await?;
         }
         let _ = self.feed.send((id.to_owned(), rec.clone()));
-        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
         if self.crash_after == Some(n) {
             // Test-only failpoint: die as kill -9 would, mid-task.
             std::process::abort();
@@ -840,6 +868,19 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_accepts_times_and_durations_without_overflow() {
+        assert_eq!(parse_since("1970-01-01T00:00:01Z"), Some(1000));
+        let hour_ago = parse_since("1h").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now - hour_ago >= 3_600_000 && now - hour_ago < 3_700_000);
+        assert_eq!(parse_since("400000000000y"), Some(0));
+        assert_eq!(parse_since("yesterday-ish"), None);
+    }
     use serde_json::json;
 
     fn rec(step: &str, kind: &str) -> NewRecord {

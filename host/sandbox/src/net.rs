@@ -86,12 +86,25 @@ impl NetGate {
             plugin = %self.plugin, capability = "net", action = method, target = %target,
             decision = "denied", reason = %reason, "network request denied"
         );
+        self.record(method, target, false, reason);
+    }
+
+    /// Records a request the policy allowed, with how it went.
+    fn record_allowed(&self, method: &str, target: String, outcome: String) {
+        tracing::debug!(
+            plugin = %self.plugin, capability = "net", action = %method, target = %target,
+            decision = "allowed", outcome = %outcome, "network request"
+        );
+        self.record(method, target, true, outcome);
+    }
+
+    fn record(&self, method: &str, target: String, allowed: bool, detail: String) {
         self.decisions.push(Decision {
             capability: Capability::Net,
             action: method.to_owned(),
             target,
-            allowed: false,
-            detail: Some(reason),
+            allowed,
+            detail: Some(detail),
         });
     }
 
@@ -121,16 +134,18 @@ impl NetGate {
         let (addrs, server_name): (Vec<IpAddr>, String) = match url.host() {
             Some(url::Host::Ipv4(ip)) => (vec![IpAddr::V4(ip)], ip.to_string()),
             Some(url::Host::Ipv6(ip)) => (vec![IpAddr::V6(ip)], ip.to_string()),
-            Some(url::Host::Domain(name)) => {
-                let found = tokio::net::lookup_host((name, port)).await.map_err(|e| {
-                    tracing::debug!(plugin = %self.plugin, host = name, "DNS lookup failed: {e}");
-                    HttpError::DnsError {
+            Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
+                Ok(found) => (found.map(|a| a.ip()).collect(), name.to_owned()),
+                Err(e) => {
+                    // Allowed by the policy, but it went nowhere: recorded
+                    // all the same, so the log shows every attempt.
+                    self.record_allowed(&method, shown, format!("failed: DNS lookup: {e}"));
+                    return Err(HttpError::DnsError {
                         rcode: Some(e.to_string()),
                         info_code: None,
-                    }
-                })?;
-                (found.map(|a| a.ip()).collect(), name.to_owned())
-            }
+                    });
+                }
+            },
             None => return Err(HttpError::HttpRequestUriInvalid),
         };
         // Connect only to an address that passed the check.
@@ -157,57 +172,45 @@ impl NetGate {
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(CONNECT_TIMEOUT);
-        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| HttpError::ConnectionTimeout)?
-            .map_err(HttpError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-
-        // The request line carries only the path; Host was set by wasmtime.
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        *request.uri_mut() = http::Uri::builder()
-            .path_and_query(path)
-            .build()
-            .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-
-        let response = if https {
-            let name = rustls::pki_types::ServerName::try_from(server_name)
-                .map_err(|_| HttpError::TlsCertificateError)?;
-            let tls = tokio_rustls::TlsConnector::from(tls_config())
-                .connect(name, tcp)
+        let response = async {
+            let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
                 .await
-                .map_err(HttpError::Tls)?;
-            exchange(TokioIo::new(tls), request).await
-        } else {
-            exchange(TokioIo::new(tcp), request).await
-        };
-        match &response {
-            Ok((r, _)) => {
-                tracing::debug!(
-                    plugin = %self.plugin, capability = "net", action = %method, target = %target,
-                    decision = "allowed", status = r.status().as_u16(), "network request"
-                );
-                self.decisions.push(Decision {
-                    capability: Capability::Net,
-                    action: method,
-                    target,
-                    allowed: true,
-                    detail: Some(
-                        match r
-                            .headers()
-                            .get(http::header::CONTENT_LENGTH)
-                            .and_then(|v| v.to_str().ok())
-                        {
-                            Some(n) => format!("status {}, {n} bytes", r.status().as_u16()),
-                            None => format!("status {}", r.status().as_u16()),
-                        },
-                    ),
-                });
-            }
-            Err(e) => {
-                tracing::debug!(plugin = %self.plugin, target = %target, "request failed: {e}")
+                .map_err(|_| HttpError::ConnectionTimeout)?
+                .map_err(HttpError::Connect)?;
+            let _ = tcp.set_nodelay(true);
+
+            // The request line carries only the path; Host was set by wasmtime.
+            let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            *request.uri_mut() = http::Uri::builder()
+                .path_and_query(path)
+                .build()
+                .map_err(|_| HttpError::HttpRequestUriInvalid)?;
+
+            if https {
+                let name = rustls::pki_types::ServerName::try_from(server_name)
+                    .map_err(|_| HttpError::TlsCertificateError)?;
+                let tls = tokio_rustls::TlsConnector::from(tls_config())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(HttpError::Tls)?;
+                exchange(TokioIo::new(tls), request).await
+            } else {
+                exchange(TokioIo::new(tcp), request).await
             }
         }
+        .await;
+        let detail = match &response {
+            Ok((r, _)) => match r
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(n) => format!("status {}, {n} bytes", r.status().as_u16()),
+                None => format!("status {}", r.status().as_u16()),
+            },
+            Err(e) => format!("failed: {e}"),
+        };
+        self.record_allowed(&method, target, detail);
         response
     }
 }
