@@ -388,6 +388,105 @@ async fn a_task_runs_to_completion_and_its_details_and_lists_show_it() {
     assert_eq!(ok["tasks"].as_array().unwrap().len(), 2);
 }
 
+/// `/openapi.json` is a valid OpenAPI 3.1 document: checked against the
+/// OpenAPI Initiative's own schema (and a broken copy is not).
+#[tokio::test]
+async fn openapi_document_validates_against_the_openapi_3_1_schema() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let a = api(&fake, false).await;
+    let (s, doc) = call(&a, "GET", "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let schema: Value =
+        serde_json::from_str(include_str!("../data/openapi-3.1-schema.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let mut broken = doc.clone();
+    broken["paths"]["/healthz"]["get"]["responses"] = json!("none");
+    assert!(
+        !validator.is_valid(&broken),
+        "the validator checks something"
+    );
+    let mut broken = doc;
+    broken["info"] = json!({"version": 1});
+    assert!(!validator.is_valid(&broken));
+}
+
+/// Errors axum produces itself (method, path, content type, multipart)
+/// come in the same `{"error": {"kind", "message"}}` shape as ours.
+#[tokio::test]
+async fn every_error_is_json_with_its_status() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let a = api(&fake, false).await;
+    let (s, v) = call(&a, "PUT", "/v1/tasks", None, None).await;
+    assert_eq!(
+        (s, kind(&v)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        "{v}"
+    );
+    let (s, v) = call(&a, "GET", "/v1/nothing", None, None).await;
+    assert_eq!((s, kind(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/tasks")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("prompt=x"))
+        .unwrap();
+    let (s, v) = send(&a, req).await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{v}");
+    assert_eq!(kind(&v), "unsupported_media_type");
+    assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/plugins")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (s, v) = send(&a, req).await;
+    assert!(s.is_client_error(), "{s}");
+    assert!(v["error"]["kind"].is_string(), "{v}");
+    let (s, v) = call(
+        &a,
+        "POST",
+        "/v1/tasks/abc/resume",
+        None,
+        Some(json!({"interrupted": "retry", "extra": 1})),
+    )
+    .await;
+    assert_eq!(
+        (s, kind(&v)),
+        (StatusCode::BAD_REQUEST, "bad_request"),
+        "{v}"
+    );
+}
+
+/// `DELETE /v1/plugins/..%2F..%2Fx`: axum decodes the `%2F`, and the name
+/// must not turn into a path outside the plugin store.
+#[tokio::test]
+async fn plugin_delete_path_traversal() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let a = api(&fake, false).await;
+    std::fs::write(a.home.path().join("victim.json"), "{}").unwrap();
+    for name in ["..%2Fvictim", "..%2F..%2Fvictim", "%2E%2E"] {
+        let (s, v) = call(&a, "DELETE", &format!("/v1/plugins/{name}"), None, None).await;
+        assert_eq!(
+            (s, kind(&v)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{name}: {v}"
+        );
+    }
+    assert!(a.home.path().join("victim.json").exists());
+    let (_, list) = call(&a, "GET", "/v1/plugins", None, None).await;
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        3,
+        "the installed plugins are intact"
+    );
+}
+
 #[tokio::test]
 async fn an_idempotency_key_returns_the_same_task() {
     let fake = FakeOllama::start(models(), todo_script);
@@ -423,6 +522,12 @@ async fn workspace_escapes_are_rejected() {
         "/etc".to_owned(),
         "sneaky".to_owned(),
         a.root().join("sneaky").display().to_string(),
+        // Creating beneath a planted symlink must not create outside.
+        "sneaky/new".to_owned(),
+        // The root itself holds every other task's workspace.
+        ".".to_owned(),
+        "./".to_owned(),
+        a.root().display().to_string(),
     ] {
         let (s, v) = call(
             &a,
@@ -436,6 +541,10 @@ async fn workspace_escapes_are_rejected() {
         assert_eq!(kind(&v), "bad_request");
     }
     assert!(!a.home.path().join("escape").exists());
+    assert!(
+        !outside.path().join("new").exists(),
+        "a directory was created outside the root through the symlink"
+    );
     let (_, list) = call(&a, "GET", "/v1/tasks", None, None).await;
     assert_eq!(list["tasks"], json!([]), "no task was created");
     // Missing: a fresh directory under the root.

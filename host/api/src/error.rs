@@ -114,13 +114,18 @@ impl From<camina_registry::Error> for ApiError {
 /// problem otherwise).
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::new(
+        match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 r.body_text(),
-            );
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                r.body_text(),
+            ),
+            _ => ApiError::bad_request(r.body_text()),
         }
-        ApiError::bad_request(r.body_text())
     }
 }

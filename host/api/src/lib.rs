@@ -81,6 +81,9 @@ struct Runner {
     slots: Arc<tokio::sync::Semaphore>,
     closing: AtomicBool,
     tasks: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// Tasks handed to the runner and not finished (queued for a slot, or
+    /// running): a second resume of one of them is a conflict.
+    pending: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl AppState {
@@ -89,6 +92,7 @@ impl AppState {
             slots: Arc::new(tokio::sync::Semaphore::new(settings.max_running.max(1))),
             closing: AtomicBool::new(false),
             tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
+            pending: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
         Self {
             engine,
@@ -98,18 +102,32 @@ impl AppState {
     }
 
     /// Starts (or queues) task `id` in the background.
-    pub async fn spawn(&self, id: String, opts: RunOptions) {
+    /// Returns false (and does nothing) when the task is already with the
+    /// runner.
+    pub async fn spawn(&self, id: String, opts: RunOptions) -> bool {
+        if !self.runner.lock_pending().insert(id.clone()) {
+            return false;
+        }
         let engine = self.engine.clone();
-        let slots = self.runner.slots.clone();
-        self.runner.tasks.lock().await.spawn(async move {
-            let Ok(_slot) = slots.acquire_owned().await else {
-                return;
-            };
-            match engine.run(&id, opts).await {
-                Ok(t) => tracing::info!(task = %id, status = %t.status, "task stopped"),
-                Err(e) => tracing::warn!(task = %id, "task could not run: {e}"),
+        let runner = self.runner.clone();
+        let mut tasks = self.runner.tasks.lock().await;
+        // Reap finished runs so the set does not grow with every task.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            if let Ok(_slot) = runner.slots.clone().acquire_owned().await {
+                match engine.run(&id, opts).await {
+                    Ok(t) => tracing::info!(task = %id, status = %t.status, "task stopped"),
+                    Err(e) => tracing::warn!(task = %id, "task could not run: {e}"),
+                }
             }
+            runner.lock_pending().remove(&id);
         });
+        true
+    }
+
+    /// Whether the task is queued for, or running in, this server's runner.
+    pub fn is_pending(&self, id: &str) -> bool {
+        self.runner.lock_pending().contains(id)
     }
 
     /// Resumes the tasks a previous process left interrupted or queued
@@ -150,6 +168,12 @@ impl AppState {
         if let Err(e) = self.engine.journal().flush().await {
             tracing::error!("flushing the journal: {e}");
         }
+    }
+}
+
+impl Runner {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -251,5 +275,62 @@ pub fn router(state: AppState) -> Router {
         .merge(stream_routes)
         .merge(admin_routes)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(middleware::from_fn(json_errors))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method (see /openapi.json)",
+    )
+}
+
+/// Every error is `{"error": {"kind", "message"}}`: responses that axum's
+/// extractors and layers produce themselves (a bad path parameter, a
+/// multipart or content-type rejection, a request timeout) are rewritten
+/// into that shape, keeping their status and text.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (_, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    use axum::http::StatusCode as S;
+    let kind = match status {
+        S::BAD_REQUEST => "bad_request",
+        S::UNAUTHORIZED => "unauthorized",
+        S::FORBIDDEN => "forbidden",
+        S::NOT_FOUND => "not_found",
+        S::METHOD_NOT_ALLOWED => "method_not_allowed",
+        S::REQUEST_TIMEOUT => "timeout",
+        S::CONFLICT => "conflict",
+        S::PAYLOAD_TOO_LARGE => "payload_too_large",
+        S::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        S::UNPROCESSABLE_ENTITY => "unprocessable",
+        S::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    };
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_owned()
+    } else {
+        text
+    };
+    axum::response::IntoResponse::into_response(ApiError::new(status, kind, message))
 }

@@ -167,18 +167,11 @@ pub async fn decisions(
         .since
         .as_deref()
         .map(|t| {
-            humantime::parse_rfc3339_weak(t)
-                .or_else(|_| humantime::parse_duration(t).map(|d| std::time::SystemTime::now() - d))
-                .map(|t| {
-                    t.duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0)
-                })
-                .map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "since: `{t}` is not an RFC 3339 time or a duration"
-                    ))
-                })
+            camina_journal::parse_since(t).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "since: `{t}` is not an RFC 3339 time or a duration"
+                ))
+            })
         })
         .transpose()?;
     let limit = q.limit.unwrap_or(200);

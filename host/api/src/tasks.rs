@@ -42,6 +42,10 @@ pub struct ResumeTask {
     /// How to settle an interrupted side-effecting call: `retry` or `skip`.
     #[serde(default)]
     pub interrupted: Option<String>,
+    /// Replay calls of plugins whose component or policy changed since
+    /// (`camina task resume --allow-changed-plugins`). Default false: 409.
+    #[serde(default)]
+    pub allow_changed_plugins: bool,
 }
 
 /// Query of `GET /v1/tasks`.
@@ -73,43 +77,63 @@ fn reference(t: &TaskSummary) -> TaskRef {
 }
 
 /// Resolves a requested workspace under the root; anything resolving
-/// outside it (`..`, symlinks) is a 400.
+/// outside it (`..`, symlinks), or the root itself, is a 400. Directories
+/// are created through a capability handle on the root (cap-std), so a
+/// symlink planted under the root cannot make the server create anything
+/// outside it.
 fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiError> {
     let root = &state.settings.workspace_root;
     std::fs::create_dir_all(root).map_err(ApiError::internal)?;
     let root = root.canonicalize().map_err(ApiError::internal)?;
     let requested = requested.map(str::trim).filter(|s| !s.is_empty());
-    let path = match requested {
-        None => {
-            let fresh = root.join(uuid::Uuid::now_v7().simple().to_string());
-            std::fs::create_dir_all(&fresh).map_err(ApiError::internal)?;
-            fresh
-        }
+    let outside = |shown: &dyn std::fmt::Display| {
+        ApiError::bad_request(format!(
+            "workspace {shown} is not a directory under the workspace root {}",
+            root.display()
+        ))
+    };
+    let relative = match requested {
+        None => PathBuf::from(uuid::Uuid::now_v7().simple().to_string()),
         Some(p) => {
             let p = PathBuf::from(p);
             if p.components().any(|c| matches!(c, Component::ParentDir)) {
                 return Err(ApiError::bad_request("workspace: `..` is not allowed"));
             }
             if p.is_absolute() {
-                p
-            } else {
-                let joined = root.join(&p);
-                std::fs::create_dir_all(&joined).map_err(|e| {
-                    ApiError::bad_request(format!("workspace: cannot create {}: {e}", p.display()))
+                let resolved = p.canonicalize().map_err(|e| {
+                    ApiError::bad_request(format!("workspace {}: {e}", p.display()))
                 })?;
-                joined
+                resolved
+                    .strip_prefix(&root)
+                    .map_err(|_| outside(&p.display()))?
+                    .to_path_buf()
+            } else {
+                p
             }
         }
     };
+    if relative
+        .components()
+        .all(|c| matches!(c, Component::CurDir))
+    {
+        return Err(ApiError::bad_request(
+            "workspace: a task's workspace is a directory under the workspace root, not the root itself",
+        ));
+    }
+    let dir = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
+        .map_err(ApiError::internal)?;
+    dir.create_dir_all(&relative).map_err(|e| {
+        ApiError::bad_request(format!(
+            "workspace {}: cannot create it under the workspace root: {e}",
+            relative.display()
+        ))
+    })?;
+    let path = root.join(&relative);
     let resolved = path
         .canonicalize()
         .map_err(|e| ApiError::bad_request(format!("workspace {}: {e}", path.display())))?;
-    if !resolved.starts_with(&root) || !resolved.is_dir() {
-        return Err(ApiError::bad_request(format!(
-            "workspace {} is not a directory under the workspace root {}",
-            path.display(),
-            root.display()
-        )));
+    if !resolved.starts_with(&root) || resolved == root || !resolved.is_dir() {
+        return Err(outside(&path.display()));
     }
     Ok(resolved)
 }
@@ -255,18 +279,31 @@ pub async fn resume(
             t.id, t.status
         )));
     }
-    if state.engine.running().contains(&t.id) {
-        return Err(ApiError::conflict(format!("task {} is running", t.id)));
+    if state.engine.running().contains(&t.id) || state.is_pending(&t.id) {
+        return Err(ApiError::conflict(format!(
+            "task {} is already running or queued to run",
+            t.id
+        )));
     }
+    // What would refuse the resume is said now, not only in the log.
     state
+        .engine
+        .check_plugins(&t.id, body.allow_changed_plugins)?;
+    let started = state
         .spawn(
             t.id.clone(),
             RunOptions {
                 interrupted,
-                allow_changed_plugins: false,
+                allow_changed_plugins: body.allow_changed_plugins,
             },
         )
         .await;
+    if !started {
+        return Err(ApiError::conflict(format!(
+            "task {} is already running or queued to run",
+            t.id
+        )));
+    }
     Ok((StatusCode::ACCEPTED, Json(reference(&t))))
 }
 
@@ -329,41 +366,65 @@ pub async fn events(
             }
             last = Some(r.seq);
         }
+        // Sends what the journal holds after `last`; true when the stream
+        // should end (the client left, or the task's last record was sent).
+        let catch_up = async |last: &mut Option<u64>| -> bool {
+            let Ok(all) = journal.records(&id) else {
+                return true;
+            };
+            let from = *last;
+            for r in all.iter().filter(|r| from.is_none_or(|l| r.seq > l)) {
+                *last = Some(r.seq);
+                if tx.send(sse(r)).await.is_err() || ends_task(&r.kind) {
+                    return true;
+                }
+            }
+            false
+        };
+        let live = |journal: &camina_journal::Journal| {
+            matches!(
+                journal.task(&id).map(|t| t.status),
+                Ok(Status::Running | Status::Queued)
+            )
+        };
         // A task that is not running (or about to) ends the stream after
-        // its history.
-        let live = matches!(
-            journal.task(&id).map(|t| t.status),
-            Ok(Status::Running | Status::Queued)
-        );
-        if !live {
+        // its history, including anything written since it was read.
+        if !live(&journal) {
+            catch_up(&mut last).await;
             return;
         }
+        // The status is looked at now and then too: a queued task the
+        // server will not start (shutting down) ends the stream.
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.tick().await;
         loop {
-            match feed.recv().await {
-                Ok((tid, r)) if tid == id => {
-                    if last.is_some_and(|l| r.seq <= l) {
-                        continue;
+            tokio::select! {
+                msg = feed.recv() => match msg {
+                    Ok((tid, r)) if tid == id => {
+                        if last.is_some_and(|l| r.seq <= l) {
+                            continue;
+                        }
+                        last = Some(r.seq);
+                        let end = ends_task(&r.kind);
+                        if tx.send(sse(&r)).await.is_err() || end {
+                            return;
+                        }
                     }
-                    last = Some(r.seq);
-                    let end = ends_task(&r.kind);
-                    if tx.send(sse(&r)).await.is_err() || end {
+                    Ok(_) => {}
+                    // Fell behind: catch up from the journal.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if catch_up(&mut last).await {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                _ = tick.tick() => {
+                    if !live(&journal) || state.closing() {
+                        catch_up(&mut last).await;
                         return;
                     }
                 }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Fell behind: catch up from the journal.
-                    if let Ok(all) = journal.records(&id) {
-                        let from = last;
-                        for r in all.iter().filter(|r| from.is_none_or(|l| r.seq > l)) {
-                            last = Some(r.seq);
-                            if tx.send(sse(r)).await.is_err() || ends_task(&r.kind) {
-                                return;
-                            }
-                        }
-                    }
-                }
-                Err(_) => return,
             }
         }
     });
