@@ -55,6 +55,11 @@ async fn ollama_answers_streamed_and_not() {
     );
     assert_eq!(reply.done_reason.as_deref(), Some("stop"));
     assert!(reply.completion_tokens > 0 && reply.prompt_tokens > 0);
+    // The digest /api/tags lists goes with the reply (and into the journal).
+    assert_eq!(
+        reply.model_digest.as_deref(),
+        Some(fake_ollama::digest("mistral:7b").as_str())
+    );
     assert_eq!(fake.chats()[0]["stream"], false);
 
     let pieces = Mutex::new(Vec::new());
@@ -124,6 +129,21 @@ async fn ollama_tool_calls_and_tool_results() {
         wire["messages"][2]["tool_calls"][0]["function"]["name"],
         "read_file"
     );
+}
+
+/// The fake cuts its streams mid-line and inside multi-byte characters:
+/// the reply must come out whole and intact.
+#[tokio::test]
+async fn ollama_stream_split_inside_lines_and_characters() {
+    const TEXT: &str = "Grüße aus Köln — naïve café ✓ 東京";
+    let fake = FakeOllama::start(vec![mistral()], |_| Reply::text(TEXT));
+    let b = backend(&fake);
+    let progress = |_: &str, _: &str| {};
+    let reply = b
+        .chat("mistral:7b", &ask("hi"), Some(&progress))
+        .await
+        .unwrap();
+    assert_eq!(reply.message.content, TEXT);
 }
 
 #[tokio::test]
@@ -426,6 +446,57 @@ fn model_check_tells_the_truth_against_the_fake_server() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("coordinator  embedded"), "{text}");
     assert!(text.contains("belter       ollama   mistral:7b"), "{text}");
+
+    // A file that is not a model is not reported as present.
+    let junk = home.path().join("junk.gguf");
+    std::fs::write(&junk, "<html>not found</html>").unwrap();
+    let o = run(&["--json"], &junk.display().to_string());
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let coord = v["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "coordinator")
+        .unwrap()
+        .clone();
+    assert_eq!(coord["present"], false, "{coord}");
+    assert!(
+        coord["error"].as_str().unwrap().contains("not a GGUF"),
+        "{coord}"
+    );
+}
+
+/// The machine of the README's main command: no Ollama at all, the
+/// embedded model fetched. Every role runs embedded, and check says so.
+#[test]
+fn model_check_without_ollama_chooses_the_embedded_model() {
+    let home = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!(
+            "[ollama]\nurl = \"http://{closed}\"\n[embedded]\ngguf = \"{}\"\n",
+            gguf().display()
+        ),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_camina"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["model", "check", "--json"])
+        .env_remove("OLLAMA_HOST")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    for r in v["roles"].as_array().unwrap() {
+        assert_eq!(r["backend"], "embedded", "{r}");
+        assert_eq!(r["present"], true, "{r}");
+    }
 }
 
 #[test]

@@ -204,6 +204,9 @@ impl Bridge {
         if !cfg!(feature = "embedded") || !path.is_file() {
             return Err(Self::missing_model_hint(path));
         }
+        // A file is not yet a model: a truncated download or a wrong path
+        // is said here, not when the first task reaches the model.
+        crate::check_gguf_magic(path)?;
         Ok(Resolved {
             role,
             backend: "embedded".into(),

@@ -225,6 +225,23 @@ pub enum ModelError {
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
+/// Checks that `path` starts like a GGUF model file, so a truncated
+/// download or a wrong path is said plainly (llama.cpp reports what else
+/// is wrong when it loads the file).
+pub(crate) fn check_gguf_magic(path: &std::path::Path) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let read =
+        std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
+    if read.is_err() || &magic != b"GGUF" {
+        return Err(ModelError::Embedded(format!(
+            "{}: not a GGUF model file (it does not start with `GGUF`); run `camina model \
+             fetch` again, or point [embedded] gguf at a GGUF file",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// One way of talking to models.
 #[async_trait::async_trait]
 pub trait ChatBackend: Send + Sync {

@@ -52,6 +52,8 @@ pub struct OllamaBackend {
     client: ollama_rs::Ollama,
     http: reqwest::Client,
     facts: Mutex<HashMap<String, ModelFacts>>,
+    /// Model name → digest, from `/api/tags` (journaled with each reply).
+    digests: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for OllamaBackend {
@@ -82,6 +84,7 @@ impl OllamaBackend {
             client,
             http,
             facts: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
         })
     }
 
@@ -96,14 +99,66 @@ impl OllamaBackend {
         }
     }
 
-    /// Names of the models the server has (`/api/tags`).
+    /// Names of the models the server has (`/api/tags`). Their digests are
+    /// kept for the replies (ollama-rs drops the field, so this reads the
+    /// listing itself).
     pub async fn models(&self) -> Result<Vec<String>> {
-        let models = self
-            .client
-            .list_local_models()
+        #[derive(serde::Deserialize)]
+        struct Tags {
+            #[serde(default)]
+            models: Vec<Tag>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Tag {
+            name: String,
+            #[serde(default)]
+            digest: Option<String>,
+        }
+        let url = format!("{}/api/tags", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
             .await
-            .map_err(|e| self.crate_error(e, None))?;
-        Ok(models.into_iter().map(|m| m.name).collect())
+            .map_err(|e| self.unreachable(describe_reqwest(&e)))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| self.unreachable(describe_reqwest(&e)))?;
+        if !(200..300).contains(&status) {
+            return Err(ModelError::Http {
+                status,
+                message: format!("GET /api/tags: {}", error_message(&text)),
+            });
+        }
+        let tags: Tags = serde_json::from_str(&text).map_err(|e| ModelError::BadReply {
+            backend: "ollama".into(),
+            message: format!("GET /api/tags: {e}"),
+        })?;
+        let mut digests = self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        for t in &tags.models {
+            if let Some(d) = &t.digest {
+                digests.insert(t.name.clone(), d.clone());
+            }
+        }
+        Ok(tags.models.into_iter().map(|m| m.name).collect())
+    }
+
+    /// The digest of `model` as `/api/tags` lists it (listed once per
+    /// backend if not known yet); `None` when the server does not say.
+    async fn digest(&self, model: &str) -> Option<String> {
+        let known = |digests: &HashMap<String, String>| {
+            digests
+                .iter()
+                .find(|(name, _)| same_model(name, model))
+                .map(|(_, d)| d.clone())
+        };
+        if let Some(d) = known(&self.digests.lock().unwrap_or_else(|p| p.into_inner())) {
+            return Some(d);
+        }
+        self.models().await.ok()?;
+        known(&self.digests.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether the server has `model` (`mistral:7b` also matches
@@ -560,7 +615,8 @@ impl ChatBackend for OllamaBackend {
                 }
             }
         }
-        let reply = asm.finish(model, started)?;
+        let mut reply = asm.finish(model, started)?;
+        reply.model_digest = self.digest(model).await;
         if reply.truncated() {
             tracing::warn!(
                 model,

@@ -176,11 +176,12 @@ impl FakeOllama {
                 .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    })
-                    .await;
+                // Stopping does not wait for replies still being delayed:
+                // dropping the runtime ends their connections.
+                tokio::select! {
+                    _ = axum::serve(listener, app).into_future() => {}
+                    _ = stopped => {}
+                }
             });
         });
         Self {
@@ -227,6 +228,15 @@ fn record(shared: &Shared, path: &str, body: &Value) {
         .push((path.to_owned(), body.clone()));
 }
 
+/// The digest `/api/tags` lists for a model: 64 hex digits, one per name.
+pub fn digest(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}").repeat(4)
+}
+
 async fn tags(State(shared): State<Arc<Shared>>) -> Response {
     record(&shared, "/api/tags", &Value::Null);
     let models: Vec<Value> = shared
@@ -236,7 +246,7 @@ async fn tags(State(shared): State<Arc<Shared>>) -> Response {
             json!({
                 "name": m.name, "model": m.name,
                 "modified_at": "2026-11-01T00:00:00Z", "size": 4_000_000_000u64,
-                "digest": format!("{:064x}", m.name.len()),
+                "digest": digest(&m.name),
                 "details": {"format": "gguf", "family": "llama", "parameter_size": "7B", "quantization_level": "Q4_K_M"}
             })
         })
@@ -427,10 +437,33 @@ async fn chat(State(shared): State<Arc<Shared>>, body: String) -> Response {
     }
 }
 
+/// A streamed NDJSON body, sent in parts cut where a client must cope:
+/// mid-line, and inside a multi-byte UTF-8 character when there is one
+/// (real servers' chunks fall anywhere).
 fn ndjson(body: String) -> Response {
+    let bytes = body.into_bytes();
+    let mut cuts = vec![bytes.len() / 3, bytes.len() * 2 / 3];
+    if let Some(i) = bytes.iter().position(|b| *b >= 0x80) {
+        cuts.push(i + 1);
+    }
+    cuts.retain(|&c| c > 0 && c < bytes.len());
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut parts = Vec::new();
+    let mut from = 0;
+    for c in cuts.into_iter().chain([bytes.len()]) {
+        parts.push(axum::body::Bytes::copy_from_slice(&bytes[from..c]));
+        from = c;
+    }
+    let stream = futures_util::stream::unfold(parts.into_iter(), |mut parts| async move {
+        let part = parts.next()?;
+        // Let the server write each part on its own.
+        tokio::task::yield_now().await;
+        Some((Ok::<_, std::convert::Infallible>(part), parts))
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/x-ndjson")
-        .body(Body::from(body))
+        .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

@@ -128,15 +128,7 @@ impl EmbeddedBackend {
                 hint: "run `camina model fetch`, or point [embedded] gguf at a GGUF file".into(),
             });
         }
-        let mut magic = [0u8; 4];
-        let read = std::fs::File::open(path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
-        if read.is_err() || &magic != b"GGUF" {
-            return Err(ModelError::Embedded(format!(
-                "{}: not a GGUF model file (it does not start with the GGUF magic)",
-                path.display()
-            )));
-        }
+        crate::check_gguf_magic(path)?;
         let backend = llama_backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(0);
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
