@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Runs `f` `n` times; returns the sorted durations.
-pub fn sample<F: FnMut()>(n: usize, mut f: F) -> Vec<Duration> {
+pub fn sample<T, F: FnMut() -> T>(n: usize, mut f: F) -> Vec<Duration> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        f();
+        std::hint::black_box(f());
         out.push(t.elapsed());
     }
     out.sort();

@@ -202,6 +202,10 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
         });
     }
     if p7 {
+        // Peak RSS of this row alone: reset the high-water mark left by
+        // the rows before (Linux: `5` to clear_refs resets VmHWM).
+        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        let before = vm_kib("VmRSS:");
         let shared_ws = tempfile::tempdir().expect("tmp");
         let (transcript, models) = rt.block_on(record(1, shared_ws.path()));
         let home = tempfile::tempdir().expect("tmp");
@@ -262,31 +266,38 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
             }
             (started.elapsed(), failures)
         });
-        let rss = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
-                    l.split_whitespace()
-                        .nth(1)
-                        .unwrap_or("0")
-                        .parse::<u64>()
-                        .unwrap_or(0)
-                })
-            })
-            .unwrap_or(0);
+        let rss = vm_kib("VmHWM:");
         rows.push(Row {
             id: "P7".into(),
             what: format!(
                 "{n} concurrent tasks on the replay backend (1 crew step with a tool call each)"
             ),
             measured: format!(
-                "peak RSS {} MiB, {failures} failures, {:.1} s",
+                "peak RSS {} MiB{}, {failures} failures, {:.1} s",
                 rss / 1024,
+                if reset {
+                    ""
+                } else {
+                    " (process peak: clear_refs refused)"
+                },
                 elapsed.as_secs_f64()
             ),
-            baseline: "—".into(),
+            baseline: format!("RSS before the row: {} MiB", before / 1024),
             ratio: "—".into(),
             target: "RSS ≤ 1 GiB, 0 failures".into(),
         });
     }
+}
+
+/// A `/proc/self/status` figure in KiB (0 when unavailable).
+fn vm_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }
