@@ -437,6 +437,17 @@ async fn drummer_search_grep() {
     )
     .await;
     assert_eq!(v["matches"].as_array().unwrap().len(), 3);
+    // Smart case: a lower-case pattern matches any case unless told not to.
+    let v = ok(&d, &g, "grep", json!({"pattern": "todo", "glob": "*.rs"})).await;
+    assert_eq!(v["matches"].as_array().unwrap().len(), 3);
+    let v = ok(
+        &d,
+        &g,
+        "grep",
+        json!({"pattern": "todo", "case_insensitive": false, "glob": "*.rs"}),
+    )
+    .await;
+    assert_eq!(v["matches"].as_array().unwrap().len(), 1);
     let v = ok(&d, &g, "grep", json!({"pattern": "TODO", "max_results": 1})).await;
     assert_eq!(
         (v["matches"].as_array().unwrap().len(), &v["truncated"]),

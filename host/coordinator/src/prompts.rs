@@ -47,19 +47,41 @@ fn first_sentence(s: &str) -> &str {
         .trim_end_matches('.')
 }
 
-/// Step 1: the reasoner's advice (thinking on where the model can).
+/// Whether the worked examples apply: a drummer that greps and a belter
+/// that writes files.
+fn examples_apply(crews: &[Crew]) -> bool {
+    let has = |crew: &str, tool: &str| {
+        crews
+            .iter()
+            .any(|c| c.name == crew && c.find(tool).is_some())
+    };
+    has("drummer", "grep") && has("belter", "write_file")
+}
+
+/// Step 1: the reasoner's advice (thinking on where the model can). Two
+/// worked examples precede the task.
 pub fn reasoner(task: &str, workspace: &str, crews: &[Crew], think: bool) -> ChatRequest {
+    let mut messages = vec![Message::system(format!(
+        "You are the reasoner behind a coordinator of worker crews. Think about how the \
+         user's task can be done with the crews below. Give short, concrete advice: which \
+         crew should do what, in which order, and what could go wrong. Do not do the task \
+         yourself.\nCrews:\n{}",
+        crew_lines(crews)
+    ))];
+    if examples_apply(crews) {
+        for ex in &EXAMPLES {
+            messages.push(Message::user(format!(
+                "Task: {}\nWorkspace: /home/user/project",
+                ex.task
+            )));
+            messages.push(Message::assistant(ex.advice()));
+        }
+    }
+    messages.push(Message::user(format!(
+        "Task: {task}\nWorkspace: {workspace}"
+    )));
     ChatRequest {
-        messages: vec![
-            Message::system(format!(
-                "You are the reasoner behind a coordinator of worker crews. Think about how the \
-                 user's task can be done with the crews below. Give short, concrete advice: which \
-                 crew should do what, in which order, and what could go wrong. Do not do the task \
-                 yourself.\nCrews:\n{}",
-                crew_lines(crews)
-            )),
-            Message::user(format!("Task: {task}\nWorkspace: {workspace}")),
-        ],
+        messages,
         think,
         // A thinking model spends its budget on the thinking first
         // (deepseek-r1 easily uses a thousand tokens before answering).
@@ -103,6 +125,16 @@ const EXAMPLES: [Example; 2] = [
 ];
 
 impl Example {
+    /// What a reasoner would advise for the example task.
+    fn advice(&self) -> String {
+        format!(
+            "A drummer searches {}/ for {} and reports every matching line with its file and \
+             line number; then a belter writes exactly those lines to {}. If nothing matches, \
+             the answer says so.",
+            self.dir, self.pattern, self.out
+        )
+    }
+
     fn found(&self) -> String {
         format!(
             "Found 1 line:\n{}:{}: {}",
@@ -150,7 +182,6 @@ pub fn plan_schema(crews: &[Crew], max_steps: u32) -> Value {
 
 /// Step 2: the plan. Two worked examples precede the task.
 pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatRequest {
-    let has = |c: &str| crews.iter().any(|k| k.name == c);
     let mut messages = vec![Message::system(format!(
         "You are Caminaå, the coordinator. Plan how your crews do the user's task. Reply with \
          JSON only: {{\"steps\": [{{\"crew\": ..., \"instruction\": ...}}]}} with one step per \
@@ -159,13 +190,22 @@ pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatReq
          needs no files or web pages.\nCrews:\n{}",
         crew_lines(crews)
     ))];
-    messages.push(Message::user("Task: What is the capital of France?"));
+    // The examples have the shape of the real question (advice, then the
+    // task), so a small model completes it the same way.
+    messages.push(Message::user(
+        "Advice: No files or web pages are needed: answer directly.\n\nTask: What is the \
+         capital of France?",
+    ));
     messages.push(Message::assistant(
         json!({"answer": "Paris is the capital of France."}).to_string(),
     ));
-    if has("drummer") && has("belter") {
+    if examples_apply(crews) {
         for ex in &EXAMPLES {
-            messages.push(Message::user(format!("Task: {}", ex.task)));
+            messages.push(Message::user(format!(
+                "Advice: {}\n\nTask: {}",
+                ex.advice(),
+                ex.task
+            )));
             messages.push(Message::assistant(
                 json!({"steps": [
                     {"crew": "drummer", "instruction": ex.find},
@@ -324,7 +364,9 @@ pub fn answer_schema() -> Value {
     })
 }
 
-/// Step 4: the final answer.
+/// Step 4: the final answer. No worked example here: small models copy
+/// an example's findings into the answer, and a made-up finding is worse
+/// than a plain one.
 pub fn answer(task: &str, results: &[(String, StepFinished)]) -> ChatRequest {
     ChatRequest {
         messages: vec![

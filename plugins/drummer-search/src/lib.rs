@@ -80,7 +80,7 @@ fn tools() -> Vec<Tool> {
                     "pattern": {"type": "string", "minLength": 1},
                     "path": {"type": "string", "description": "file or directory to search (default: the workspace)"},
                     "glob": {"type": "string", "description": "only search files matching this glob, e.g. `*.rs`"},
-                    "case_insensitive": {"type": "boolean"},
+                    "case_insensitive": {"type": "boolean", "description": "default: smart case (a pattern without upper-case letters matches any case)"},
                     "include_hidden": {"type": "boolean"},
                     "max_results": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS}
                 },
@@ -208,12 +208,18 @@ struct GrepInput {
     path: Option<String>,
     #[serde(default)]
     glob: Option<String>,
+    /// `None`: smart case (as ripgrep's `--smart-case`).
     #[serde(default)]
-    case_insensitive: bool,
+    case_insensitive: Option<bool>,
     #[serde(default)]
     include_hidden: bool,
     #[serde(default)]
     max_results: Option<usize>,
+}
+
+/// Smart case: a pattern with no upper-case letter ignores case.
+fn ignores_case(pattern: &str, asked: Option<bool>) -> bool {
+    asked.unwrap_or_else(|| !pattern.chars().any(char::is_uppercase))
 }
 
 #[derive(Serialize)]
@@ -226,7 +232,7 @@ struct Match {
 fn grep(ws: &Workspace, input: GrepInput) -> ToolResult {
     let max = cap(input.max_results)?;
     let re = regex::RegexBuilder::new(&input.pattern)
-        .case_insensitive(input.case_insensitive)
+        .case_insensitive(ignores_case(&input.pattern, input.case_insensitive))
         .size_limit(1 << 20)
         .build()
         .map_err(|e| ToolError::InvalidInput(format!("pattern: {e}")))?;
@@ -288,4 +294,18 @@ fn grep(ws: &Workspace, input: GrepInput) -> ToolResult {
         "truncated": truncated,
         "files_searched": files_searched
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ignores_case;
+
+    #[test]
+    fn smart_case_ignores_case_for_lower_case_patterns_only() {
+        assert!(ignores_case("todo", None));
+        assert!(!ignores_case("TODO", None));
+        assert!(!ignores_case("Todo", None));
+        assert!(!ignores_case("todo", Some(false)));
+        assert!(ignores_case("TODO", Some(true)));
+    }
 }
