@@ -347,3 +347,23 @@ fn home_comes_from_camina_home_when_no_flag() {
     let record: PathBuf = home.path().join("plugins/drummer-web.json");
     assert!(record.exists());
 }
+
+/// `camina plugin list | head -0`: stdout closed before camina writes.
+/// No panic and no backtrace, the status of a SIGPIPE death.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    let home = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_camina"))
+        .arg("--home")
+        .arg(home.path())
+        .args(["plugin", "list"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -337,7 +337,7 @@ impl NetPolicy {
 /// `Some(class)` for every address that is not plainly public: loopback,
 /// private, link-local (cloud metadata lives there), carrier-grade NAT,
 /// unspecified, documentation, benchmarking, multicast, reserved, and IPv6
-/// forms embedding such IPv4 addresses (NAT64, 6to4).
+/// forms embedding such IPv4 addresses (NAT64, 6to4, Teredo).
 pub fn non_public_class(ip: IpAddr) -> Option<&'static str> {
     match ip.to_canonical() {
         IpAddr::V4(v4) => v4_class(v4),
@@ -379,17 +379,28 @@ fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
     if seg[0] & 0xffc0 == 0xfe80 {
         return Some("a link-local");
     }
+    if seg[0] & 0xffc0 == 0xfec0 {
+        return Some("a site-local (private)");
+    }
     if seg[0] == 0x2001 && seg[1] == 0x0db8 {
         return Some("a documentation");
     }
-    // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) embed an IPv4 address.
-    let embedded = if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-        Some(Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        ))
+    if seg[0] == 0x0100 && seg[1..4] == [0, 0, 0] {
+        return Some("a discard-only");
+    }
+    if seg[0] == 0x2001 && seg[1] == 0x0002 && seg[2] == 0 {
+        return Some("a benchmarking");
+    }
+    let last_v4 =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    // NAT64 (64:ff9b::/96, and the local-use 64:ff9b:1::/48), 6to4
+    // (2002::/16) and Teredo (2001::/32, the client's address inverted in
+    // the last 32 bits) embed an IPv4 address.
+    let nat64 = seg[0] == 0x64 && seg[1] == 0xff9b && (seg[2..6] == [0, 0, 0, 0] || seg[2] == 1);
+    let embedded = if nat64 {
+        Some(last_v4(seg[6], seg[7]))
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        Some(last_v4(!seg[6], !seg[7]))
     } else if seg[0] == 0x2002 {
         Some(Ipv4Addr::new(
             (seg[1] >> 8) as u8,
@@ -523,6 +534,12 @@ mod tests {
             "64:ff9b::7f00:1",
             "2002:7f00:1::",
             "::ffff:10.0.0.1",
+            "fec0::1",
+            "64:ff9b:1::a00:1",
+            "100::1",
+            "2001:2::1",
+            // Teredo, client 127.0.0.1 (inverted: 80ff:fffe).
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
         ] {
             assert!(non_public_class(ip.parse().unwrap()).is_some(), "{ip}");
         }
@@ -530,6 +547,8 @@ mod tests {
             "93.184.216.34",
             "2606:2800:220:1:248:1893:25c8:1946",
             "64:ff9b::808:808",
+            // Teredo, client 8.8.8.8.
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
         ] {
             assert!(non_public_class(ip.parse().unwrap()).is_none(), "{ip}");
         }
