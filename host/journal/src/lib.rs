@@ -363,30 +363,50 @@ impl Journal {
     pub fn open(path: &Path) -> Result<(Self, Vec<TaskSummary>)> {
         let shown = path.display().to_string();
         let pid_file = path.with_extension("pid");
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| {
-                let text = e.to_string();
-                if text.contains("lock")
-                    || text.contains("WouldBlock")
-                    || text.contains("temporarily unavailable")
-                {
-                    let holder = std::fs::read_to_string(&pid_file)
-                        .map(|p| format!(" (pid {})", p.trim()))
-                        .unwrap_or_default();
-                    Error::Locked {
-                        path: shown.clone(),
-                        holder,
-                    }
-                } else {
-                    Error::Open {
-                        path: shown.clone(),
-                        reason: text,
-                    }
+        let open = || {
+            sled::Config::new()
+                .path(path)
+                .flush_every_ms(Some(1000))
+                .open()
+        };
+        let is_lock = |e: &sled::Error| {
+            let text = e.to_string();
+            text.contains("lock")
+                || text.contains("WouldBlock")
+                || text.contains("temporarily unavailable")
+        };
+        // A journal this process closed a moment ago stays locked until
+        // sled's flusher thread notices (up to its 1 s period): when the
+        // holder is this very process, wait for it a little.
+        let ours = || {
+            std::fs::read_to_string(&pid_file)
+                .is_ok_and(|p| p.trim() == std::process::id().to_string())
+        };
+        let mut attempt = open();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while let Err(e) = &attempt {
+            if !is_lock(e) || !ours() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            attempt = open();
+        }
+        let db = attempt.map_err(|e| {
+            if is_lock(&e) {
+                let holder = std::fs::read_to_string(&pid_file)
+                    .map(|p| format!(" (pid {})", p.trim()))
+                    .unwrap_or_default();
+                Error::Locked {
+                    path: shown.clone(),
+                    holder,
                 }
-            })?;
+            } else {
+                Error::Open {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                }
+            }
+        })?;
         let _ = std::fs::write(&pid_file, std::process::id().to_string());
         let meta = db.open_tree("meta").map_err(storage)?;
         let tasks = db.open_tree("tasks").map_err(storage)?;
