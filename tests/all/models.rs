@@ -707,4 +707,35 @@ async fn real_ollama_server_when_enabled() {
         .await
         .unwrap_err();
     assert!(matches!(err, ModelError::ModelNotFound { .. }), "{err}");
+    // Streaming, with the pieces adding up to the reply.
+    let pieces = Mutex::new(String::new());
+    let progress = |c: &str, _: &str| pieces.lock().unwrap().push_str(c);
+    let reply = b
+        .chat(&model, &ask("Count to three."), Some(&progress))
+        .await
+        .unwrap();
+    assert_eq!(pieces.into_inner().unwrap(), reply.message.content);
+    assert!(reply.model_digest.is_some(), "the digest from /api/tags");
+    // A thinking model, when the server has one (CAMINA_OLLAMA_THINKING,
+    // default deepseek-r1:7b): thinking comes apart from the answer, and
+    // tools are refused before anything is sent (no tools capability).
+    let thinker =
+        std::env::var("CAMINA_OLLAMA_THINKING").unwrap_or_else(|_| "deepseek-r1:7b".into());
+    if b.has_model(&thinker).await.unwrap() {
+        let mut req = ask("What is 2 + 2?");
+        req.think = true;
+        let reply = b.chat(&thinker, &req, None).await.unwrap();
+        assert!(reply.message.thinking.is_some(), "{reply:?}");
+        let raw_400 = {
+            let mut req = ask("Read notes.txt");
+            req.tools = vec![read_file_tool()];
+            b.chat(&thinker, &req, None).await.unwrap_err()
+        };
+        assert!(
+            matches!(raw_400, ModelError::ToolsUnsupported { .. }),
+            "{raw_400}"
+        );
+    } else {
+        eprintln!("{thinker} is not on the server: thinking checks skipped");
+    }
 }
