@@ -125,11 +125,6 @@ impl AppState {
         true
     }
 
-    /// Whether the task is queued for, or running in, this server's runner.
-    pub fn is_pending(&self, id: &str) -> bool {
-        self.runner.lock_pending().contains(id)
-    }
-
     /// Resumes the tasks a previous process left interrupted or queued
     /// (not those waiting for review).
     pub async fn resume_interrupted(&self) -> Result<Vec<String>, ApiError> {

@@ -279,11 +279,9 @@ pub async fn resume(
             t.id, t.status
         )));
     }
-    if state.engine.running().contains(&t.id) || state.is_pending(&t.id) {
-        return Err(ApiError::conflict(format!(
-            "task {} is already running or queued to run",
-            t.id
-        )));
+    let busy = || ApiError::conflict(format!("task {} is already running or queued to run", t.id));
+    if state.engine.running().contains(&t.id) {
+        return Err(busy());
     }
     // What would refuse the resume is said now, not only in the log.
     state
@@ -299,10 +297,7 @@ pub async fn resume(
         )
         .await;
     if !started {
-        return Err(ApiError::conflict(format!(
-            "task {} is already running or queued to run",
-            t.id
-        )));
+        return Err(busy());
     }
     Ok((StatusCode::ACCEPTED, Json(reference(&t))))
 }

@@ -428,7 +428,6 @@ impl Agent<'_> {
                 setup
             }
         };
-        self.crews = setup.crews.clone();
         let crews = setup.crews;
         let think = setup.think;
 

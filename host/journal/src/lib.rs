@@ -888,19 +888,6 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_accepts_times_and_durations_without_overflow() {
-        assert_eq!(parse_since("1970-01-01T00:00:01Z"), Some(1000));
-        let hour_ago = parse_since("1h").unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        assert!(now - hour_ago >= 3_600_000 && now - hour_ago < 3_700_000);
-        assert_eq!(parse_since("400000000000y"), Some(0));
-        assert_eq!(parse_since("yesterday-ish"), None);
-    }
     use serde_json::json;
 
     fn rec(step: &str, kind: &str) -> NewRecord {
@@ -1101,5 +1088,18 @@ mod tests {
         assert_eq!(j.claim_key("k1", "a").unwrap(), None);
         assert_eq!(j.claim_key("k1", "b").unwrap(), Some("a".into()));
         assert_eq!(j.key("k1").unwrap(), Some("a".into()));
+    }
+
+    #[test]
+    fn since_accepts_times_and_durations_without_overflow() {
+        assert_eq!(parse_since("1970-01-01T00:00:01Z"), Some(1000));
+        let hour_ago = parse_since("1h").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now - hour_ago >= 3_600_000 && now - hour_ago < 3_700_000);
+        assert_eq!(parse_since("400000000000y"), Some(0));
+        assert_eq!(parse_since("yesterday-ish"), None);
     }
 }

@@ -52,8 +52,10 @@ pub struct OllamaBackend {
     client: ollama_rs::Ollama,
     http: reqwest::Client,
     facts: Mutex<HashMap<String, ModelFacts>>,
-    /// Model name → digest, from `/api/tags` (journaled with each reply).
-    digests: Mutex<HashMap<String, String>>,
+    /// Model name → digest, from `/api/tags` (journaled with each reply);
+    /// `None` for a model the listing did not give one for, so it is not
+    /// listed again on every chat.
+    digests: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl std::fmt::Debug for OllamaBackend {
@@ -138,9 +140,7 @@ impl OllamaBackend {
         })?;
         let mut digests = self.digests.lock().unwrap_or_else(|p| p.into_inner());
         for t in &tags.models {
-            if let Some(d) = &t.digest {
-                digests.insert(t.name.clone(), d.clone());
-            }
+            digests.insert(t.name.clone(), t.digest.clone());
         }
         Ok(tags.models.into_iter().map(|m| m.name).collect())
     }
@@ -148,17 +148,23 @@ impl OllamaBackend {
     /// The digest of `model` as `/api/tags` lists it (listed once per
     /// backend if not known yet); `None` when the server does not say.
     async fn digest(&self, model: &str) -> Option<String> {
-        let known = |digests: &HashMap<String, String>| {
+        let lock = || self.digests.lock().unwrap_or_else(|p| p.into_inner());
+        let known = |digests: &HashMap<String, Option<String>>| {
             digests
                 .iter()
                 .find(|(name, _)| same_model(name, model))
                 .map(|(_, d)| d.clone())
         };
-        if let Some(d) = known(&self.digests.lock().unwrap_or_else(|p| p.into_inner())) {
-            return Some(d);
+        if let Some(d) = known(&lock()) {
+            return d;
         }
-        self.models().await.ok()?;
-        known(&self.digests.lock().unwrap_or_else(|p| p.into_inner()))
+        let _ = self.models().await;
+        let mut digests = lock();
+        let found = known(&digests).flatten();
+        if found.is_none() {
+            digests.insert(model.to_owned(), None);
+        }
+        found
     }
 
     /// Whether the server has `model` (`mistral:7b` also matches

@@ -87,11 +87,7 @@ impl Registry {
     /// `approved`, `not-approved` or `changed-since-approval` (the
     /// component or the policy differ from what was approved).
     pub fn approval_state(&self, r: &PluginRecord) -> &'static str {
-        match self.approval(&r.name) {
-            None => "not-approved",
-            Some(a) if a.digest == r.digest && a.policy_hash == r.policy.hash => "approved",
-            Some(_) => "changed-since-approval",
-        }
+        approval_state_of(self.approval(&r.name).as_ref(), r)
     }
 
     /// Audits every installed plugin.
@@ -133,19 +129,18 @@ impl Registry {
                 message: format!("the stored policy no longer holds, so every call fails: {e}"),
             }],
         };
-        let approval = match self.approval(&r.name) {
+        let approved = self.approval(&r.name);
+        let approval = approval_state_of(approved.as_ref(), r);
+        match &approved {
             None => {
                 findings.push(Finding {
                     level: Level::Info,
                     code: "not-approved",
                     message: format!("never approved (camina policy approve {})", r.name),
                 });
-                "not-approved"
             }
             Some(a) => {
-                let mut changed = false;
                 if a.digest != r.digest {
-                    changed = true;
                     findings.push(Finding {
                         level: Level::High,
                         code: "drift-component",
@@ -156,7 +151,6 @@ impl Registry {
                     });
                 }
                 if a.policy_hash != r.policy.hash {
-                    changed = true;
                     findings.push(Finding {
                         level: Level::High,
                         code: "drift-policy",
@@ -166,13 +160,8 @@ impl Registry {
                         ),
                     });
                 }
-                if changed {
-                    "changed-since-approval"
-                } else {
-                    "approved"
-                }
             }
-        };
+        }
         findings.sort_by(|a, b| b.level.cmp(&a.level).then(a.code.cmp(b.code)));
         let grants = match &policy {
             Err(_) => Value::Null,
@@ -195,5 +184,14 @@ impl Registry {
             grants,
             findings,
         })
+    }
+}
+
+/// The approval state of a record given its approval, if any.
+fn approval_state_of(approval: Option<&Approval>, r: &PluginRecord) -> &'static str {
+    match approval {
+        None => "not-approved",
+        Some(a) if a.digest == r.digest && a.policy_hash == r.policy.hash => "approved",
+        Some(_) => "changed-since-approval",
     }
 }
