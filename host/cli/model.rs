@@ -35,7 +35,13 @@ pub enum ModelCommand {
         /// Print the whole reply (backend, tokens, timing) as JSON.
         #[arg(long)]
         json: bool,
-        prompt: String,
+        /// Send a whole request instead of a prompt: a JSON file holding a
+        /// chat request as `camina task show ID --json` records it (the
+        /// `data.request` of a `model_request` event). `-` reads stdin.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "format", "think"])]
+        request: Option<std::path::PathBuf>,
+        #[arg(required_unless_present = "request")]
+        prompt: Option<String>,
     },
 }
 
@@ -83,20 +89,26 @@ pub async fn run(cx: &Context, cmd: ModelCommand) -> anyhow::Result<()> {
             format,
             think,
             json,
+            request,
             prompt,
         } => {
             let role = parse_role(&role)?;
-            let format = format
-                .map(|f| serde_json::from_str(&f))
-                .transpose()
-                .map_err(|e| crate::UsageError(format!("--format is not JSON: {e}")))?;
-            let bridge = cx.bridge()?;
-            let request = ChatRequest {
-                messages: vec![Message::user(prompt)],
-                format,
-                think,
-                ..Default::default()
+            let request = match request {
+                Some(file) => read_request(&file)?,
+                None => {
+                    let format = format
+                        .map(|f| serde_json::from_str(&f))
+                        .transpose()
+                        .map_err(|e| crate::UsageError(format!("--format is not JSON: {e}")))?;
+                    ChatRequest {
+                        messages: vec![Message::user(prompt.unwrap_or_default())],
+                        format,
+                        think,
+                        ..Default::default()
+                    }
+                }
             };
+            let bridge = cx.bridge()?;
             let stream_to_terminal = !json;
             let progress = |content: &str, thinking: &str| {
                 if stream_to_terminal {
@@ -130,6 +142,24 @@ pub async fn run(cx: &Context, cmd: ModelCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A recorded chat request from a file (`-`: stdin).
+fn read_request(file: &std::path::Path) -> anyhow::Result<ChatRequest> {
+    let text = if file == std::path::Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| anyhow::anyhow!("reading the request from stdin: {e}"))?
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| crate::UsageError(format!("--request {}: {e}", file.display())))?
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        crate::UsageError(format!(
+            "--request {}: not a chat request ({e}); expected {{\"messages\": [...], ...}}",
+            file.display()
+        ))
+        .into()
+    })
 }
 
 async fn check(cx: &Context, json: bool) -> anyhow::Result<()> {

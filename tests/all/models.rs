@@ -390,6 +390,63 @@ async fn auto_picks_ollama_when_the_seed_model_is_there_else_embedded() {
 }
 
 #[test]
+fn model_ask_resends_a_recorded_request() {
+    let fake = FakeOllama::start(vec![mistral()], |req| {
+        if req["tools"].is_array() {
+            Reply::tool_call("grep", json!({"path": "src", "pattern": "TODO"}))
+        } else {
+            Reply::text("no tools")
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!("[ollama]\nurl = \"{}\"\n", fake.url()),
+    )
+    .unwrap();
+    // A request as `camina task show --json` records it.
+    let request = json!({
+        "messages": [
+            {"role": "system", "content": "You are a Drummer."},
+            {"role": "user", "content": "Instruction: find the TODO lines"}
+        ],
+        "tools": [{"name": "grep", "description": "Search", "parameters": {"type": "object", "properties": {"pattern": {"type": "string"}}}}],
+        "options": {"temperature": 0.0, "seed": 42}
+    });
+    let file = home.path().join("req.json");
+    std::fs::write(&file, request.to_string()).unwrap();
+    let ask = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_camina"))
+            .arg("--home")
+            .arg(home.path())
+            .args(["model", "ask", "--role", "drummer", "--json", "--request"])
+            .arg(file)
+            .env_remove("OLLAMA_HOST")
+            .output()
+            .unwrap()
+    };
+    let o = ask(&file);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reply: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(reply["message"]["tool_calls"][0]["name"], "grep");
+    let sent = fake.chats().pop().unwrap();
+    assert_eq!(sent["messages"][0]["content"], "You are a Drummer.");
+    assert_eq!(sent["tools"][0]["function"]["name"], "grep");
+    assert_eq!(sent["options"]["seed"], 42);
+
+    // Not a request: a usage error naming the file.
+    let bad = home.path().join("bad.json");
+    std::fs::write(&bad, "{\"prompt\": 1}").unwrap();
+    let o = ask(&bad);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bad.json") && err.contains("not a chat request"),
+        "{err}"
+    );
+}
+
+#[test]
 fn model_check_tells_the_truth_against_the_fake_server() {
     let fake = FakeOllama::start(vec![mistral(), deepseek()], |_| Reply::text("ok"));
     let home = tempfile::tempdir().unwrap();

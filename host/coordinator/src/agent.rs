@@ -418,9 +418,16 @@ impl Agent<'_> {
                     Ok(r) => r.can("thinking"),
                     Err(e) => return Err(Halt::Failed(e.to_string())),
                 };
+                // A small embedded coordinator gets the plan question crew
+                // by crew: it cannot be relied on to write a list.
+                let guided = match self.bridge.resolve(ModelRole::Coordinator).await {
+                    Ok(r) => r.backend == "embedded",
+                    Err(e) => return Err(Halt::Failed(e.to_string())),
+                };
                 let setup = Setup {
                     crews: self.crews.clone(),
                     think,
+                    guided,
                 };
                 self.d
                     .record("setup", "setup", &setup, Durability::Buffered)
@@ -430,6 +437,7 @@ impl Agent<'_> {
         };
         let crews = setup.crews;
         let think = setup.think;
+        let guided = setup.guided;
 
         // 1. The reasoner.
         let reply = self
@@ -453,12 +461,19 @@ impl Agent<'_> {
 
         // 2. The plan.
         let max_steps = self.submitted.budgets.max_steps;
-        let plan_req = prompts::plan(&task, &advice.text, &crews, max_steps);
-        let plan = self
-            .decide("plan", ModelRole::Coordinator, plan_req, |c| {
+        let plan = if guided {
+            let req = prompts::crew_plan(&task, &advice.text, &crews);
+            self.decide("plan", ModelRole::Coordinator, req, |c| {
+                prompts::parse_crew_plan(c, &crews)
+            })
+            .await?
+        } else {
+            let req = prompts::plan(&task, &advice.text, &crews, max_steps);
+            self.decide("plan", ModelRole::Coordinator, req, |c| {
                 prompts::parse_plan(c, &crews, max_steps)
             })
-            .await?;
+            .await?
+        };
         let plan: Plan = self.d.run("plan", "plan", async { Ok(plan) }).await?;
         if let Some(answer) = plan.answer {
             return self.finish(answer).await;
@@ -554,7 +569,7 @@ impl Agent<'_> {
                 };
                 return Ok(StepFinished {
                     index: i,
-                    result: compose(&report, &evidence),
+                    result: prompts::compose(&report, &evidence),
                     complete: true,
                 });
             }
@@ -574,7 +589,7 @@ impl Agent<'_> {
                     if repeats > self.submitted.budgets.max_invalid_retries {
                         return Ok(StepFinished {
                             index: i,
-                            result: compose(
+                            result: prompts::compose(
                                 "(the model kept repeating the same tool call; step ended)",
                                 &evidence,
                             ),
@@ -613,43 +628,21 @@ impl Agent<'_> {
                 calls += 1;
                 let result = self.tool(&step, key, crew, call).await?;
                 done.push(fingerprint);
-                evidence.push(format!(
-                    "{} {} → {}",
-                    call.name,
-                    call.arguments,
-                    result.for_model(1500)
+                evidence.push(prompts::evidence(
+                    &call.name,
+                    &call.arguments,
+                    &result.for_model(1500),
                 ));
                 messages.push(Message::tool(call.name.clone(), result.for_model(8000)));
             }
         }
         Ok(StepFinished {
             index: i,
-            result: compose(
+            result: prompts::compose(
                 &format!("(stopped after {max_turns} turns without a final report)"),
                 &evidence,
             ),
             complete: false,
         })
     }
-}
-
-/// A step's result: the crew's report plus the evidence of its tool calls.
-fn compose(report: &str, evidence: &[String]) -> String {
-    let mut out = report.to_owned();
-    if !evidence.is_empty() {
-        out.push_str("\nTool results:");
-        for e in evidence {
-            out.push_str("\n- ");
-            out.push_str(e);
-        }
-    }
-    if out.len() > prompts::RESULT_CAP {
-        let mut end = prompts::RESULT_CAP;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
-        out.push('…');
-    }
-    out
 }

@@ -82,6 +82,10 @@ pub struct Setup {
     pub crews: Vec<crate::toolbox::Crew>,
     /// Whether the reasoner was asked to think.
     pub think: bool,
+    /// Whether the plan is asked crew by crew (the coordinator is a small
+    /// embedded model; see `prompts::crew_plan`).
+    #[serde(default)]
+    pub guided: bool,
 }
 
 /// One delegated step of a plan.

@@ -100,7 +100,8 @@ struct Example {
     pattern: &'static str,
     dir: &'static str,
     out: &'static str,
-    hit: (&'static str, u32, &'static str),
+    /// The matches (file, line, text); the examples differ in how many.
+    hits: &'static [(&'static str, u32, &'static str)],
 }
 
 const EXAMPLES: [Example; 2] = [
@@ -111,16 +112,19 @@ const EXAMPLES: [Example; 2] = [
         pattern: "deadline",
         dir: "docs",
         out: "deadlines.txt",
-        hit: ("docs/plan.md", 4, "The deadline is Friday."),
+        hits: &[("docs/plan.md", 4, "The deadline is Friday.")],
     },
     Example {
-        task: "Gather the FIXME lines under lib/ into fixme.txt",
+        task: "Gather the FIXME lines under lib/ into fixme.log",
         find: "Gather the FIXME lines under lib/",
-        save: "Write the FIXME lines to fixme.txt",
+        save: "Write the FIXME lines to fixme.log",
         pattern: "FIXME",
         dir: "lib",
-        out: "fixme.txt",
-        hit: ("lib/io.rs", 12, "// FIXME: handle errors"),
+        out: "fixme.log",
+        hits: &[
+            ("lib/io.rs", 12, "// FIXME: handle errors"),
+            ("lib/net.rs", 3, "// FIXME: retry"),
+        ],
     },
 ];
 
@@ -135,15 +139,39 @@ impl Example {
         )
     }
 
+    /// The matches as `file:line: text` lines.
+    fn lines(&self) -> String {
+        self.hits
+            .iter()
+            .map(|(f, l, t)| format!("{f}:{l}: {t}\n"))
+            .collect()
+    }
+
+    /// The matches as grep returns them.
+    fn grep_output(&self) -> Value {
+        let matches: Vec<Value> = self
+            .hits
+            .iter()
+            .map(|(f, l, t)| json!({"file": f, "line": l, "text": t}))
+            .collect();
+        json!({"matches": matches, "truncated": false, "files_searched": 5})
+    }
+
+    /// The drummer's report. It counts the matches instead of restating
+    /// them: they reach later steps as evidence anyway, and a small model
+    /// that restates them makes them up.
     fn found(&self) -> String {
-        format!(
-            "Found 1 line:\n{}:{}: {}",
-            self.hit.0, self.hit.1, self.hit.2
-        )
+        let n = self.hits.len();
+        format!("Found {n} line{}.", if n == 1 { "" } else { "s" })
     }
 
     fn saved(&self) -> String {
-        format!("Wrote 1 line to {}.", self.out)
+        let n = self.hits.len();
+        format!(
+            "Wrote {n} line{} to {}.",
+            if n == 1 { "" } else { "s" },
+            self.out
+        )
     }
 }
 
@@ -229,6 +257,147 @@ pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatReq
     }
 }
 
+/// The crews in the order a crew-by-crew plan asks about them: gathering
+/// information (drummers) before file work (belters), other crews after.
+fn slot_order(crews: &[Crew]) -> Vec<&Crew> {
+    let rank = |c: &Crew| match c.name.as_str() {
+        "drummer" => 0,
+        "belter" => 1,
+        _ => 2,
+    };
+    let mut v: Vec<&Crew> = crews.iter().collect();
+    v.sort_by(|a, b| rank(a).cmp(&rank(b)).then_with(|| a.name.cmp(&b.name)));
+    v
+}
+
+/// The crew-by-crew plan's schema: one instruction per crew (empty: the
+/// crew has no part), or an answer.
+pub fn crew_plan_schema(crews: &[Crew]) -> Value {
+    let order = slot_order(crews);
+    let mut props = serde_json::Map::new();
+    for c in &order {
+        props.insert(
+            c.name.clone(),
+            json!({"type": "string", "maxLength": MAX_INSTRUCTION}),
+        );
+    }
+    let names: Vec<&str> = order.iter().map(|c| c.name.as_str()).collect();
+    json!({
+        "oneOf": [
+            {"type": "object", "properties": props, "required": names},
+            {
+                "type": "object",
+                "properties": {"answer": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER}},
+                "required": ["answer"]
+            }
+        ]
+    })
+}
+
+/// Step 2 for a small coordinator (the embedded base model): instead of a
+/// list of steps it fills in each crew's part in a fixed order, which a
+/// 270M model does reliably where it stops a list after copying the task
+/// into the first step. The parts become the same [`Plan`] (steps in slot
+/// order, empty parts left out), so everything after the plan is shared.
+pub fn crew_plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
+    let order = slot_order(crews);
+    let keys = order
+        .iter()
+        .map(|c| format!("\"{}\": ...", c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut messages = vec![Message::system(format!(
+        "You are Caminaå, the coordinator. Decide what each of your crews does for the user's \
+         task. Reply with JSON only: {{{keys}}}, one instruction per crew in the task's own words \
+         (an empty string when that crew has no part; the crews work in this order and each \
+         sees what the ones before it found), or {{\"answer\": ...}} when the task needs no files \
+         or web pages.\nCrews:\n{}",
+        crew_lines(crews)
+    ))];
+    messages.push(Message::user(
+        "Advice: No files or web pages are needed: answer directly.\n\nTask: What is the \
+         capital of France?",
+    ));
+    messages.push(Message::assistant(
+        json!({"answer": "Paris is the capital of France."}).to_string(),
+    ));
+    if examples_apply(crews) {
+        for ex in &EXAMPLES {
+            messages.push(Message::user(format!(
+                "Advice: {}\n\nTask: {}",
+                ex.advice(),
+                ex.task
+            )));
+            let mut parts = serde_json::Map::new();
+            for c in &order {
+                let part = match c.name.as_str() {
+                    "drummer" => ex.find,
+                    "belter" => ex.save,
+                    _ => "",
+                };
+                parts.insert(c.name.clone(), json!(part));
+            }
+            messages.push(Message::assistant(Value::Object(parts).to_string()));
+        }
+    }
+    let advice = advice.trim();
+    messages.push(Message::user(if advice.is_empty() {
+        format!("Task: {task}")
+    } else {
+        format!("Advice: {advice}\n\nTask: {task}")
+    }));
+    ChatRequest {
+        messages,
+        format: Some(crew_plan_schema(crews)),
+        options: deterministic(512),
+        ..Default::default()
+    }
+}
+
+/// Reads a crew-by-crew plan into a [`Plan`].
+pub fn parse_crew_plan(content: &str, crews: &[Crew]) -> Result<Plan, String> {
+    let value: Value =
+        serde_json::from_str(content.trim()).map_err(|e| format!("not JSON ({e})"))?;
+    let Some(obj) = value.as_object() else {
+        return Err("not a JSON object".into());
+    };
+    if let Some(answer) = obj.get("answer") {
+        return match answer.as_str() {
+            Some(a) if !a.trim().is_empty() => Ok(Plan {
+                steps: Vec::new(),
+                answer: Some(a.to_owned()),
+            }),
+            _ => Err("the answer is empty".into()),
+        };
+    }
+    if let Some(unknown) = obj.keys().find(|k| !crews.iter().any(|c| &c.name == *k)) {
+        let names: Vec<&str> = crews.iter().map(|c| c.name.as_str()).collect();
+        return Err(format!(
+            "unknown crew `{unknown}` (crews: {})",
+            names.join(", ")
+        ));
+    }
+    let mut steps = Vec::new();
+    for c in slot_order(crews) {
+        match obj.get(&c.name) {
+            None => {}
+            Some(Value::String(s)) if s.trim().is_empty() => {}
+            Some(Value::String(s)) => steps.push(crate::events::PlanStep {
+                crew: c.name.clone(),
+                instruction: s.trim().to_owned(),
+            }),
+            Some(_) => return Err(format!("`{}` must be a string", c.name)),
+        }
+    }
+    if steps.is_empty() {
+        return Err("no crew has a part and there is no answer".into());
+    }
+    Ok(Plan {
+        steps,
+        answer: None,
+    })
+}
+
 /// Checks a plan reply against the schema's rules; the reason is shown to
 /// the model on retry.
 pub fn parse_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan, String> {
@@ -279,8 +448,31 @@ fn earlier(results: &[(String, StepFinished)]) -> String {
         .join("\n\n")
 }
 
-fn step_results(instruction: &str, report: &str) -> String {
-    format!("Step 1 ({instruction}):\n{report}")
+/// A step's result as later prompts see it: the crew's report plus the
+/// evidence of its tool calls (`call args → output`), capped.
+pub fn compose(report: &str, evidence: &[String]) -> String {
+    let mut out = report.to_owned();
+    if !evidence.is_empty() {
+        out.push_str("\nTool results:");
+        for e in evidence {
+            out.push_str("\n- ");
+            out.push_str(e);
+        }
+    }
+    if out.len() > RESULT_CAP {
+        let mut end = RESULT_CAP;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
+}
+
+/// One piece of evidence: a call and what it returned.
+pub fn evidence(function: &str, arguments: &Value, output: &str) -> String {
+    format!("{function} {arguments} → {output}")
 }
 
 /// Worked examples for the crew, if it has the tools they use.
@@ -292,16 +484,28 @@ fn crew_examples(crew: &Crew) -> Vec<Message> {
                 ex.find.to_owned(),
                 "(none)".to_owned(),
                 "grep",
-                json!({"pattern": ex.pattern, "path": ex.dir}),
-                json!({"matches": [{"file": ex.hit.0, "line": ex.hit.1, "text": ex.hit.2}], "truncated": false, "files_searched": 3}),
+                json!({"path": ex.dir, "pattern": ex.pattern}),
+                ex.grep_output(),
                 ex.found(),
             ),
             "belter" => (
                 ex.save.to_owned(),
-                step_results(ex.find, &ex.found()),
+                // What the drummer's step in the other example hands on.
+                format!(
+                    "Step 1 ({}):\n{}",
+                    ex.find,
+                    compose(
+                        &ex.found(),
+                        &[evidence(
+                            "grep",
+                            &json!({"path": ex.dir, "pattern": ex.pattern}),
+                            &ex.grep_output().to_string()
+                        )]
+                    )
+                ),
                 "write_file",
-                json!({"path": ex.out, "content": format!("{}:{}: {}\n", ex.hit.0, ex.hit.1, ex.hit.2)}),
-                json!({"bytes_written": 40, "path": ex.out}),
+                json!({"path": ex.out, "content": ex.lines()}),
+                json!({"path": ex.out, "bytes_written": ex.lines().len()}),
                 ex.saved(),
             ),
             _ => return Vec::new(),
@@ -310,7 +514,7 @@ fn crew_examples(crew: &Crew) -> Vec<Message> {
             return Vec::new();
         }
         out.push(Message::user(format!(
-            "Instruction: {instruction}\n\nResults of earlier steps:\n{earlier}"
+            "Results of earlier steps:\n{earlier}\n\nInstruction: {instruction}"
         )));
         out.push(Message {
             tool_calls: vec![ToolCall {
@@ -341,7 +545,7 @@ pub fn crew_messages(
     ))];
     messages.extend(crew_examples(crew));
     messages.push(Message::user(format!(
-        "Instruction: {instruction}\n\nResults of earlier steps:\n{}",
+        "Results of earlier steps:\n{}\n\nInstruction: {instruction}",
         earlier(results)
     )));
     messages
@@ -430,6 +634,51 @@ mod tests {
             (r#"{"steps":[{"crew":"belter"}]}"#, "not a plan"),
         ] {
             let e = parse_plan(bad, &c, 8).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn crew_plans_ask_drummers_first_and_become_plans() {
+        let c = crews();
+        let schema = crew_plan_schema(&c);
+        let slots: Vec<&String> = schema["oneOf"][0]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(slots, ["drummer", "belter"]);
+        let plan = parse_crew_plan(
+            r#"{"drummer":"find the TODO lines","belter":"write them to todo.md"}"#,
+            &c,
+        )
+        .unwrap();
+        let order: Vec<(&str, &str)> = plan
+            .steps
+            .iter()
+            .map(|s| (s.crew.as_str(), s.instruction.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("drummer", "find the TODO lines"),
+                ("belter", "write them to todo.md")
+            ]
+        );
+        // An empty part is no step; an answer is an answer.
+        let plan = parse_crew_plan(r#"{"drummer":" ","belter":"make notes.md"}"#, &c).unwrap();
+        assert_eq!(plan.steps.len(), 1);
+        assert_eq!(plan.steps[0].crew, "belter");
+        let plan = parse_crew_plan(r#"{"answer":"Paris"}"#, &c).unwrap();
+        assert_eq!(plan.answer.as_deref(), Some("Paris"));
+        for (bad, why) in [
+            (r#"{"drummer":"","belter":""}"#, "no crew has a part"),
+            (r#"{"pilot":"fly"}"#, "unknown crew `pilot`"),
+            (r#"{"drummer":3}"#, "must be a string"),
+            (r#"{"answer":""}"#, "empty"),
+            ("[]", "not a JSON object"),
+        ] {
+            let e = parse_crew_plan(bad, &c).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

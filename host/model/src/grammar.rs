@@ -55,6 +55,10 @@ pub enum Alt<'a> {
     Shape(Vec<(&'a str, &'a Value)>),
     /// Any value of this schema.
     Schema(&'a Value),
+    /// Free text that does not start with `{` or white space (so it cannot
+    /// be mistaken for the JSON alternatives); it ends where generation
+    /// stops.
+    Text,
 }
 
 /// A grammar whose root is one of several alternatives (e.g. "call one of
@@ -83,6 +87,9 @@ pub fn alternatives_to_gbnf(alts: &[Alt<'_>], bounds: Bounds) -> Result<String, 
                 b.ref_scope = i;
                 let v = b.value(schema, &format!("alt{i}"))?;
                 names.push(b.rule(&format!("alt{i}"), v));
+            }
+            Alt::Text => {
+                names.push(b.rule(&format!("alt{i}"), r#"[^{ \t\n\r\x00] [^\x00]*"#.into()));
             }
         }
     }
@@ -380,37 +387,50 @@ impl<'s> Builder<'s> {
                 ));
             }
         }
-        let mut req = Vec::new();
-        let mut opt = Vec::new();
+        // Properties come in the schema's order (its author's: "where" before
+        // "what"), required ones always, optional ones when the model wants.
+        let mut pairs = Vec::new();
         for (key, schema) in props {
             let v = self.value(schema, &format!("{at}/properties/{key}"))?;
             let pair = format!("{} {v}", lit(&format!("{}:", json_str(key))));
-            if required.contains(&key.as_str()) {
-                req.push(pair);
-            } else {
-                opt.push(pair);
-            }
+            pairs.push((pair, required.contains(&key.as_str())));
         }
-        let body = if !req.is_empty() {
-            let mut parts = vec![lit("{"), req.join(" \",\" ")];
-            for o in &opt {
-                parts.push(format!("(\",\" {o})?"));
-            }
-            parts.push(lit("}"));
-            parts.join(" ")
-        } else if opt.is_empty() {
+        // After a first property, each later one is `, pair` (optional ones
+        // in `( )?`). The first is any property up to the first required one.
+        let tail = |from: usize| -> String {
+            pairs[from..]
+                .iter()
+                .map(|(p, req)| {
+                    if *req {
+                        format!("\",\" {p}")
+                    } else {
+                        format!("(\",\" {p})?")
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let last_first = pairs
+            .iter()
+            .position(|(_, req)| *req)
+            .unwrap_or(pairs.len().saturating_sub(1));
+        let body = if pairs.is_empty() {
             lit("{}")
         } else {
-            // No required property: any in-order subset, commas between.
-            let mut alts = Vec::new();
-            for first in 0..opt.len() {
-                let mut alt = vec![opt[first].clone()];
-                for o in &opt[first + 1..] {
-                    alt.push(format!("(\",\" {o})?"));
-                }
-                alts.push(alt.join(" "));
+            let firsts: Vec<String> = (0..=last_first)
+                .map(|i| {
+                    format!("{} {}", pairs[i].0, tail(i + 1))
+                        .trim_end()
+                        .to_owned()
+                })
+                .collect();
+            let any_required = pairs.iter().any(|(_, r)| *r);
+            let inner = format!("({})", firsts.join(" | "));
+            if any_required {
+                format!("\"{{\" {inner} \"}}\"")
+            } else {
+                format!("\"{{\" {inner}? \"}}\"")
             }
-            format!("\"{{\" ({})? \"}}\"", alts.join(" | "))
         };
         Ok(self.rule(&format!("{at}-obj"), body))
     }
@@ -458,6 +478,22 @@ mod tests {
             json!({"type": "object", "properties": {"a": {"type": "boolean"}, "b": {"type": "null"}}}),
         );
         assert!(g.contains("\"{\" (") && g.contains(")? \"}\""), "{g}");
+    }
+
+    #[test]
+    fn properties_keep_the_schema_order() {
+        // An optional `path` before the required `pattern`: either may
+        // open the object, and `path` can never follow `pattern`.
+        let g = gbnf(json!({"type": "object", "properties": {
+            "path": {"type": "string"}, "pattern": {"type": "string"}, "max": {"type": "integer", "minimum": 0}
+        }, "required": ["pattern"]}));
+        let obj = g.lines().find(|l| l.contains("pattern")).unwrap();
+        let path = obj.find(r#""\"path\":""#).unwrap();
+        let pattern = obj.find(r#""\"pattern\":""#).unwrap();
+        assert!(path < pattern, "{obj}");
+        assert!(obj.contains(r#"("," "\"max\":" uint)?"#), "{obj}");
+        assert_eq!(obj.matches(r#""\"path\":""#).count(), 1, "{obj}");
+        assert_eq!(obj.matches(r#""\"pattern\":""#).count(), 2, "{obj}");
     }
 
     #[test]

@@ -60,8 +60,8 @@ fn tools() -> Vec<Tool> {
             json!({
                 "type": "object",
                 "properties": {
-                    "pattern": {"type": "string", "minLength": 1},
                     "path": {"type": "string", "description": "directory to search (default: the workspace)"},
+                    "pattern": {"type": "string", "minLength": 1},
                     "include_hidden": {"type": "boolean", "description": "also look inside dot-directories (default false)"},
                     "max_results": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS}
                 },
@@ -77,8 +77,8 @@ fn tools() -> Vec<Tool> {
             json!({
                 "type": "object",
                 "properties": {
-                    "pattern": {"type": "string", "minLength": 1},
                     "path": {"type": "string", "description": "file or directory to search (default: the workspace)"},
+                    "pattern": {"type": "string", "minLength": 1},
                     "glob": {"type": "string", "description": "only search files matching this glob, e.g. `*.rs`"},
                     "case_insensitive": {"type": "boolean", "description": "default: smart case (a pattern without upper-case letters matches any case)"},
                     "include_hidden": {"type": "boolean"},

@@ -279,7 +279,9 @@ impl EmbeddedBackend {
         let mut picker = Picker::new(model, grammar.as_deref(), &req.options)?;
         let mut out: Vec<u8> = Vec::new();
         let mut emitted = 0usize;
-        let watch_turns = grammar.is_none() && matches!(inner.style, PromptStyle::Completion);
+        // A JSON reply cannot contain a turn heading (its strings escape
+        // newlines), so watching for one only ever stops free text.
+        let watch_turns = matches!(inner.style, PromptStyle::Completion);
         let hold = if watch_turns {
             prompt::TURN.len() - 1
         } else {
@@ -370,6 +372,7 @@ struct Picker<'m> {
     sampler: Option<LlamaSampler>,
     recent: std::collections::VecDeque<LlamaToken>,
     structural: std::collections::HashMap<LlamaToken, bool>,
+    quotes: std::collections::HashMap<LlamaToken, bool>,
 }
 
 const PENALTY: f32 = 1.15;
@@ -397,6 +400,7 @@ impl<'m> Picker<'m> {
             sampler,
             recent: std::collections::VecDeque::new(),
             structural: std::collections::HashMap::new(),
+            quotes: std::collections::HashMap::new(),
         })
     }
 
@@ -409,6 +413,14 @@ impl<'m> Picker<'m> {
                 .iter()
                 .any(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':'))
         })
+    }
+
+    fn has_quote(&mut self, t: LlamaToken) -> bool {
+        let model = self.model;
+        *self
+            .quotes
+            .entry(t)
+            .or_insert_with(|| model.vocab().token_to_piece(t, false, None).contains(&b'"'))
     }
 
     fn choose(&mut self, arr: &mut LlamaTokenDataArray) -> Option<LlamaToken> {
@@ -470,6 +482,13 @@ impl<'m> Picker<'m> {
                 token
             }
         };
+        // In a constrained (JSON) reply the penalty covers the current
+        // string only: it stops a value looping (`src/src/src…`) without
+        // stopping the next value from reusing a word (a pattern `TODO`,
+        // then a file `todo.md`).
+        if self.grammar.is_some() && self.has_quote(token) {
+            self.recent.clear();
+        }
         self.recent.push_back(token);
         if self.recent.len() > PENALTY_WINDOW {
             self.recent.pop_front();

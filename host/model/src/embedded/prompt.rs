@@ -4,9 +4,10 @@
 //! model (like the default Gemma 3 270M) gets a completion prompt: a
 //! transcript with `### Role` headings that ends where the assistant's turn
 //! begins. Either way, when tools or a JSON format are requested the reply
-//! is grammar-constrained to one JSON object:
-//! `{"tool": "<name>", "arguments": {…}}` to call a tool, or
-//! `{"answer": "<text>"}` (or the requested format) to answer.
+//! is grammar-constrained: `{"tool": "<name>", "arguments": {…}}` to call a
+//! tool, or else the requested format's JSON, or (no format) a plain-text
+//! answer that cannot start with `{` — the way the transcript's own
+//! examples answer, so a base model is not steered back into calling tools.
 
 use crate::grammar::{Alt, Bounds, GrammarError, alternatives_to_gbnf, schema_to_gbnf};
 use crate::{ChatRequest, Message, Role, ToolCall};
@@ -32,7 +33,7 @@ pub fn system_text(req: &ChatRequest) -> String {
         if req.format.is_some() {
             t.push_str("the final answer as JSON.");
         } else {
-            t.push_str("{\"answer\": \"<your answer>\"}.");
+            t.push_str("your answer as plain text.");
         }
         t.push_str("\nTools:");
         for tool in &req.tools {
@@ -141,7 +142,6 @@ pub fn grammar(req: &ChatRequest, bounds: Bounds) -> Result<Option<String>, Gram
             .transpose();
     }
     let names: Vec<Value> = req.tools.iter().map(|t| json!({"const": t.name})).collect();
-    let answer = json!({"type": "string"});
     let mut alts: Vec<Alt<'_>> = req
         .tools
         .iter()
@@ -150,7 +150,10 @@ pub fn grammar(req: &ChatRequest, bounds: Bounds) -> Result<Option<String>, Gram
         .collect();
     alts.push(match &req.format {
         Some(format) => Alt::Schema(format),
-        None => Alt::Shape(vec![("answer", &answer)]),
+        // The answer is plain text, as in the transcript's examples (a
+        // base model that only ever saw JSON tool calls after `{` keeps
+        // calling tools).
+        None => Alt::Text,
     });
     alternatives_to_gbnf(&alts, bounds).map(Some)
 }
@@ -158,6 +161,9 @@ pub fn grammar(req: &ChatRequest, bounds: Bounds) -> Result<Option<String>, Gram
 /// Turns the constrained JSON text into content or a tool call.
 pub fn interpret(req: &ChatRequest, text: &str) -> (String, Vec<ToolCall>) {
     if req.tools.is_empty() {
+        return (text.trim().to_owned(), Vec::new());
+    }
+    if !text.trim_start().starts_with('{') {
         return (text.trim().to_owned(), Vec::new());
     }
     let Ok(value) = serde_json::from_str::<Value>(text.trim()) else {
@@ -240,6 +246,8 @@ mod tests {
         assert_eq!(calls[0].arguments, json!({"path": "b"}));
         let (c, calls) = interpret(&r, r#"{"answer":"done"}"#);
         assert_eq!((c.as_str(), calls.len()), ("done", 0));
+        let (c, calls) = interpret(&r, "Found 2 lines:\na.rs:1: x\n");
+        assert_eq!((c.as_str(), calls.len()), ("Found 2 lines:\na.rs:1: x", 0));
         let formatted = req_with_tools(Some(
             json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}),
         ));
@@ -253,6 +261,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(g.starts_with("root ::= alt0 | alt1"), "{g}");
+        // Without a format the answer is free text, never opening with `{`.
+        assert!(g.contains(r#"alt1 ::= [^{ \t\n\r\x00] [^\x00]*"#), "{g}");
         let f = grammar(
             &req_with_tools(Some(json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}))),
             Bounds::default(),
