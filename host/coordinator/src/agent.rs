@@ -156,6 +156,9 @@ impl Agent<'_> {
                 .record(step, "model_request", &event, Durability::Buffered)
                 .await?;
         }
+        // What came before this call (the previous reply, tool results,
+        // step records) is durable before the model is asked again.
+        self.d.sync().await?;
         let mut cancel = self.cancel.clone();
         // A model call is abandoned for a pause too: asking again is harmless.
         let reply = tokio::select! {
@@ -169,7 +172,7 @@ impl Agent<'_> {
             reply: reply.clone(),
         };
         self.d
-            .record(step, "model_reply", &event, Durability::Flush)
+            .record(step, "model_reply", &event, Durability::Buffered)
             .await?;
         Ok(reply)
     }
@@ -355,8 +358,16 @@ impl Agent<'_> {
             elapsed_ms: started.elapsed().as_millis() as u64,
             denials: denied,
         };
+        // A lost result of a side-effecting call would need a human (was
+        // it done?): flushed now. Any other result is made durable before
+        // the next model request (`sync`); losing it re-runs a harmless call.
+        let durability = if intent.effect == "side-effecting" {
+            Durability::Flush
+        } else {
+            Durability::Buffered
+        };
         self.d
-            .record(step, "tool_result", &result, Durability::Flush)
+            .record(step, "tool_result", &result, durability)
             .await?;
         Ok(result)
     }

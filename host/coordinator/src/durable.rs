@@ -20,6 +20,7 @@ use camina_journal::{Durability, Journal, NewRecord, Record, Update};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// One task's durable context.
@@ -31,6 +32,8 @@ pub struct Durable<'j> {
     /// Active time before this run segment.
     elapsed_base: u64,
     segment: Instant,
+    /// Whether records were appended since the last flush.
+    unflushed: AtomicBool,
 }
 
 impl<'j> Durable<'j> {
@@ -47,6 +50,7 @@ impl<'j> Durable<'j> {
                 .collect(),
             elapsed_base,
             segment: Instant::now(),
+            unflushed: AtomicBool::new(false),
         })
     }
 
@@ -126,10 +130,33 @@ impl<'j> Durable<'j> {
                 durability,
             )
             .await?;
+        // A flush makes everything appended before it durable too.
+        self.unflushed.store(
+            matches!(durability, Durability::Buffered),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Makes every record appended so far durable (one group-committed
+    /// flush, none if nothing is pending). The loop calls it before each
+    /// outside action that must not be repeated for a lost record: asking a
+    /// model (the replies and tool results before it) — tool intents are
+    /// flushed themselves.
+    pub async fn sync(&self) -> Result<()> {
+        if self.unflushed.swap(false, Ordering::Relaxed)
+            && let Err(e) = self.journal.flush().await
+        {
+            self.unflushed.store(true, Ordering::Relaxed);
+            return Err(e.into());
+        }
         Ok(())
     }
 
     /// Runs `f` as the step `step` of `kind`, or returns its recorded result.
+    /// The record is buffered: these steps are derived from model replies
+    /// already recorded and are made durable by the next [`Self::sync`] or
+    /// flushed record.
     pub async fn run<T, F>(&mut self, step: &str, kind: &str, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
@@ -139,7 +166,8 @@ impl<'j> Durable<'j> {
             return decode(&r);
         }
         let value = f.await?;
-        self.record(step, kind, &value, Durability::Flush).await?;
+        self.record(step, kind, &value, Durability::Buffered)
+            .await?;
         Ok(value)
     }
 
