@@ -343,6 +343,10 @@ async fn a_task_runs_to_completion_and_its_details_and_lists_show_it() {
     assert!(done["steps"][1]["tool_calls"][0]["outcome"]["output"].is_string());
     assert!(done["created_at"].is_string() && done["updated_at"].is_string());
     assert!(a.root().join("proj/todo.md").exists());
+    // Polling a task (as `wait_final` just did, while it ran) never serves
+    // a stale document; an unchanged one is served again as it was.
+    let (s, again) = call(&a, "GET", &format!("/v1/tasks/{id}"), None, None).await;
+    assert_eq!((s, &again), (StatusCode::OK, &done));
 
     let (s, v) = call(&a, "POST", &format!("/v1/tasks/{id}/resume"), None, None).await;
     assert_eq!((s, kind(&v)), (StatusCode::CONFLICT, "conflict"));

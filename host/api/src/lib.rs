@@ -66,6 +66,38 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub settings: Arc<Settings>,
     runner: Arc<Runner>,
+    /// `GET /v1/tasks/{id}` documents, keyed by the summary they were built
+    /// from: a task whose summary is unchanged (no new record, same status)
+    /// is served without reading and assembling its records again.
+    pub(crate) docs: Arc<DocCache>,
+}
+
+/// Rendered task documents (JSON bytes), at most [`DocCache::CAP`].
+#[derive(Default)]
+pub(crate) struct DocCache(
+    std::sync::Mutex<std::collections::HashMap<String, (String, axum::body::Bytes)>>,
+);
+
+impl DocCache {
+    const CAP: usize = 512;
+
+    /// The document of `id` if it was rendered from `version`.
+    pub(crate) fn get(&self, id: &str, version: &str) -> Option<axum::body::Bytes> {
+        let docs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        docs.get(id)
+            .filter(|(v, _)| v == version)
+            .map(|(_, b)| b.clone())
+    }
+
+    pub(crate) fn put(&self, id: &str, version: String, doc: axum::body::Bytes) {
+        let mut docs = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if docs.len() >= Self::CAP && !docs.contains_key(id) {
+            // Bounded, not an LRU: dropping everything keeps it simple and
+            // the next reads rebuild what is still asked for.
+            docs.clear();
+        }
+        docs.insert(id.to_owned(), (version, doc));
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -98,6 +130,7 @@ impl AppState {
             engine,
             settings: Arc::new(settings),
             runner,
+            docs: Arc::default(),
         }
     }
 

@@ -236,11 +236,36 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let journal = state.engine.journal();
     let t = journal.find(&id)?;
-    let records = journal.records(&t.id)?;
-    Ok(Json(camina_coordinator::view::task_json(&t, &records)))
+    // Every change of a task appends a record (and bumps `events`); the
+    // status and answer travel with the summary.
+    let version = format!(
+        "{}/{}/{}/{}",
+        t.events,
+        t.status,
+        t.updated_at,
+        t.error.as_deref().unwrap_or_default().len()
+    );
+    let doc = match state.docs.get(&t.id, &version) {
+        Some(doc) => doc,
+        None => {
+            let records = journal.records(&t.id)?;
+            let doc = serde_json::to_vec(&camina_coordinator::view::task_json(&t, &records))
+                .map_err(|e| ApiError::internal(format!("rendering task {}: {e}", t.id)))?;
+            let doc = axum::body::Bytes::from(doc);
+            state.docs.put(&t.id, version, doc.clone());
+            doc
+        }
+    };
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        doc,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/tasks/{id}/resume", tag = "tasks",
