@@ -430,6 +430,52 @@ async fn unknown_tools_are_corrected_and_bounded() {
 }
 
 #[tokio::test]
+async fn a_repeated_call_is_not_run_again_even_with_its_keys_reordered() {
+    // The belter keeps asking for the same side-effecting append, its
+    // arguments' keys in a different order each time.
+    let fake = FakeOllama::start(models(), |req| {
+        if offers(req, "append_file") {
+            let n = since_user(req).len();
+            let args = if n.is_multiple_of(4) {
+                json!({"path": "log.txt", "content": "collected\n"})
+            } else {
+                json!({"content": "collected\n", "path": "log.txt"})
+            };
+            return Reply::tool_call("append_file", args);
+        }
+        todo_script(req)
+    });
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
+        "collected\n",
+        "the append ran once"
+    );
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let appends = records
+        .iter()
+        .filter(|r| r.kind == "tool_intent" && r.data["tool"] == "append_file")
+        .count();
+    assert_eq!(appends, 1);
+    let finished = records.iter().rfind(|r| r.kind == "step_finished").unwrap();
+    assert!(
+        finished.data["result"]
+            .as_str()
+            .unwrap()
+            .contains("kept repeating the same tool call"),
+        "{}",
+        finished.data
+    );
+}
+
+#[tokio::test]
 async fn a_model_error_mid_task_fails_it_and_resume_does_not_reask() {
     let broken = Arc::new(Mutex::new(true));
     let flag = broken.clone();

@@ -72,31 +72,47 @@ pub struct AppState {
     pub(crate) docs: Arc<DocCache>,
 }
 
-/// Rendered task documents (JSON bytes), at most [`DocCache::CAP`].
+/// Rendered task documents (JSON bytes), at most [`DocCache::MAX_BYTES`]
+/// in all; a document over [`DocCache::MAX_DOC`] is not kept (a long task's
+/// records carry every model request with its whole conversation).
 #[derive(Default)]
-pub(crate) struct DocCache(
-    std::sync::Mutex<std::collections::HashMap<String, (String, axum::body::Bytes)>>,
-);
+pub(crate) struct DocCache(std::sync::Mutex<DocMap>);
+
+#[derive(Default)]
+pub(crate) struct DocMap {
+    docs: std::collections::HashMap<String, (String, axum::body::Bytes)>,
+    bytes: usize,
+}
 
 impl DocCache {
-    const CAP: usize = 512;
+    const MAX_BYTES: usize = 64 << 20;
+    const MAX_DOC: usize = 4 << 20;
 
     /// The document of `id` if it was rendered from `version`.
     pub(crate) fn get(&self, id: &str, version: &str) -> Option<axum::body::Bytes> {
-        let docs = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        docs.get(id)
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.docs
+            .get(id)
             .filter(|(v, _)| v == version)
             .map(|(_, b)| b.clone())
     }
 
     pub(crate) fn put(&self, id: &str, version: String, doc: axum::body::Bytes) {
-        let mut docs = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if docs.len() >= Self::CAP && !docs.contains_key(id) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, old)) = m.docs.remove(id) {
+            m.bytes -= old.len();
+        }
+        if doc.len() > Self::MAX_DOC {
+            return;
+        }
+        if m.bytes + doc.len() > Self::MAX_BYTES {
             // Bounded, not an LRU: dropping everything keeps it simple and
             // the next reads rebuild what is still asked for.
-            docs.clear();
+            m.docs.clear();
+            m.bytes = 0;
         }
-        docs.insert(id.to_owned(), (version, doc));
+        m.bytes += doc.len();
+        m.docs.insert(id.to_owned(), (version, doc));
     }
 }
 
@@ -361,4 +377,32 @@ async fn json_errors(req: Request, next: Next) -> Response {
         text
     };
     axum::response::IntoResponse::into_response(ApiError::new(status, kind, message))
+}
+
+#[cfg(test)]
+mod doc_cache_tests {
+    use super::DocCache;
+    use axum::body::Bytes;
+
+    #[test]
+    fn documents_are_served_only_for_their_version_and_within_the_budget() {
+        let c = DocCache::default();
+        c.put("a", "1".into(), Bytes::from_static(b"{}"));
+        assert_eq!(c.get("a", "1").as_deref(), Some(&b"{}"[..]));
+        assert!(c.get("a", "2").is_none(), "another version is a miss");
+        c.put("a", "2".into(), Bytes::from_static(b"{\"x\":1}"));
+        assert!(c.get("a", "1").is_none());
+        assert_eq!(c.0.lock().unwrap().bytes, 7);
+        let big = Bytes::from(vec![b' '; DocCache::MAX_DOC + 1]);
+        c.put("b", "1".into(), big);
+        assert!(c.get("b", "1").is_none(), "too big to keep");
+        for i in 0..20 {
+            c.put(
+                &format!("d{i}"),
+                "1".into(),
+                Bytes::from(vec![b' '; DocCache::MAX_DOC]),
+            );
+        }
+        assert!(c.0.lock().unwrap().bytes <= DocCache::MAX_BYTES);
+    }
 }

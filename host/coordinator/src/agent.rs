@@ -431,8 +431,12 @@ impl Agent<'_> {
                 };
                 // A small embedded coordinator gets the plan question crew
                 // by crew: it cannot be relied on to write a list.
+                // (Only when the budget allows a step per crew.)
                 let guided = match self.bridge.resolve(ModelRole::Coordinator).await {
-                    Ok(r) => r.backend == "embedded",
+                    Ok(r) => {
+                        r.backend == "embedded"
+                            && self.crews.len() <= self.submitted.budgets.max_steps as usize
+                    }
                     Err(e) => return Err(Halt::Failed(e.to_string())),
                 };
                 let setup = Setup {
@@ -475,7 +479,7 @@ impl Agent<'_> {
         let plan = if guided {
             let req = prompts::crew_plan(&task, &advice.text, &crews);
             self.decide("plan", ModelRole::Coordinator, req, |c| {
-                prompts::parse_crew_plan(c, &crews)
+                prompts::parse_crew_plan(c, &crews, max_steps)
             })
             .await?
         } else {
@@ -563,7 +567,9 @@ impl Agent<'_> {
         let mut evidence: Vec<String> = Vec::new();
         let mut invalid = 0;
         let mut repeats = 0;
-        let mut done: Vec<String> = Vec::new();
+        // Calls made in this step (name, arguments): JSON equality, so the
+        // same arguments in another key order are the same call.
+        let mut done: Vec<(String, serde_json::Value)> = Vec::new();
         let max_turns = self.submitted.budgets.max_turns;
         // Calls run in this step so far: the `n` of the key `task:step:n`.
         let mut calls = 0usize;
@@ -594,7 +600,7 @@ impl Agent<'_> {
             for (k, call) in reply.message.tool_calls.iter().enumerate() {
                 // The same call again: the model is looping. Say so instead
                 // of running it; a model that keeps at it ends the step.
-                let fingerprint = format!("{} {}", call.name, call.arguments);
+                let fingerprint = (call.name.clone(), call.arguments.clone());
                 if done.contains(&fingerprint) {
                     repeats += 1;
                     if repeats > self.submitted.budgets.max_invalid_retries {

@@ -355,7 +355,7 @@ pub fn crew_plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
 }
 
 /// Reads a crew-by-crew plan into a [`Plan`].
-pub fn parse_crew_plan(content: &str, crews: &[Crew]) -> Result<Plan, String> {
+pub fn parse_crew_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan, String> {
     let value: Value =
         serde_json::from_str(content.trim()).map_err(|e| format!("not JSON ({e})"))?;
     let Some(obj) = value.as_object() else {
@@ -391,6 +391,9 @@ pub fn parse_crew_plan(content: &str, crews: &[Crew]) -> Result<Plan, String> {
     }
     if steps.is_empty() {
         return Err("no crew has a part and there is no answer".into());
+    }
+    if steps.len() > max_steps as usize {
+        return Err(format!("at most {max_steps} crews may have a part"));
     }
     Ok(Plan {
         steps,
@@ -651,6 +654,7 @@ mod tests {
         let plan = parse_crew_plan(
             r#"{"drummer":"find the TODO lines","belter":"write them to todo.md"}"#,
             &c,
+            8,
         )
         .unwrap();
         let order: Vec<(&str, &str)> = plan
@@ -666,10 +670,10 @@ mod tests {
             ]
         );
         // An empty part is no step; an answer is an answer.
-        let plan = parse_crew_plan(r#"{"drummer":" ","belter":"make notes.md"}"#, &c).unwrap();
+        let plan = parse_crew_plan(r#"{"drummer":" ","belter":"make notes.md"}"#, &c, 8).unwrap();
         assert_eq!(plan.steps.len(), 1);
         assert_eq!(plan.steps[0].crew, "belter");
-        let plan = parse_crew_plan(r#"{"answer":"Paris"}"#, &c).unwrap();
+        let plan = parse_crew_plan(r#"{"answer":"Paris"}"#, &c, 8).unwrap();
         assert_eq!(plan.answer.as_deref(), Some("Paris"));
         for (bad, why) in [
             (r#"{"drummer":"","belter":""}"#, "no crew has a part"),
@@ -678,9 +682,12 @@ mod tests {
             (r#"{"answer":""}"#, "empty"),
             ("[]", "not a JSON object"),
         ] {
-            let e = parse_crew_plan(bad, &c).unwrap_err();
+            let e = parse_crew_plan(bad, &c, 8).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+        // The step budget holds here too.
+        let e = parse_crew_plan(r#"{"drummer":"a","belter":"b"}"#, &c, 1).unwrap_err();
+        assert!(e.contains("at most 1"), "{e}");
     }
 
     #[test]

@@ -373,6 +373,9 @@ struct Picker<'m> {
     recent: std::collections::VecDeque<LlamaToken>,
     structural: std::collections::HashMap<LlamaToken, bool>,
     quotes: std::collections::HashMap<LlamaToken, bool>,
+    /// Whether the reply is JSON (its first character is `{`); free text
+    /// keeps the penalty's whole window.
+    json_reply: Option<bool>,
 }
 
 const PENALTY: f32 = 1.15;
@@ -401,6 +404,7 @@ impl<'m> Picker<'m> {
             recent: std::collections::VecDeque::new(),
             structural: std::collections::HashMap::new(),
             quotes: std::collections::HashMap::new(),
+            json_reply: None,
         })
     }
 
@@ -486,7 +490,13 @@ impl<'m> Picker<'m> {
         // string only: it stops a value looping (`src/src/src…`) without
         // stopping the next value from reusing a word (a pattern `TODO`,
         // then a file `todo.md`).
-        if self.grammar.is_some() && self.has_quote(token) {
+        if self.json_reply.is_none() {
+            let first = self.model.vocab().token_to_piece(token, false, None);
+            if let Some(b) = first.iter().find(|b| !b.is_ascii_whitespace()) {
+                self.json_reply = Some(*b == b'{');
+            }
+        }
+        if self.grammar.is_some() && self.json_reply == Some(true) && self.has_quote(token) {
             self.recent.clear();
         }
         self.recent.push_back(token);
