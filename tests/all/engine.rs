@@ -177,6 +177,11 @@ struct Setup {
 }
 
 async fn setup(fake: &FakeOllama) -> Setup {
+    setup_with(config(fake)).await
+}
+
+/// The sample project, the shipped skills and an engine on `config`.
+async fn setup_with(config: Config) -> Setup {
     let home = tempfile::tempdir().unwrap();
     let ws_dir = tempfile::tempdir().unwrap();
     let ws = ws_dir.path().to_path_buf();
@@ -184,7 +189,7 @@ async fn setup(fake: &FakeOllama) -> Setup {
     let registry = Registry::open(home.path(), sandbox()).unwrap();
     install_skills(&registry).await;
     let (journal, _) = Journal::open(&home.path().join("journal")).unwrap();
-    let bridge = Bridge::new(config(fake), home.path()).unwrap();
+    let bridge = Bridge::new(config, home.path()).unwrap();
     let engine = Engine::new(
         Arc::new(journal),
         Arc::new(registry),
@@ -779,31 +784,15 @@ async fn an_interrupted_side_effecting_call_needs_review() {
 #[cfg(feature = "embedded")]
 #[tokio::test]
 async fn an_embedded_coordinator_plans_crew_by_crew() {
-    let home = tempfile::tempdir().unwrap();
-    let ws_dir = tempfile::tempdir().unwrap();
-    project(ws_dir.path());
-    let registry = Registry::open(home.path(), sandbox()).unwrap();
-    install_skills(&registry).await;
-    let (journal, _) = Journal::open(&home.path().join("journal")).unwrap();
     let gguf = ModelSpec::Embedded(Some(crate::models::gguf()));
-    let config = Config {
-        models: ModelsSection {
-            coordinator: gguf.clone(),
-            reasoner: gguf.clone(),
-            belter: gguf.clone(),
-            drummer: gguf,
-        },
+    let s = setup_with(Config {
+        models: ModelsSection::all(gguf),
         ..Default::default()
-    };
-    let bridge = Bridge::new(config, home.path()).unwrap();
-    let engine = Engine::new(
-        Arc::new(journal),
-        Arc::new(registry),
-        Arc::new(bridge),
-        home.path(),
-    );
+    })
+    .await;
+    let engine = &s.engine;
     let task = engine
-        .submit(PROMPT, ws_dir.path(), Budgets::default())
+        .submit(PROMPT, &s.ws, Budgets::default())
         .await
         .unwrap();
     let done = engine.run(&task.id, RunOptions::default()).await.unwrap();

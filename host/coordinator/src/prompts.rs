@@ -210,7 +210,7 @@ pub fn plan_schema(crews: &[Crew], max_steps: u32) -> Value {
 
 /// Step 2: the plan. Two worked examples precede the task.
 pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatRequest {
-    let mut messages = vec![Message::system(format!(
+    let messages = vec![Message::system(format!(
         "You are Caminaå, the coordinator. Plan how your crews do the user's task. Reply with \
          JSON only: {{\"steps\": [{{\"crew\": ..., \"instruction\": ...}}]}} with one step per \
          job, in the order they must happen (a step sees the results of the steps before it; \
@@ -218,8 +218,34 @@ pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatReq
          needs no files or web pages.\nCrews:\n{}",
         crew_lines(crews)
     ))];
-    // The examples have the shape of the real question (advice, then the
-    // task), so a small model completes it the same way.
+    plan_request(
+        messages,
+        task,
+        advice,
+        crews,
+        plan_schema(crews, max_steps),
+        |ex| {
+            json!({"steps": [
+                {"crew": "drummer", "instruction": ex.find},
+                {"crew": "belter", "instruction": ex.save}
+            ]})
+        },
+    )
+}
+
+/// The rest of a plan question after its system message: a worked example
+/// that answers directly, the two delegating examples (their replies from
+/// `example_reply`) when the crews have their tools, then the real advice
+/// and task. The examples have the shape of the real question (advice,
+/// then the task), so a small model completes it the same way.
+fn plan_request(
+    mut messages: Vec<Message>,
+    task: &str,
+    advice: &str,
+    crews: &[Crew],
+    format: Value,
+    example_reply: impl Fn(&Example) -> Value,
+) -> ChatRequest {
     messages.push(Message::user(
         "Advice: No files or web pages are needed: answer directly.\n\nTask: What is the \
          capital of France?",
@@ -234,13 +260,7 @@ pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatReq
                 ex.advice(),
                 ex.task
             )));
-            messages.push(Message::assistant(
-                json!({"steps": [
-                    {"crew": "drummer", "instruction": ex.find},
-                    {"crew": "belter", "instruction": ex.save}
-                ]})
-                .to_string(),
-            ));
+            messages.push(Message::assistant(example_reply(ex).to_string()));
         }
     }
     let advice = advice.trim();
@@ -251,7 +271,7 @@ pub fn plan(task: &str, advice: &str, crews: &[Crew], max_steps: u32) -> ChatReq
     }));
     ChatRequest {
         messages,
-        format: Some(plan_schema(crews, max_steps)),
+        format: Some(format),
         options: deterministic(512),
         ..Default::default()
     }
@@ -306,7 +326,7 @@ pub fn crew_plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
         .map(|c| format!("\"{}\": ...", c.name))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut messages = vec![Message::system(format!(
+    let messages = vec![Message::system(format!(
         "You are Caminaå, the coordinator. Decide what each of your crews does for the user's \
          task. Reply with JSON only: {{{keys}}}, one instruction per crew in the task's own words \
          (an empty string when that crew has no part; the crews work in this order and each \
@@ -314,44 +334,27 @@ pub fn crew_plan(task: &str, advice: &str, crews: &[Crew]) -> ChatRequest {
          or web pages.\nCrews:\n{}",
         crew_lines(crews)
     ))];
-    messages.push(Message::user(
-        "Advice: No files or web pages are needed: answer directly.\n\nTask: What is the \
-         capital of France?",
-    ));
-    messages.push(Message::assistant(
-        json!({"answer": "Paris is the capital of France."}).to_string(),
-    ));
-    if examples_apply(crews) {
-        for ex in &EXAMPLES {
-            messages.push(Message::user(format!(
-                "Advice: {}\n\nTask: {}",
-                ex.advice(),
-                ex.task
-            )));
-            let mut parts = serde_json::Map::new();
-            for c in &order {
-                let part = match c.name.as_str() {
-                    "drummer" => ex.find,
-                    "belter" => ex.save,
-                    _ => "",
-                };
-                parts.insert(c.name.clone(), json!(part));
-            }
-            messages.push(Message::assistant(Value::Object(parts).to_string()));
-        }
-    }
-    let advice = advice.trim();
-    messages.push(Message::user(if advice.is_empty() {
-        format!("Task: {task}")
-    } else {
-        format!("Advice: {advice}\n\nTask: {task}")
-    }));
-    ChatRequest {
+    plan_request(
         messages,
-        format: Some(crew_plan_schema(crews)),
-        options: deterministic(512),
-        ..Default::default()
-    }
+        task,
+        advice,
+        crews,
+        crew_plan_schema(crews),
+        |ex| {
+            let parts: serde_json::Map<String, Value> = order
+                .iter()
+                .map(|c| {
+                    let part = match c.name.as_str() {
+                        "drummer" => ex.find,
+                        "belter" => ex.save,
+                        _ => "",
+                    };
+                    (c.name.clone(), json!(part))
+                })
+                .collect();
+            Value::Object(parts)
+        },
+    )
 }
 
 /// Reads a crew-by-crew plan into a [`Plan`].

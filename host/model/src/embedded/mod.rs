@@ -371,11 +371,21 @@ struct Picker<'m> {
     grammar: Option<LlamaSampler>,
     sampler: Option<LlamaSampler>,
     recent: std::collections::VecDeque<LlamaToken>,
-    structural: std::collections::HashMap<LlamaToken, bool>,
-    quotes: std::collections::HashMap<LlamaToken, bool>,
+    pieces: std::collections::HashMap<LlamaToken, PieceTraits>,
     /// Whether the reply is JSON (its first character is `{`); free text
     /// keeps the penalty's whole window.
     json_reply: Option<bool>,
+}
+
+/// What the picker knows of a token's text.
+#[derive(Debug, Clone, Copy)]
+struct PieceTraits {
+    /// Contains JSON punctuation.
+    structural: bool,
+    /// Contains `"` (a JSON string starts or ends).
+    quote: bool,
+    /// Its first non-blank byte.
+    first: Option<u8>,
 }
 
 const PENALTY: f32 = 1.15;
@@ -402,29 +412,25 @@ impl<'m> Picker<'m> {
             grammar,
             sampler,
             recent: std::collections::VecDeque::new(),
-            structural: std::collections::HashMap::new(),
-            quotes: std::collections::HashMap::new(),
+            pieces: std::collections::HashMap::new(),
             json_reply: None,
         })
     }
 
-    /// JSON punctuation is never penalised: the grammar needs it.
-    fn is_structural(&mut self, t: LlamaToken) -> bool {
+    /// What the picker needs to know of a token's text (cached: the
+    /// vocabulary has 262k tokens, a reply uses a few hundred).
+    fn traits(&mut self, t: LlamaToken) -> PieceTraits {
         let model = self.model;
-        *self.structural.entry(t).or_insert_with(|| {
+        *self.pieces.entry(t).or_insert_with(|| {
             let piece = model.vocab().token_to_piece(t, false, None);
-            piece
-                .iter()
-                .any(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':'))
+            PieceTraits {
+                structural: piece
+                    .iter()
+                    .any(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':')),
+                quote: piece.contains(&b'"'),
+                first: piece.iter().copied().find(|b| !b.is_ascii_whitespace()),
+            }
         })
-    }
-
-    fn has_quote(&mut self, t: LlamaToken) -> bool {
-        let model = self.model;
-        *self
-            .quotes
-            .entry(t)
-            .or_insert_with(|| model.vocab().token_to_piece(t, false, None).contains(&b'"'))
     }
 
     fn choose(&mut self, arr: &mut LlamaTokenDataArray) -> Option<LlamaToken> {
@@ -443,7 +449,8 @@ impl<'m> Picker<'m> {
         let mut logits = ctx.get_logits_ith(idx).to_vec();
         let recent: Vec<LlamaToken> = self.recent.iter().copied().collect();
         for t in recent {
-            if !self.is_structural(t)
+            // JSON punctuation is never penalised: the grammar needs it.
+            if !self.traits(t).structural
                 && let Some(l) = usize::try_from(t.0).ok().and_then(|i| logits.get_mut(i))
             {
                 *l = if *l > 0.0 { *l / PENALTY } else { *l * PENALTY };
@@ -490,13 +497,11 @@ impl<'m> Picker<'m> {
         // string only: it stops a value looping (`src/src/src…`) without
         // stopping the next value from reusing a word (a pattern `TODO`,
         // then a file `todo.md`).
+        let traits = self.traits(token);
         if self.json_reply.is_none() {
-            let first = self.model.vocab().token_to_piece(token, false, None);
-            if let Some(b) = first.iter().find(|b| !b.is_ascii_whitespace()) {
-                self.json_reply = Some(*b == b'{');
-            }
+            self.json_reply = traits.first.map(|b| b == b'{');
         }
-        if self.grammar.is_some() && self.json_reply == Some(true) && self.has_quote(token) {
+        if self.grammar.is_some() && self.json_reply == Some(true) && traits.quote {
             self.recent.clear();
         }
         self.recent.push_back(token);
