@@ -429,6 +429,8 @@ async fn drummer_search_grep() {
             "src/net/http.rs:3:// TODO: retries"
         ]
     );
+    // The same matches as grep prints them.
+    assert_eq!(v["lines"], json!(hits));
     let v = ok(
         &d,
         &g,
