@@ -611,6 +611,7 @@ mod embedded {
                     EmbeddedOptions {
                         threads: 2,
                         n_ctx: 2048,
+                        ..Default::default()
                     },
                 )
                 .unwrap()

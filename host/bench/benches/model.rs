@@ -70,6 +70,7 @@ fn main() {
                 EmbeddedOptions {
                     threads: threads as u32,
                     n_ctx: 2048,
+                    ..Default::default()
                 },
             )
             .expect("load");

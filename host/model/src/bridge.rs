@@ -227,6 +227,7 @@ impl Bridge {
         let opts = crate::embedded::EmbeddedOptions {
             threads: self.config.embedded_threads(),
             n_ctx: self.config.embedded.n_ctx.unwrap_or(4096),
+            copy_evidence: self.config.embedded.copy_evidence.unwrap_or(true),
         };
         let p = path.to_path_buf();
         let backend =

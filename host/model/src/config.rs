@@ -14,6 +14,8 @@
 //! [embedded]
 //! gguf = "{home}/models/gemma-3-270m-q4_k_m.gguf"
 //! threads = 2
+//! n_ctx = 4096
+//! copy_evidence = true                       # bias JSON strings towards quoting tool results
 //! ```
 //!
 //! Every key is optional; every role defaults to `auto`.
@@ -181,6 +183,10 @@ pub struct EmbeddedSection {
     /// Largest context per call (tokens); default 4096.
     #[serde(default)]
     pub n_ctx: Option<u32>,
+    /// Bias JSON strings in replies towards copying the evidence the
+    /// request shows (tool results); default true.
+    #[serde(default)]
+    pub copy_evidence: Option<bool>,
 }
 
 /// The model bridge's configuration.

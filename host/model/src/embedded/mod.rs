@@ -10,6 +10,7 @@
 //! Not here: thinking (an embedded model has no separate reasoning channel;
 //! the bridge refuses `think` for it) and GPU offload.
 
+pub mod copy;
 pub mod prompt;
 
 use crate::grammar::Bounds;
@@ -36,6 +37,9 @@ pub struct EmbeddedOptions {
     pub threads: u32,
     /// Context size per call (capped at the model's training context).
     pub n_ctx: u32,
+    /// Bias JSON strings towards copying the request's evidence
+    /// (see [`copy`]).
+    pub copy_evidence: bool,
 }
 
 impl Default for EmbeddedOptions {
@@ -43,6 +47,7 @@ impl Default for EmbeddedOptions {
         Self {
             threads: 2,
             n_ctx: 4096,
+            copy_evidence: true,
         }
     }
 }
@@ -277,6 +282,9 @@ impl EmbeddedBackend {
         let prompt_done = Instant::now();
 
         let mut picker = Picker::new(model, grammar.as_deref(), &req.options)?;
+        if inner.opts.copy_evidence && grammar.is_some() {
+            picker.copier = copy::Copier::for_request(req);
+        }
         let mut out: Vec<u8> = Vec::new();
         let mut emitted = 0usize;
         // A JSON reply cannot contain a turn heading (its strings escape
@@ -375,6 +383,9 @@ struct Picker<'m> {
     /// Whether the reply is JSON (its first character is `{`); free text
     /// keeps the penalty's whole window.
     json_reply: Option<bool>,
+    /// Token texts (for the copier).
+    texts: std::collections::HashMap<LlamaToken, String>,
+    copier: Option<copy::Copier>,
 }
 
 /// What the picker knows of a token's text.
@@ -414,6 +425,8 @@ impl<'m> Picker<'m> {
             recent: std::collections::VecDeque::new(),
             pieces: std::collections::HashMap::new(),
             json_reply: None,
+            texts: std::collections::HashMap::new(),
+            copier: None,
         })
     }
 
@@ -431,6 +444,78 @@ impl<'m> Picker<'m> {
                 first: piece.iter().copied().find(|b| !b.is_ascii_whitespace()),
             }
         })
+    }
+
+    fn text(&mut self, t: LlamaToken) -> &str {
+        let model = self.model;
+        self.texts.entry(t).or_insert_with(|| {
+            String::from_utf8_lossy(&model.vocab().token_to_piece(t, false, None)).into_owned()
+        })
+    }
+
+    /// Adds the copy bonus to the token that continues the evidence line
+    /// being copied: the longest of the continuation's own first token and
+    /// the model's top choices that are a prefix of it. A line that already
+    /// is a whole evidence string is not pushed on to a longer one when the
+    /// model would end the string there.
+    fn copy_bonus(&mut self, logits: &mut [f32]) {
+        let Some(copier) = &self.copier else {
+            return;
+        };
+        let Some(cont) = copier.continuation().map(str::to_owned) else {
+            return;
+        };
+        // A whole evidence string the model would end is left to end;
+        // a line break to the next item of a list it is copying is not (a
+        // 270M model stops lists after their first item).
+        let whole = copier.line_is_whole() && cont != "\\n";
+        // The model's top choices, in one pass.
+        const K: usize = 16;
+        let mut top: Vec<(f32, usize)> = Vec::with_capacity(K + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < K || l > top[K - 1].0 {
+                let at = top.partition_point(|&(t, _)| t >= l);
+                top.insert(at, (l, i));
+                top.truncate(K);
+            }
+        }
+        if whole
+            && let Some(&(_, best)) = top.first()
+            && self.text(LlamaToken(best as i32)).starts_with('"')
+        {
+            return;
+        }
+        // The first token of the continuation, from its first 64 bytes.
+        let mut head = cont.len().min(64);
+        while !cont.is_char_boundary(head) {
+            head -= 1;
+        }
+        let mut boost: Vec<LlamaToken> = self
+            .model
+            .vocab()
+            .tokenize(&cont.as_bytes()[..head], false, false)
+            .into_iter()
+            .take(1)
+            .collect();
+        boost.extend(top.iter().map(|&(_, i)| LlamaToken(i as i32)));
+        let mut best: Option<(usize, LlamaToken)> = None;
+        for t in boost {
+            let piece = self.text(t);
+            if !piece.is_empty()
+                && !piece.contains('\u{fffd}')
+                && cont.starts_with(piece)
+                && best.is_none_or(|(len, _)| piece.len() > len)
+            {
+                best = Some((piece.len(), t));
+            }
+        }
+        // Only the longest: a shorter prefix (a bare space before a word)
+        // leaves the rest to a token the model never writes there.
+        if let Some((_, t)) = best
+            && let Some(l) = usize::try_from(t.0).ok().and_then(|i| logits.get_mut(i))
+        {
+            *l += copy::BONUS;
+        }
     }
 
     fn choose(&mut self, arr: &mut LlamaTokenDataArray) -> Option<LlamaToken> {
@@ -455,6 +540,9 @@ impl<'m> Picker<'m> {
             {
                 *l = if *l > 0.0 { *l / PENALTY } else { *l * PENALTY };
             }
+        }
+        if self.json_reply == Some(true) {
+            self.copy_bonus(&mut logits);
         }
         let all = |logits: &[f32]| {
             LlamaTokenDataArray::new(
@@ -503,6 +591,12 @@ impl<'m> Picker<'m> {
         }
         if self.grammar.is_some() && self.json_reply == Some(true) && traits.quote {
             self.recent.clear();
+        }
+        if self.copier.is_some() {
+            let piece = self.text(token).to_owned();
+            if let Some(c) = &mut self.copier {
+                c.push(&piece);
+            }
         }
         self.recent.push_back(token);
         if self.recent.len() > PENALTY_WINDOW {
