@@ -526,7 +526,7 @@ impl Agent<'_> {
             .decide(
                 "answer",
                 ModelRole::Coordinator,
-                prompts::answer(&task, &results),
+                prompts::answer(&task, &results, guided),
                 prompts::parse_answer,
             )
             .await?;

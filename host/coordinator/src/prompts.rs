@@ -123,7 +123,7 @@ const EXAMPLES: [Example; 2] = [
         out: "fixme.log",
         hits: &[
             ("lib/io.rs", 12, "// FIXME: handle errors"),
-            ("lib/net.rs", 3, "// FIXME: retry"),
+            ("lib/net.rs", 3, "    // FIXME: retry"),
         ],
     },
 ];
@@ -133,18 +133,23 @@ impl Example {
     fn advice(&self) -> String {
         format!(
             "A drummer searches {}/ for {} and reports every matching line with its file and \
-             line number; then a belter writes exactly those lines to {}. If nothing matches, \
-             the answer says so.",
-            self.dir, self.pattern, self.out
+             line number; then a belter writes exactly those lines to the file the task names. \
+             If nothing matches, the answer says so.",
+            self.dir, self.pattern
         )
     }
 
-    /// The matches as `file:line: text` lines.
-    fn lines(&self) -> String {
+    /// The matches as `file:line:text` lines, as grep prints them.
+    fn lines(&self) -> Vec<String> {
         self.hits
             .iter()
-            .map(|(f, l, t)| format!("{f}:{l}: {t}\n"))
+            .map(|(f, l, t)| format!("{f}:{l}:{t}"))
             .collect()
+    }
+
+    /// What the belter writes: the lines, verbatim.
+    fn content(&self) -> String {
+        self.lines().iter().map(|l| format!("{l}\n")).collect()
     }
 
     /// The matches as grep returns them.
@@ -154,23 +159,50 @@ impl Example {
             .iter()
             .map(|(f, l, t)| json!({"file": f, "line": l, "text": t}))
             .collect();
-        json!({"matches": matches, "truncated": false, "files_searched": 5})
+        json!({"lines": self.lines(), "matches": matches, "truncated": false, "files_searched": 5})
     }
 
-    /// The drummer's report. It counts the matches instead of restating
-    /// them: they reach later steps as evidence anyway, and a small model
-    /// that restates them makes them up.
+    /// The drummer's report. It neither restates nor counts the matches:
+    /// they reach later steps as evidence anyway, and a small model makes
+    /// up both lines and counts.
     fn found(&self) -> String {
-        let n = self.hits.len();
-        format!("Found {n} line{}.", if n == 1 { "" } else { "s" })
+        "Found the matching lines.".to_owned()
     }
 
     fn saved(&self) -> String {
-        let n = self.hits.len();
+        format!("Wrote the lines to {}.", self.out)
+    }
+
+    /// The coordinator's answer: what was done, then the lines themselves.
+    fn answer(&self) -> String {
         format!(
-            "Wrote {n} line{} to {}.",
-            if n == 1 { "" } else { "s" },
-            self.out
+            "Saved the {} lines to {}:\n{}",
+            self.pattern,
+            self.out,
+            self.lines().join("\n")
+        )
+    }
+
+    /// What the example's two steps hand on, as [`earlier`] shows it.
+    fn step_results(&self) -> String {
+        let grep = json!({"path": self.dir, "pattern": self.pattern});
+        let write = json!({"path": self.out, "content": self.content()});
+        format!(
+            "Step 1 ({}):\n{}\n\nStep 2 ({}):\n{}",
+            self.find,
+            compose(
+                &self.found(),
+                &[evidence("grep", &grep, &self.grep_output().to_string())]
+            ),
+            self.save,
+            compose(
+                &self.saved(),
+                &[evidence(
+                    "write_file",
+                    &write,
+                    &json!({"path": self.out, "bytes_written": self.content().len()}).to_string()
+                )]
+            ),
         )
     }
 }
@@ -510,8 +542,8 @@ fn crew_examples(crew: &Crew) -> Vec<Message> {
                     )
                 ),
                 "write_file",
-                json!({"path": ex.out, "content": ex.lines()}),
-                json!({"path": ex.out, "bytes_written": ex.lines().len()}),
+                json!({"path": ex.out, "content": ex.content()}),
+                json!({"path": ex.out, "bytes_written": ex.content().len()}),
                 ex.saved(),
             ),
             _ => return Vec::new(),
@@ -574,22 +606,34 @@ pub fn answer_schema() -> Value {
     })
 }
 
-/// Step 4: the final answer. No worked example here: small models copy
-/// an example's findings into the answer, and a made-up finding is worse
-/// than a plain one.
-pub fn answer(task: &str, results: &[(String, StepFinished)]) -> ChatRequest {
+/// Step 4: the final answer. A small (guided) coordinator gets worked
+/// examples; on its own it copies the format's placeholder. Their findings
+/// never reach the answer: the examples' lines are not the task's evidence,
+/// and the embedded backend's copier only follows the last turn's.
+pub fn answer(task: &str, results: &[(String, StepFinished)], guided: bool) -> ChatRequest {
+    let mut messages = vec![Message::system(
+        "You are Caminaå, the coordinator. Your crews have worked on the user's task. Write the \
+         final answer for the user from their results: what was done, and what was found. Reply \
+         with JSON only: {\"answer\": \"...\"}.",
+    )];
+    if guided {
+        for ex in &EXAMPLES {
+            messages.push(Message::user(format!(
+                "Task: {}\n\nStep results:\n{}",
+                ex.task,
+                ex.step_results()
+            )));
+            messages.push(Message::assistant(
+                json!({"answer": ex.answer()}).to_string(),
+            ));
+        }
+    }
+    messages.push(Message::user(format!(
+        "Task: {task}\n\nStep results:\n{}",
+        earlier(results)
+    )));
     ChatRequest {
-        messages: vec![
-            Message::system(
-                "You are Caminaå, the coordinator. Your crews have worked on the user's task. Write \
-                 the final answer for the user from their results: what was done, and what was \
-                 found. Reply with JSON only: {\"answer\": \"...\"}.",
-            ),
-            Message::user(format!(
-                "Task: {task}\n\nStep results:\n{}",
-                earlier(results)
-            )),
-        ],
+        messages,
         format: Some(answer_schema()),
         options: deterministic(768),
         ..Default::default()
@@ -609,6 +653,7 @@ pub fn parse_answer(content: &str) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::toolbox::Crew;
+    use camina_model::Role;
 
     fn crews() -> Vec<Crew> {
         vec![Crew::empty("belter"), Crew::empty("drummer")]
@@ -698,5 +743,29 @@ mod tests {
         assert_eq!(parse_answer(r#"{"answer":"done"}"#).unwrap(), "done");
         assert!(parse_answer(r#"{"answer":""}"#).is_err());
         assert!(parse_answer("done").is_err());
+    }
+
+    #[test]
+    fn only_a_guided_answer_request_carries_worked_examples() {
+        let plain = answer("Collect the TODO lines", &[], false);
+        let roles: Vec<Role> = plain.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::System, Role::User]);
+        let guided = answer("Collect the TODO lines", &[], true);
+        assert_eq!(guided.messages.len(), 2 + 2 * EXAMPLES.len());
+        // The task comes last; the examples answer with the lines themselves.
+        assert!(
+            guided
+                .messages
+                .last()
+                .unwrap()
+                .content
+                .starts_with("Task: Collect the TODO lines")
+        );
+        let first: Value = serde_json::from_str(&guided.messages[2].content).unwrap();
+        assert_eq!(
+            first["answer"],
+            "Saved the deadline lines to deadlines.txt:\ndocs/plan.md:4:The deadline is Friday."
+        );
+        assert_eq!(guided.format, plain.format);
     }
 }
