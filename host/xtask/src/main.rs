@@ -229,8 +229,8 @@ fn demo() -> Result {
         eprintln!("\ntodo.md:\n{todo}");
     }
     eprintln!(
-        "\nThat ran on the embedded Gemma 3 270M base model: tiny, so expect its plans and tool \
-         calls to be rough. Point the roles at Ollama models in {}/config.toml for real work \
+        "\nThat ran on the embedded Gemma 3 270M base model: tiny, it manages tasks close to its \
+         worked examples. Point the roles at Ollama models in {}/config.toml for real work \
          (see README). Inspect the run with: target/debug/camina --home {} task show <ID>",
         home.display(),
         home.display()
