@@ -510,6 +510,26 @@ async fn an_idempotency_key_returns_the_same_task() {
     assert_eq!(v1["id"], v2["id"]);
     let (_, list) = call(&a, "GET", "/v1/tasks", None, None).await;
     assert_eq!(list["tasks"].as_array().unwrap().len(), 1);
+    // The same key with another request is refused, not silently mapped
+    // to the first task.
+    let other = Request::post("/v1/tasks")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("Idempotency-Key", "order-42")
+        .body(Body::from(
+            json!({"prompt": "Delete the TODOs"}).to_string(),
+        ))
+        .unwrap();
+    let (s3, v3) = send(&a, other).await;
+    assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY, "{v3}");
+    assert!(
+        v3["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{v3}"
+    );
+    let (_, list) = call(&a, "GET", "/v1/tasks", None, None).await;
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test]

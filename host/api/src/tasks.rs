@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use camina_coordinator::RunOptions;
 use camina_coordinator::events::{Budgets, Decision};
-use camina_journal::{Record, Status, TaskSummary};
+use camina_journal::{Created, IdempotencyKey, Record, Status, TaskSummary};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, PathBuf};
@@ -140,13 +140,15 @@ fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiEr
 
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks",
     request_body = CreateTask,
-    params(("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same task")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key with the same request returns the same task; with another request, 422")),
     responses(
         (status = 201, description = "Created (queued or running)", body = TaskRef),
         (status = 200, description = "The task this Idempotency-Key created before", body = TaskRef),
         (status = 400, description = "Bad body or workspace", body = crate::openapi::ErrorBody),
         (status = 401, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody),
-        (status = 413, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)
+        (status = 413, body = crate::openapi::ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used for another request", body = crate::openapi::ErrorBody),
+        (status = 503, body = crate::openapi::ErrorBody)
     ), security(("bearer" = ["tasks"])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -165,30 +167,51 @@ pub async fn create(
         .map(|v| v.to_str().map(str::to_owned))
         .transpose()
         .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
+    // The key is bound to the request as the client sent it (a task
+    // without a workspace gets a new directory each time).
+    let fingerprint = key.as_ref().map(|_| {
+        use sha2::{Digest, Sha256};
+        let request = serde_json::json!({"prompt": body.prompt, "workspace": body.workspace});
+        format!("sha256:{:x}", Sha256::digest(request.to_string()))
+    });
+    let idem = key
+        .as_deref()
+        .zip(fingerprint.as_deref())
+        .map(|(key, request)| IdempotencyKey { key, request });
     let journal = state.engine.journal();
-    if let Some(k) = &key
-        && let Some(id) = journal.key(k)?
+    // A retry is answered before a workspace is made for it.
+    if let Some(k) = &idem
+        && let Some(found) = journal.find_key(k)?
     {
-        return Ok((StatusCode::OK, Json(reference(&journal.task(&id)?))));
+        return existing(&state, found);
     }
     let ws = workspace(&state, body.workspace.as_deref())?;
-    let task = state
+    let task = match state
         .engine
-        .submit(&body.prompt, &ws, Budgets::default())
-        .await?;
-    if let Some(k) = &key
-        && let Some(existing) = journal.claim_key(k, &task.id)?
+        .submit_keyed(&body.prompt, &ws, Budgets::default(), idem)
+        .await?
     {
-        // Another request with the same key won the race; this task is
-        // cancelled before it ever runs.
-        let _ = state
-            .engine
-            .cancel(&task.id, "duplicate of an idempotent request")
-            .await;
-        return Ok((StatusCode::OK, Json(reference(&journal.task(&existing)?))));
-    }
+        Created::New(task) => task,
+        found => return existing(&state, found),
+    };
     state.spawn(task.id.clone(), RunOptions::default()).await;
     Ok((StatusCode::CREATED, Json(reference(&task))))
+}
+
+/// The answer to a request whose Idempotency-Key names a task already.
+fn existing(state: &AppState, found: Created) -> Result<(StatusCode, Json<TaskRef>), ApiError> {
+    match found {
+        Created::Existing {
+            id,
+            same_request: Some(false),
+        } => Err(ApiError::unprocessable(format!(
+            "Idempotency-Key: already used for another request (task {id}); use a new key"
+        ))),
+        Created::Existing { id, .. } | Created::New(TaskSummary { id, .. }) => Ok((
+            StatusCode::OK,
+            Json(reference(&state.engine.journal().task(&id)?)),
+        )),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),

@@ -176,6 +176,25 @@ impl Engine {
         workspace: &Path,
         budgets: Budgets,
     ) -> Result<TaskSummary> {
+        match self.submit_keyed(prompt, workspace, budgets, None).await? {
+            camina_journal::Created::New(task) => Ok(task),
+            camina_journal::Created::Existing { id, .. } => Err(EngineError::Internal(format!(
+                "a task was submitted without a key but {id} came back"
+            ))),
+        }
+    }
+
+    /// Submits a task under an idempotency key: the first submission with
+    /// `key` creates the task (key and task are written together); later
+    /// ones return the task it names and whether they came with the same
+    /// request fingerprint (the caller's: what the client sent).
+    pub async fn submit_keyed(
+        &self,
+        prompt: &str,
+        workspace: &Path,
+        budgets: Budgets,
+        key: Option<camina_journal::IdempotencyKey<'_>>,
+    ) -> Result<camina_journal::Created> {
         let ws = workspace
             .canonicalize()
             .map_err(|e| EngineError::Workspace {
@@ -197,7 +216,7 @@ impl Engine {
             serde_json::to_value(&submitted).map_err(|e| EngineError::Internal(e.to_string()))?;
         Ok(self
             .journal
-            .create(prompt, &submitted.workspace, data)
+            .create_keyed(prompt, &submitted.workspace, data, key)
             .await?)
     }
 

@@ -68,6 +68,62 @@ fn storage(e: impl std::fmt::Display) -> Error {
     Error::Storage(e.to_string())
 }
 
+/// An idempotency key as [`Journal::create_keyed`] takes it: the key, and a
+/// fingerprint of the request it came with.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey<'a> {
+    pub key: &'a str,
+    pub request: &'a str,
+}
+
+/// What [`Journal::create_keyed`] did.
+#[derive(Debug, Clone)]
+pub enum Created {
+    /// A new task.
+    New(TaskSummary),
+    /// The key already named task `id`; `same_request` says whether it came
+    /// with the same request (`None`: recorded by an older build, unknown).
+    Existing {
+        id: String,
+        same_request: Option<bool>,
+    },
+}
+
+impl Created {
+    fn existing(e: KeyEntry, k: &IdempotencyKey<'_>) -> Self {
+        Created::Existing {
+            same_request: e.request.as_deref().map(|r| r == k.request),
+            id: e.task,
+        }
+    }
+}
+
+/// What the keys tree holds for a key.
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyEntry {
+    task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<String>,
+}
+
+impl KeyEntry {
+    /// An entry: JSON, or the bare task id older builds wrote.
+    fn decode(v: &[u8]) -> Result<Self> {
+        if v.first() == Some(&b'{') {
+            serde_json::from_slice(v).map_err(|e| Error::Corrupt {
+                task: String::from_utf8_lossy(v).into_owned(),
+                seq: 0,
+                reason: format!("idempotency key entry: {e}"),
+            })
+        } else {
+            Ok(KeyEntry {
+                task: String::from_utf8_lossy(v).into_owned(),
+                request: None,
+            })
+        }
+    }
+}
+
 /// A task's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -575,56 +631,125 @@ impl Journal {
 
     /// Creates a task with its `submitted` record (durable on return).
     pub async fn create(&self, prompt: &str, workspace: &str, data: Value) -> Result<TaskSummary> {
+        match self.create_keyed(prompt, workspace, data, None).await? {
+            Created::New(task) => Ok(task),
+            Created::Existing { id, .. } => Err(storage(format!(
+                "a task was created without a key but {id} was returned"
+            ))),
+        }
+    }
+
+    /// Creates a task with its `submitted` record, unless `key` already
+    /// names a task: the key, the task and its first record are written in
+    /// one transaction (durable on return), so a crash never leaves a task
+    /// without its key or a key without its task.
+    pub async fn create_keyed(
+        &self,
+        prompt: &str,
+        workspace: &str,
+        data: Value,
+        key: Option<IdempotencyKey<'_>>,
+    ) -> Result<Created> {
+        use sled::Transactional;
+        use sled::transaction::ConflictableTransactionError as Tx;
+        enum Abort {
+            Existing(KeyEntry),
+            Failed(Error),
+        }
+        if let Some(k) = &key
+            && let Some(entry) = self.key_entry(k.key)?
+        {
+            return Ok(Created::existing(entry, k));
+        }
+        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_before == Some(n) {
+            std::process::abort();
+        }
         let id = uuid::Uuid::now_v7().simple().to_string();
         let at = now();
         let summary = TaskSummary {
             id: id.clone(),
             status: Status::Queued,
             created_at: at.clone(),
-            updated_at: at,
+            updated_at: at.clone(),
             prompt: prompt.to_owned(),
             workspace: workspace.to_owned(),
             answer: None,
             error: None,
-            events: 0,
+            events: 1,
         };
-        self.tasks
-            .insert(
-                id.as_bytes(),
-                serde_json::to_vec(&summary).map_err(storage)?,
-            )
-            .map_err(storage)?;
-        let record = NewRecord {
+        let record = Record {
+            seq: 0,
+            at,
+            elapsed_ms: 0,
             step: "submitted".into(),
             kind: "submitted".into(),
             data,
-            elapsed_ms: 0,
         };
-        self.append(&id, record, Update::default(), Durability::Flush)
-            .await?;
-        self.task(&id)
+        let entry = key.as_ref().map(|k| KeyEntry {
+            task: id.clone(),
+            request: Some(k.request.to_owned()),
+        });
+        let summary_bytes = serde_json::to_vec(&summary).map_err(storage)?;
+        let record_bytes = serde_json::to_vec(&record).map_err(storage)?;
+        let entry_bytes = entry
+            .as_ref()
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(storage)?;
+        let result =
+            (&self.tasks, &self.events, &self.keys).transaction(|(tasks, events, keys)| {
+                if let (Some(k), Some(bytes)) = (&key, &entry_bytes) {
+                    if let Some(v) = keys.get(k.key.as_bytes())? {
+                        return match KeyEntry::decode(&v) {
+                            Ok(e) => Err(Tx::Abort(Abort::Existing(e))),
+                            Err(e) => Err(Tx::Abort(Abort::Failed(e))),
+                        };
+                    }
+                    keys.insert(k.key.as_bytes(), bytes.as_slice())?;
+                }
+                tasks.insert(id.as_bytes(), summary_bytes.as_slice())?;
+                events.insert(event_key(&id, 0), record_bytes.as_slice())?;
+                Ok(())
+            });
+        match result {
+            Ok(()) => {}
+            Err(sled::transaction::TransactionError::Abort(Abort::Existing(e))) => {
+                let k = key.as_ref().expect("only a key aborts");
+                return Ok(Created::existing(e, k));
+            }
+            Err(sled::transaction::TransactionError::Abort(Abort::Failed(e))) => return Err(e),
+            Err(sled::transaction::TransactionError::Storage(e)) => return Err(storage(e)),
+        }
+        self.seqs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), 1);
+        self.committer.commit().await?;
+        let _ = self.feed.send((id.clone(), record));
+        if self.crash_after == Some(n) {
+            std::process::abort();
+        }
+        self.task(&id).map(Created::New)
     }
 
-    /// Remembers that external `key` created task `id`; returns the task a
-    /// key already names, if any.
-    pub fn claim_key(&self, key: &str, id: &str) -> Result<Option<String>> {
-        let prev = self
-            .keys
-            .compare_and_swap(key.as_bytes(), None as Option<&[u8]>, Some(id.as_bytes()))
-            .map_err(storage)?;
-        Ok(match prev {
-            Ok(()) => None,
-            Err(e) => e.current.map(|v| String::from_utf8_lossy(&v).into_owned()),
-        })
+    fn key_entry(&self, key: &str) -> Result<Option<KeyEntry>> {
+        self.keys
+            .get(key.as_bytes())
+            .map_err(storage)?
+            .map(|v| KeyEntry::decode(&v))
+            .transpose()
+    }
+
+    /// What a second [`Journal::create_keyed`] with `key` would return,
+    /// if the key names a task already.
+    pub fn find_key(&self, key: &IdempotencyKey<'_>) -> Result<Option<Created>> {
+        Ok(self.key_entry(key.key)?.map(|e| Created::existing(e, key)))
     }
 
     /// The task an idempotency key names.
     pub fn key(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .keys
-            .get(key.as_bytes())
-            .map_err(storage)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.key_entry(key)?.map(|e| e.task))
     }
 
     /// Writes record and summary change atomically; returns the new summary
@@ -1085,9 +1210,55 @@ mod tests {
     async fn idempotency_keys_name_one_task() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(&dir.path().join("j")).unwrap();
-        assert_eq!(j.claim_key("k1", "a").unwrap(), None);
-        assert_eq!(j.claim_key("k1", "b").unwrap(), Some("a".into()));
-        assert_eq!(j.key("k1").unwrap(), Some("a".into()));
+        let key = |request| {
+            Some(IdempotencyKey {
+                key: "order-42",
+                request,
+            })
+        };
+        let Created::New(a) = j
+            .create_keyed("p", "/ws", Value::Null, key("r1"))
+            .await
+            .unwrap()
+        else {
+            panic!("the first use of a key creates the task");
+        };
+        // The task, its first record and the key were written together.
+        assert_eq!(j.key("order-42").unwrap(), Some(a.id.clone()));
+        assert_eq!(j.records(&a.id).unwrap()[0].kind, "submitted");
+        for (request, same) in [("r1", true), ("r2", false)] {
+            match j
+                .create_keyed("p", "/ws", Value::Null, key(request))
+                .await
+                .unwrap()
+            {
+                Created::Existing { id, same_request } => {
+                    assert_eq!((id.as_str(), same_request), (a.id.as_str(), Some(same)));
+                }
+                Created::New(t) => panic!("a second task {}", t.id),
+            }
+        }
+        assert_eq!(j.list().unwrap().len(), 1);
+        // Keys written by older builds (a bare task id) still resolve.
+        j.keys.insert("old", a.id.as_bytes()).unwrap();
+        assert_eq!(j.key("old").unwrap(), Some(a.id.clone()));
+        assert!(matches!(
+            j.create_keyed(
+                "p",
+                "/ws",
+                Value::Null,
+                Some(IdempotencyKey {
+                    key: "old",
+                    request: "x"
+                })
+            )
+            .await
+            .unwrap(),
+            Created::Existing {
+                same_request: None,
+                ..
+            }
+        ));
     }
 
     #[test]
