@@ -183,7 +183,7 @@ pub async fn create(
     if let Some(k) = &idem
         && let Some(found) = journal.find_key(k)?
     {
-        return existing(&state, found);
+        return existing(&state, found).await;
     }
     let ws = workspace(&state, body.workspace.as_deref())?;
     let task = match state
@@ -192,14 +192,26 @@ pub async fn create(
         .await?
     {
         Created::New(task) => task,
-        found => return existing(&state, found),
+        found => {
+            // Lost a race for the key: the directory made for this request
+            // (when it named none) is nobody's.
+            if body.workspace.is_none() {
+                let _ = std::fs::remove_dir(&ws);
+            }
+            return existing(&state, found).await;
+        }
     };
     state.spawn(task.id.clone(), RunOptions::default()).await;
     Ok((StatusCode::CREATED, Json(reference(&task))))
 }
 
 /// The answer to a request whose Idempotency-Key names a task already.
-fn existing(state: &AppState, found: Created) -> Result<(StatusCode, Json<TaskRef>), ApiError> {
+/// The journal is flushed first: the key may have been written by a request
+/// still in flight, and a task id handed out must survive a crash.
+async fn existing(
+    state: &AppState,
+    found: Created,
+) -> Result<(StatusCode, Json<TaskRef>), ApiError> {
     match found {
         Created::Existing {
             id,
@@ -207,10 +219,11 @@ fn existing(state: &AppState, found: Created) -> Result<(StatusCode, Json<TaskRe
         } => Err(ApiError::unprocessable(format!(
             "Idempotency-Key: already used for another request (task {id}); use a new key"
         ))),
-        Created::Existing { id, .. } | Created::New(TaskSummary { id, .. }) => Ok((
-            StatusCode::OK,
-            Json(reference(&state.engine.journal().task(&id)?)),
-        )),
+        Created::Existing { id, .. } | Created::New(TaskSummary { id, .. }) => {
+            let journal = state.engine.journal();
+            journal.flush().await?;
+            Ok((StatusCode::OK, Json(reference(&journal.task(&id)?))))
+        }
     }
 }
 

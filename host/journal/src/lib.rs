@@ -15,7 +15,8 @@
 //!
 //! Layout (sled trees): `meta` (schema marker), `tasks` (id → summary
 //! JSON), `events` (id ‖ seq(u64 BE) → record JSON), `keys` (external
-//! idempotency keys → id).
+//! idempotency key → `{"task", "request"}` JSON: the task it created and
+//! the request's fingerprint; older builds stored the bare task id).
 //!
 //! Failure handling: a foreign or newer database is an error naming the
 //! path, never rewritten; a corrupt record is an error naming the task and
@@ -724,7 +725,8 @@ impl Journal {
         self.seqs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), 1);
+            .entry(id.clone())
+            .or_insert(1);
         self.committer.commit().await?;
         let _ = self.feed.send((id.clone(), record));
         if self.crash_after == Some(n) {
