@@ -57,6 +57,17 @@ pub enum Error {
         seq: u64,
         reason: String,
     },
+    #[error(
+        "the journal {path} looks damaged: {recorded} tasks were recorded in it but only {found} \
+         can be read; Caminaå wrote nothing to it. Restore it from a backup, or, to go on with \
+         what is readable, delete {count_file}"
+    )]
+    Damaged {
+        path: String,
+        recorded: u64,
+        found: u64,
+        count_file: String,
+    },
     #[error("no task matches `{0}` (see `camina task list`)")]
     UnknownTask(String),
     #[error("`{prefix}` matches several tasks ({}); give more of the id", .ids.join(", "))]
@@ -384,6 +395,10 @@ pub struct Journal {
     decisions: sled::Tree,
     /// Next sequence number per task (this process owns the journal).
     seqs: Mutex<std::collections::HashMap<String, u64>>,
+    /// Tasks in the journal, and the file beside it that remembers how
+    /// many (written after each creation is durable, so never ahead).
+    task_count: AtomicU64,
+    count_file: PathBuf,
     retention: Mutex<Retention>,
     since_prune: AtomicU64,
     committer: Arc<Committer>,
@@ -420,6 +435,8 @@ impl Journal {
     pub fn open(path: &Path) -> Result<(Self, Vec<TaskSummary>)> {
         let shown = path.display().to_string();
         let pid_file = path.with_extension("pid");
+        let count_file = path.with_extension("tasks");
+        let existed = path.exists();
         let open = || {
             sled::Config::new()
                 .path(path)
@@ -470,6 +487,28 @@ impl Journal {
         let events = db.open_tree("events").map_err(storage)?;
         let keys = db.open_tree("keys").map_err(storage)?;
         let decisions = db.open_tree("decisions").map_err(storage)?;
+        // sled recovers a damaged log by cutting it at the first bad entry,
+        // silently: the task count kept beside it (tasks are never
+        // deleted) tells a damaged journal from a smaller one, before
+        // anything is written to it.
+        let found = tasks.len() as u64;
+        let recorded = std::fs::read_to_string(&count_file)
+            .ok()
+            .and_then(|c| c.trim().parse::<u64>().ok());
+        if existed
+            && let Some(recorded) = recorded
+            && recorded > found
+        {
+            return Err(Error::Damaged {
+                path: shown,
+                recorded,
+                found,
+                count_file: count_file.display().to_string(),
+            });
+        }
+        if recorded != Some(found) {
+            let _ = std::fs::write(&count_file, found.to_string());
+        }
         match meta.get("schema").map_err(storage)? {
             Some(v) if v.as_ref() == SCHEMA.as_bytes() => {}
             Some(v) => {
@@ -518,6 +557,8 @@ impl Journal {
             keys,
             decisions,
             seqs: Mutex::new(std::collections::HashMap::new()),
+            task_count: AtomicU64::new(found),
+            count_file,
             retention: Mutex::new(Retention::default()),
             since_prune: AtomicU64::new(0),
             appends: AtomicU64::new(0),
@@ -728,6 +769,10 @@ impl Journal {
             .entry(id.clone())
             .or_insert(1);
         self.committer.commit().await?;
+        let count = self.task_count.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Err(e) = std::fs::write(&self.count_file, count.to_string()) {
+            tracing::warn!(file = %self.count_file.display(), "cannot record the task count: {e}");
+        }
         let _ = self.feed.send((id.clone(), record));
         if self.crash_after == Some(n) {
             std::process::abort();
@@ -1105,6 +1150,67 @@ mod tests {
         std::fs::create_dir(&garbage).unwrap();
         std::fs::write(garbage.join("conf"), b"\x00\x01 not sled").unwrap();
         assert!(Journal::open(&garbage).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_damaged_journal_is_refused_not_silently_shortened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        {
+            let (j, _) = Journal::open(&path).unwrap();
+            for i in 0..50 {
+                j.create(&format!("task {i}"), "/ws", json!({"n": i}))
+                    .await
+                    .unwrap();
+            }
+            j.flush().await.unwrap();
+        }
+        let db = std::fs::read(path.join("db")).unwrap();
+        for (name, damage) in [
+            ("truncated", db[..db.len() / 2].to_vec()),
+            ("zeroed", {
+                let mut d = db.clone();
+                let n = d.len();
+                d[n / 4..n / 2].fill(0);
+                d
+            }),
+            ("flipped", {
+                let mut d = db.clone();
+                for b in d.iter_mut().skip(64).step_by(97) {
+                    *b ^= 0x5a;
+                }
+                d
+            }),
+        ] {
+            let copy = dir.path().join(name);
+            std::fs::create_dir_all(&copy).unwrap();
+            for f in std::fs::read_dir(&path).unwrap() {
+                let f = f.unwrap();
+                if f.path().is_file() {
+                    std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+                }
+            }
+            std::fs::copy(path.with_extension("tasks"), copy.with_extension("tasks")).unwrap();
+            std::fs::write(copy.join("db"), &damage).unwrap();
+            let err = match Journal::open(&copy) {
+                Ok((j, _)) => panic!("{name}: opened with {} tasks", j.list().unwrap().len()),
+                Err(e) => e,
+            };
+            assert!(
+                matches!(err, Error::Damaged { recorded: 50, found, .. } if found < 50),
+                "{name}: {err}"
+            );
+            assert!(err.to_string().contains(".tasks"), "{err}");
+            // Deleting the count file is the way to go on with the rest.
+            std::fs::remove_file(copy.with_extension("tasks")).unwrap();
+            let (j, _) = Journal::open(&copy).unwrap();
+            assert!(j.list().unwrap().len() < 50, "{name}");
+        }
+        // The healthy one reopens whole.
+        assert_eq!(Journal::open(&path).unwrap().0.list().unwrap().len(), 50);
+        // A journal removed on purpose starts afresh, count file or not.
+        std::fs::remove_dir_all(&path).unwrap();
+        assert_eq!(Journal::open(&path).unwrap().0.list().unwrap().len(), 0);
     }
 
     #[tokio::test]
