@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use camina_coordinator::RunOptions;
 use camina_coordinator::events::{Budgets, Decision};
-use camina_journal::{Created, IdempotencyKey, Record, Status, TaskSummary};
+use camina_journal::{Created, IdempotencyKey, KeyUse, Record, Status, TaskSummary};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use std::path::{Component, PathBuf};
@@ -192,7 +192,7 @@ pub async fn create(
         .await?
     {
         Created::New(task) => task,
-        found => {
+        Created::Existing(found) => {
             // Lost a race for the key: the directory made for this request
             // (when it named none) is nobody's.
             if body.workspace.is_none() {
@@ -210,21 +210,17 @@ pub async fn create(
 /// still in flight, and a task id handed out must survive a crash.
 async fn existing(
     state: &AppState,
-    found: Created,
+    found: KeyUse,
 ) -> Result<(StatusCode, Json<TaskRef>), ApiError> {
-    match found {
-        Created::Existing {
-            id,
-            same_request: Some(false),
-        } => Err(ApiError::unprocessable(format!(
-            "Idempotency-Key: already used for another request (task {id}); use a new key"
-        ))),
-        Created::Existing { id, .. } | Created::New(TaskSummary { id, .. }) => {
-            let journal = state.engine.journal();
-            journal.flush().await?;
-            Ok((StatusCode::OK, Json(reference(&journal.task(&id)?))))
-        }
+    if found.same_request == Some(false) {
+        return Err(ApiError::unprocessable(format!(
+            "Idempotency-Key: already used for another request (task {}); use a new key",
+            found.id
+        )));
     }
+    let journal = state.engine.journal();
+    journal.flush().await?;
+    Ok((StatusCode::OK, Json(reference(&journal.task(&found.id)?))))
 }
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),

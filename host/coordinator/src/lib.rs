@@ -178,9 +178,11 @@ impl Engine {
     ) -> Result<TaskSummary> {
         match self.submit_keyed(prompt, workspace, budgets, None).await? {
             camina_journal::Created::New(task) => Ok(task),
-            camina_journal::Created::Existing { id, .. } => Err(EngineError::Internal(format!(
-                "a task was submitted without a key but {id} came back"
-            ))),
+            camina_journal::Created::Existing(camina_journal::KeyUse { id, .. }) => {
+                Err(EngineError::Internal(format!(
+                    "a task was submitted without a key but {id} came back"
+                )))
+            }
         }
     }
 

@@ -183,24 +183,46 @@ impl Example {
         )
     }
 
-    /// What the example's two steps hand on, as [`earlier`] shows it.
-    fn step_results(&self) -> String {
-        let grep = json!({"path": self.dir, "pattern": self.pattern});
-        let write = json!({"path": self.out, "content": self.content()});
+    fn grep_args(&self) -> Value {
+        json!({"path": self.dir, "pattern": self.pattern})
+    }
+
+    fn write_args(&self) -> Value {
+        json!({"path": self.out, "content": self.content()})
+    }
+
+    fn write_output(&self) -> Value {
+        json!({"path": self.out, "bytes_written": self.content().len()})
+    }
+
+    /// What the example's drummer step hands on, as [`earlier`] shows it.
+    fn found_step(&self) -> String {
         format!(
-            "Step 1 ({}):\n{}\n\nStep 2 ({}):\n{}",
+            "Step 1 ({}):\n{}",
             self.find,
             compose(
                 &self.found(),
-                &[evidence("grep", &grep, &self.grep_output().to_string())]
-            ),
+                &[evidence(
+                    "grep",
+                    &self.grep_args(),
+                    &self.grep_output().to_string()
+                )]
+            )
+        )
+    }
+
+    /// What the example's two steps hand on.
+    fn step_results(&self) -> String {
+        format!(
+            "{}\n\nStep 2 ({}):\n{}",
+            self.found_step(),
             self.save,
             compose(
                 &self.saved(),
                 &[evidence(
                     "write_file",
-                    &write,
-                    &json!({"path": self.out, "bytes_written": self.content().len()}).to_string()
+                    &self.write_args(),
+                    &self.write_output().to_string()
                 )]
             ),
         )
@@ -522,28 +544,17 @@ fn crew_examples(crew: &Crew) -> Vec<Message> {
                 ex.find.to_owned(),
                 "(none)".to_owned(),
                 "grep",
-                json!({"path": ex.dir, "pattern": ex.pattern}),
+                ex.grep_args(),
                 ex.grep_output(),
                 ex.found(),
             ),
             "belter" => (
                 ex.save.to_owned(),
                 // What the drummer's step in the other example hands on.
-                format!(
-                    "Step 1 ({}):\n{}",
-                    ex.find,
-                    compose(
-                        &ex.found(),
-                        &[evidence(
-                            "grep",
-                            &json!({"path": ex.dir, "pattern": ex.pattern}),
-                            &ex.grep_output().to_string()
-                        )]
-                    )
-                ),
+                ex.found_step(),
                 "write_file",
-                json!({"path": ex.out, "content": ex.content()}),
-                json!({"path": ex.out, "bytes_written": ex.content().len()}),
+                ex.write_args(),
+                ex.write_output(),
                 ex.saved(),
             ),
             _ => return Vec::new(),

@@ -93,17 +93,22 @@ pub struct IdempotencyKey<'a> {
 pub enum Created {
     /// A new task.
     New(TaskSummary),
-    /// The key already named task `id`; `same_request` says whether it came
-    /// with the same request (`None`: recorded by an older build, unknown).
-    Existing {
-        id: String,
-        same_request: Option<bool>,
-    },
+    /// The key already named a task.
+    Existing(KeyUse),
 }
 
-impl Created {
-    fn existing(e: KeyEntry, k: &IdempotencyKey<'_>) -> Self {
-        Created::Existing {
+/// The task an idempotency key already names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUse {
+    pub id: String,
+    /// Whether it came with the same request (`None`: recorded by an older
+    /// build, unknown).
+    pub same_request: Option<bool>,
+}
+
+impl KeyUse {
+    fn new(e: KeyEntry, k: &IdempotencyKey<'_>) -> Self {
+        KeyUse {
             same_request: e.request.as_deref().map(|r| r == k.request),
             id: e.task,
         }
@@ -675,7 +680,7 @@ impl Journal {
     pub async fn create(&self, prompt: &str, workspace: &str, data: Value) -> Result<TaskSummary> {
         match self.create_keyed(prompt, workspace, data, None).await? {
             Created::New(task) => Ok(task),
-            Created::Existing { id, .. } => Err(storage(format!(
+            Created::Existing(KeyUse { id, .. }) => Err(storage(format!(
                 "a task was created without a key but {id} was returned"
             ))),
         }
@@ -701,12 +706,9 @@ impl Journal {
         if let Some(k) = &key
             && let Some(entry) = self.key_entry(k.key)?
         {
-            return Ok(Created::existing(entry, k));
+            return Ok(Created::Existing(KeyUse::new(entry, k)));
         }
-        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.crash_before == Some(n) {
-            std::process::abort();
-        }
+        let n = self.before_append();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let at = now();
         let summary = TaskSummary {
@@ -758,7 +760,7 @@ impl Journal {
             Ok(()) => {}
             Err(sled::transaction::TransactionError::Abort(Abort::Existing(e))) => {
                 let k = key.as_ref().expect("only a key aborts");
-                return Ok(Created::existing(e, k));
+                return Ok(Created::Existing(KeyUse::new(e, k)));
             }
             Err(sled::transaction::TransactionError::Abort(Abort::Failed(e))) => return Err(e),
             Err(sled::transaction::TransactionError::Storage(e)) => return Err(storage(e)),
@@ -774,9 +776,7 @@ impl Journal {
             tracing::warn!(file = %self.count_file.display(), "cannot record the task count: {e}");
         }
         let _ = self.feed.send((id.clone(), record));
-        if self.crash_after == Some(n) {
-            std::process::abort();
-        }
+        self.after_append(n);
         self.task(&id).map(Created::New)
     }
 
@@ -790,8 +790,8 @@ impl Journal {
 
     /// What a second [`Journal::create_keyed`] with `key` would return,
     /// if the key names a task already.
-    pub fn find_key(&self, key: &IdempotencyKey<'_>) -> Result<Option<Created>> {
-        Ok(self.key_entry(key.key)?.map(|e| Created::existing(e, key)))
+    pub fn find_key(&self, key: &IdempotencyKey<'_>) -> Result<Option<KeyUse>> {
+        Ok(self.key_entry(key.key)?.map(|e| KeyUse::new(e, key)))
     }
 
     /// The task an idempotency key names.
@@ -937,6 +937,23 @@ impl Journal {
         Ok(s)
     }
 
+    /// Counts an append (a task's creation is the first); the test-only
+    /// failpoint dies as kill -9 would, before the write.
+    fn before_append(&self) -> u64 {
+        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_before == Some(n) {
+            std::process::abort();
+        }
+        n
+    }
+
+    /// The test-only failpoint after append `n` is durable: mid-task.
+    fn after_append(&self, n: u64) {
+        if self.crash_after == Some(n) {
+            std::process::abort();
+        }
+    }
+
     /// Appends a record (and a summary change) to task `id`.
     pub async fn append(
         &self,
@@ -945,21 +962,14 @@ impl Journal {
         update: Update,
         durability: Durability,
     ) -> Result<Record> {
-        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.crash_before == Some(n) {
-            // Test-only failpoint: die as kill -9 would, before the write.
-            std::process::abort();
-        }
+        let n = self.before_append();
         let (_, rec) = self.apply(id, Some(&record), &update)?;
         let rec = rec.ok_or_else(|| storage("append wrote no record"))?;
         if durability == Durability::Flush {
             self.committer.commit().await?;
         }
         let _ = self.feed.send((id.to_owned(), rec.clone()));
-        if self.crash_after == Some(n) {
-            // Test-only failpoint: die as kill -9 would, mid-task.
-            std::process::abort();
-        }
+        self.after_append(n);
         Ok(rec)
     }
 
@@ -1340,7 +1350,7 @@ mod tests {
                 .await
                 .unwrap()
             {
-                Created::Existing { id, same_request } => {
+                Created::Existing(KeyUse { id, same_request }) => {
                     assert_eq!((id.as_str(), same_request), (a.id.as_str(), Some(same)));
                 }
                 Created::New(t) => panic!("a second task {}", t.id),
@@ -1362,10 +1372,10 @@ mod tests {
             )
             .await
             .unwrap(),
-            Created::Existing {
+            Created::Existing(KeyUse {
                 same_request: None,
                 ..
-            }
+            })
         ));
     }
 

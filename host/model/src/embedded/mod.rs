@@ -383,14 +383,14 @@ struct Picker<'m> {
     /// Whether the reply is JSON (its first character is `{`); free text
     /// keeps the penalty's whole window.
     json_reply: Option<bool>,
-    /// Token texts (for the copier).
-    texts: std::collections::HashMap<LlamaToken, String>,
     copier: Option<copy::Copier>,
 }
 
 /// What the picker knows of a token's text.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PieceTraits {
+    /// The text (lossy UTF-8: a byte token is U+FFFD).
+    text: String,
     /// Contains JSON punctuation.
     structural: bool,
     /// Contains `"` (a JSON string starts or ends).
@@ -425,18 +425,18 @@ impl<'m> Picker<'m> {
             recent: std::collections::VecDeque::new(),
             pieces: std::collections::HashMap::new(),
             json_reply: None,
-            texts: std::collections::HashMap::new(),
             copier: None,
         })
     }
 
     /// What the picker needs to know of a token's text (cached: the
     /// vocabulary has 262k tokens, a reply uses a few hundred).
-    fn traits(&mut self, t: LlamaToken) -> PieceTraits {
+    fn traits(&mut self, t: LlamaToken) -> &PieceTraits {
         let model = self.model;
-        *self.pieces.entry(t).or_insert_with(|| {
+        self.pieces.entry(t).or_insert_with(|| {
             let piece = model.vocab().token_to_piece(t, false, None);
             PieceTraits {
+                text: String::from_utf8_lossy(&piece).into_owned(),
                 structural: piece
                     .iter()
                     .any(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':')),
@@ -447,10 +447,7 @@ impl<'m> Picker<'m> {
     }
 
     fn text(&mut self, t: LlamaToken) -> &str {
-        let model = self.model;
-        self.texts.entry(t).or_insert_with(|| {
-            String::from_utf8_lossy(&model.vocab().token_to_piece(t, false, None)).into_owned()
-        })
+        &self.traits(t).text
     }
 
     /// Adds the copy bonus to the token that continues the evidence line
@@ -585,18 +582,18 @@ impl<'m> Picker<'m> {
         // string only: it stops a value looping (`src/src/src…`) without
         // stopping the next value from reusing a word (a pattern `TODO`,
         // then a file `todo.md`).
-        let traits = self.traits(token);
+        let (first, quote) = {
+            let t = self.traits(token);
+            (t.first, t.quote)
+        };
         if self.json_reply.is_none() {
-            self.json_reply = traits.first.map(|b| b == b'{');
+            self.json_reply = first.map(|b| b == b'{');
         }
-        if self.grammar.is_some() && self.json_reply == Some(true) && traits.quote {
+        if self.grammar.is_some() && self.json_reply == Some(true) && quote {
             self.recent.clear();
         }
-        if self.copier.is_some() {
-            let piece = self.text(token).to_owned();
-            if let Some(c) = &mut self.copier {
-                c.push(&piece);
-            }
+        if let (Some(c), Some(p)) = (&mut self.copier, self.pieces.get(&token)) {
+            c.push(&p.text);
         }
         self.recent.push_back(token);
         if self.recent.len() > PENALTY_WINDOW {
