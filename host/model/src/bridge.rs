@@ -1,6 +1,6 @@
 //! Per-role routing: which backend and model answers each role.
 
-use crate::config::{Config, ModelRole, ModelSpec};
+use crate::config::{Config, EmbeddedModel, EmbeddedTarget, ModelRole, ModelSpec};
 use crate::ollama::OllamaBackend;
 use crate::{ChatBackend, ChatReply, ChatRequest, ModelError, Progress, Result};
 use serde::Serialize;
@@ -19,6 +19,9 @@ pub struct Resolved {
     pub model: String,
     /// `completion`, `tools`, `thinking`, …
     pub capabilities: Vec<String>,
+    /// For an embedded model: the catalogue model the file is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalogue: Option<String>,
 }
 
 impl Resolved {
@@ -41,6 +44,8 @@ pub struct RoleReport {
     /// The model exists there.
     pub present: bool,
     pub capabilities: Vec<String>,
+    /// For an embedded model: the catalogue model the file is.
+    pub catalogue: Option<String>,
     /// Why nothing could be chosen.
     pub error: Option<String>,
 }
@@ -109,23 +114,17 @@ impl Bridge {
         &self.ollama
     }
 
-    fn gguf(&self, path: Option<&PathBuf>) -> PathBuf {
-        match path {
-            Some(p) => PathBuf::from(
-                p.display()
-                    .to_string()
-                    .replace("{home}", &self.home.display().to_string()),
-            ),
-            None => self.config.gguf_path(&self.home),
-        }
+    fn embedded_target(&self, which: &EmbeddedModel) -> EmbeddedTarget {
+        self.config.embedded_target(which, &self.home)
     }
 
     fn missing_model_hint(path: &Path) -> ModelError {
         ModelError::ModelFileMissing {
             path: path.display().to_string(),
             hint: if cfg!(feature = "embedded") {
-                "run `camina model fetch` to download the default model, or point [embedded] gguf \
-                 (or \"embedded:<path>\") at a GGUF file"
+                "run `camina model fetch` to download the configured model (`camina model list` \
+                 shows the catalogue), or point [embedded] gguf (or \"embedded:<path>\") at a \
+                 GGUF file"
                     .into()
             } else {
                 "this build has no embedded backend (cargo feature `embedded`)".into()
@@ -153,11 +152,12 @@ impl Bridge {
                     .cloned()
                     .unwrap_or_else(|| "replay".into()),
                 capabilities: vec!["completion".into(), "tools".into(), "thinking".into()],
+                catalogue: None,
             });
         }
         match self.config.models.get(role) {
             ModelSpec::Ollama(name) => self.ollama_role(role, name).await,
-            ModelSpec::Embedded(path) => self.embedded_role(role, &self.gguf(path.as_ref())),
+            ModelSpec::Embedded(which) => self.embedded_role(role, &self.embedded_target(which)),
             ModelSpec::Auto => {
                 let seed = role.seed_model();
                 let ollama_reason =
@@ -175,8 +175,8 @@ impl Bridge {
                             self.ollama.url()
                         ),
                     };
-                let path = self.gguf(None);
-                match self.embedded_role(role, &path) {
+                let target = self.embedded_target(&EmbeddedModel::Configured);
+                match self.embedded_role(role, &target) {
                     Ok(r) => {
                         tracing::info!(%role, "using the embedded model: {ollama_reason}");
                         Ok(r)
@@ -197,10 +197,12 @@ impl Bridge {
             backend: "ollama".into(),
             model: name.to_owned(),
             capabilities: facts.capabilities,
+            catalogue: None,
         })
     }
 
-    fn embedded_role(&self, role: ModelRole, path: &Path) -> Result<Resolved> {
+    fn embedded_role(&self, role: ModelRole, target: &EmbeddedTarget) -> Result<Resolved> {
+        let path = &target.path;
         if !cfg!(feature = "embedded") || !path.is_file() {
             return Err(Self::missing_model_hint(path));
         }
@@ -215,6 +217,7 @@ impl Bridge {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            catalogue: target.catalogue.map(|m| m.name.to_owned()),
         })
     }
 
@@ -224,10 +227,16 @@ impl Bridge {
         if let Some(b) = loaded.get(path) {
             return Ok(b.clone());
         }
+        let e = &self.config.embedded;
+        let defaults = crate::embedded::EmbeddedOptions::default();
         let opts = crate::embedded::EmbeddedOptions {
             threads: self.config.embedded_threads(),
-            n_ctx: self.config.embedded.n_ctx.unwrap_or(4096),
-            copy_evidence: self.config.embedded.copy_evidence.unwrap_or(true),
+            n_ctx: e.n_ctx.unwrap_or(defaults.n_ctx),
+            cache_slots: e.cache_slots.unwrap_or(defaults.cache_slots),
+            prompt_cache: e
+                .prompt_cache
+                .unwrap_or(true)
+                .then(|| crate::fetch::cache_dir().join("kv")),
         };
         let p = path.to_path_buf();
         let backend =
@@ -297,19 +306,25 @@ impl Bridge {
                     backend: Some(r.backend),
                     model: Some(r.model),
                     capabilities: r.capabilities,
+                    catalogue: r.catalogue,
                     error: None,
                 },
                 Err(e) => {
-                    let (backend, model, reachable) = match self.config.models.get(role) {
+                    let (backend, model, reachable, catalogue) = match self.config.models.get(role)
+                    {
                         ModelSpec::Ollama(n) => {
-                            (Some("ollama".to_owned()), Some(n.clone()), ollama_up)
+                            (Some("ollama".to_owned()), Some(n.clone()), ollama_up, None)
                         }
-                        ModelSpec::Embedded(p) => (
-                            Some("embedded".to_owned()),
-                            Some(self.gguf(p.as_ref()).display().to_string()),
-                            false,
-                        ),
-                        ModelSpec::Auto => (None, None, false),
+                        ModelSpec::Embedded(which) => {
+                            let t = self.embedded_target(which);
+                            (
+                                Some("embedded".to_owned()),
+                                Some(t.path.display().to_string()),
+                                false,
+                                t.catalogue.map(|m| m.name.to_owned()),
+                            )
+                        }
+                        ModelSpec::Auto => (None, None, false, None),
                     };
                     RoleReport {
                         role,
@@ -319,6 +334,7 @@ impl Bridge {
                         reachable,
                         present: false,
                         capabilities: Vec::new(),
+                        catalogue,
                         error: Some(e.to_string()),
                     }
                 }

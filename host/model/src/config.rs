@@ -12,14 +12,17 @@
 //! timeout_s = 300
 //!
 //! [embedded]
-//! gguf = "{home}/models/gemma-3-270m-q4_k_m.gguf"
+//! model = "qwen2.5-coder-1.5b"               # a catalogue model (`camina model list`)
+//! gguf = "/path/to/any.gguf"                 # or any GGUF file instead
 //! threads = 2
-//! n_ctx = 4096
-//! copy_evidence = true                       # bias JSON strings towards quoting tool results
+//! n_ctx = 8192
+//! cache_slots = 4                            # conversations whose KV cache is kept
+//! prompt_cache = true                        # keep shared prompt prefixes on disk
 //! ```
 //!
 //! Every key is optional; every role defaults to `auto`.
 
+use crate::catalogue::{self, CatalogueModel};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -67,6 +70,17 @@ impl fmt::Display for ModelRole {
     }
 }
 
+/// Which embedded model: the configured one, a catalogue model, a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmbeddedModel {
+    /// `[embedded] gguf`, else `[embedded] model`, else the default.
+    Configured,
+    /// A catalogue model by name.
+    Named(String),
+    /// Any GGUF file (`{home}` is filled in).
+    File(PathBuf),
+}
+
 /// Which model a role runs on.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -75,8 +89,39 @@ pub enum ModelSpec {
     #[default]
     Auto,
     Ollama(String),
-    /// The configured GGUF, or this one.
-    Embedded(Option<PathBuf>),
+    Embedded(EmbeddedModel),
+}
+
+/// A catalogue model name, checked against the catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CatalogueName(String);
+
+impl CatalogueName {
+    pub fn model(&self) -> &'static CatalogueModel {
+        catalogue::find(&self.0).expect("checked when parsed")
+    }
+}
+
+impl TryFrom<String> for CatalogueName {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match catalogue::find(s.trim()) {
+            Some(m) => Ok(Self(m.name.to_owned())),
+            None => Err(format!(
+                "`{s}` is not a catalogue model (the catalogue: {}; `camina model list`); \
+                 for another GGUF file set [embedded] gguf",
+                catalogue::names()
+            )),
+        }
+    }
+}
+
+impl From<CatalogueName> for String {
+    fn from(n: CatalogueName) -> String {
+        n.0
+    }
 }
 
 impl TryFrom<String> for ModelSpec {
@@ -88,13 +133,21 @@ impl TryFrom<String> for ModelSpec {
             return Ok(ModelSpec::Auto);
         }
         if s == "embedded" {
-            return Ok(ModelSpec::Embedded(None));
+            return Ok(ModelSpec::Embedded(EmbeddedModel::Configured));
         }
-        if let Some(path) = s.strip_prefix("embedded:") {
-            if path.is_empty() {
-                return Err("`embedded:` needs a path to a .gguf file".into());
+        if let Some(what) = s.strip_prefix("embedded:") {
+            if what.is_empty() {
+                return Err(
+                    "`embedded:` needs a catalogue model name or a path to a .gguf file".into(),
+                );
             }
-            return Ok(ModelSpec::Embedded(Some(PathBuf::from(path))));
+            if what.contains('/') || what.ends_with(".gguf") {
+                return Ok(ModelSpec::Embedded(EmbeddedModel::File(PathBuf::from(
+                    what,
+                ))));
+            }
+            return CatalogueName::try_from(what.to_owned())
+                .map(|n| ModelSpec::Embedded(EmbeddedModel::Named(n.0)));
         }
         if let Some(name) = s.strip_prefix("ollama:") {
             if name.is_empty() || name.contains(char::is_whitespace) {
@@ -105,7 +158,8 @@ impl TryFrom<String> for ModelSpec {
             return Ok(ModelSpec::Ollama(name.to_owned()));
         }
         Err(format!(
-            "`{s}` is not a model: use \"auto\", \"ollama:<name>\", \"embedded\" or \"embedded:<path.gguf>\""
+            "`{s}` is not a model: use \"auto\", \"ollama:<name>\", \"embedded\", \"embedded:<catalogue name>\" \
+             or \"embedded:<path.gguf>\""
         ))
     }
 }
@@ -121,8 +175,9 @@ impl fmt::Display for ModelSpec {
         match self {
             ModelSpec::Auto => f.write_str("auto"),
             ModelSpec::Ollama(n) => write!(f, "ollama:{n}"),
-            ModelSpec::Embedded(None) => f.write_str("embedded"),
-            ModelSpec::Embedded(Some(p)) => write!(f, "embedded:{}", p.display()),
+            ModelSpec::Embedded(EmbeddedModel::Configured) => f.write_str("embedded"),
+            ModelSpec::Embedded(EmbeddedModel::Named(n)) => write!(f, "embedded:{n}"),
+            ModelSpec::Embedded(EmbeddedModel::File(p)) => write!(f, "embedded:{}", p.display()),
         }
     }
 }
@@ -176,16 +231,30 @@ pub struct OllamaSection {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedSection {
+    /// A catalogue model (default [`catalogue::DEFAULT_MODEL`]).
+    #[serde(default)]
+    pub model: Option<CatalogueName>,
+    /// Any GGUF file instead of a catalogue model (`{home}` is filled in).
     #[serde(default)]
     pub gguf: Option<String>,
     #[serde(default)]
     pub threads: Option<u32>,
-    /// Largest context per call (tokens); default 4096.
+    /// Largest context per call (tokens); default 8192.
     #[serde(default)]
     pub n_ctx: Option<u32>,
-    /// Bias JSON strings in replies towards copying the evidence the
-    /// request shows (tool results); default true.
+    /// Conversations whose KV cache stays in memory between calls
+    /// (default 4): a conversation's next turn evaluates only its new
+    /// tokens.
     #[serde(default)]
+    pub cache_slots: Option<u32>,
+    /// Keep the KV cache of shared prompt prefixes (a role's system text
+    /// and tools) on disk, under the cache directory, so a new process
+    /// does not evaluate them again (default true).
+    #[serde(default)]
+    pub prompt_cache: Option<bool>,
+    /// Accepted for old config files and ignored: the evidence copier that
+    /// helped the 270M model quote is gone.
+    #[serde(default, skip_serializing)]
     pub copy_evidence: Option<bool>,
 }
 
@@ -201,8 +270,6 @@ pub struct Config {
     pub embedded: EmbeddedSection,
 }
 
-/// The default GGUF, relative to the Caminaå home.
-pub const DEFAULT_GGUF: &str = "{home}/models/gemma-3-270m-q4_k_m.gguf";
 pub const DEFAULT_OLLAMA_URL: &str = "http://127.0.0.1:11434";
 
 impl Config {
@@ -227,10 +294,48 @@ impl Config {
         std::time::Duration::from_secs(self.ollama.timeout_s.unwrap_or(300).max(1))
     }
 
-    /// The embedded GGUF path, `{home}` filled in.
-    pub fn gguf_path(&self, home: &Path) -> PathBuf {
-        let template = self.embedded.gguf.as_deref().unwrap_or(DEFAULT_GGUF);
-        PathBuf::from(template.replace("{home}", &home.display().to_string()))
+    /// The catalogue model `[embedded]` names (the default when it names
+    /// none), whether or not `gguf` overrides it.
+    pub fn catalogue_model(&self) -> &'static CatalogueModel {
+        self.embedded.model.as_ref().map_or_else(
+            || catalogue::find(catalogue::DEFAULT_MODEL).expect("the default is in the catalogue"),
+            CatalogueName::model,
+        )
+    }
+
+    /// The GGUF file and catalogue entry of an embedded choice: a file as
+    /// given (`{home}` filled in; a catalogue entry when its size is one's),
+    /// a catalogue model at `<home>/models/<file>` when present there, else
+    /// in the cache (where `camina model fetch` puts it).
+    pub fn embedded_target(&self, which: &EmbeddedModel, home: &Path) -> EmbeddedTarget {
+        let expand = |p: &str| PathBuf::from(p.replace("{home}", &home.display().to_string()));
+        let file = |path: PathBuf| EmbeddedTarget {
+            catalogue: catalogue::identify(&path),
+            path,
+        };
+        let named = |m: &'static CatalogueModel| {
+            let in_home = home.join("models").join(m.file);
+            let path = if in_home.is_file() {
+                in_home
+            } else {
+                crate::fetch::cached_model_path(m, &crate::fetch::cache_dir())
+            };
+            EmbeddedTarget {
+                path,
+                catalogue: Some(m),
+            }
+        };
+        match which {
+            EmbeddedModel::File(p) => file(expand(&p.display().to_string())),
+            EmbeddedModel::Named(n) => match catalogue::find(n) {
+                Some(m) => named(m),
+                None => file(PathBuf::from(n)),
+            },
+            EmbeddedModel::Configured => match &self.embedded.gguf {
+                Some(g) => file(expand(g)),
+                None => named(self.catalogue_model()),
+            },
+        }
     }
 
     /// Threads for embedded inference: configured, else the machine's cores.
@@ -241,6 +346,14 @@ impl Config {
                 .unwrap_or(2)
         })
     }
+}
+
+/// Where an embedded choice's model is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddedTarget {
+    pub path: PathBuf,
+    /// The catalogue model it is, if known.
+    pub catalogue: Option<&'static CatalogueModel>,
 }
 
 fn normalise_ollama_host(v: &str) -> String {
@@ -273,12 +386,22 @@ mod tests {
             "ollama:mistral:7b",
             "embedded",
             "embedded:/m/x.gguf",
+            "embedded:qwen2.5-coder-0.5b",
         ] {
             let spec = ModelSpec::try_from(s.to_owned()).unwrap();
             assert_eq!(spec.to_string(), s);
         }
         assert!(ModelSpec::try_from("mistral".to_owned()).is_err());
         assert!(ModelSpec::try_from("ollama:".to_owned()).is_err());
+        let e = ModelSpec::try_from("embedded:qwen9".to_owned()).unwrap_err();
+        assert!(
+            e.contains("not a catalogue model") && e.contains("qwen2.5-coder-1.5b"),
+            "{e}"
+        );
+        assert_eq!(
+            ModelSpec::try_from("embedded:m.gguf".to_owned()).unwrap(),
+            ModelSpec::Embedded(EmbeddedModel::File("m.gguf".into()))
+        );
     }
 
     #[test]
@@ -292,15 +415,29 @@ mod tests {
             ModelSpec::Ollama("mistral-small:22b".into())
         );
         assert_eq!(c.models.reasoner, ModelSpec::Auto);
-        assert_eq!(c.models.belter, ModelSpec::Embedded(None));
+        assert_eq!(
+            c.models.belter,
+            ModelSpec::Embedded(EmbeddedModel::Configured)
+        );
         assert_eq!(c.ollama_timeout().as_secs(), 5);
         let e = toml::from_str::<Config>("[models]\ncoordinator = \"gpt\"\n").unwrap_err();
         assert!(e.to_string().contains("is not a model"), "{e}");
         assert!(toml::from_str::<Config>("[models]\npilot = \"auto\"\n").is_err());
-        assert_eq!(
-            c.gguf_path(Path::new("/h")),
-            PathBuf::from("/h/models/gemma-3-270m-q4_k_m.gguf")
+        let t = c.embedded_target(&EmbeddedModel::Configured, Path::new("/h"));
+        assert_eq!(t.catalogue.unwrap().name, catalogue::DEFAULT_MODEL);
+        assert!(
+            t.path
+                .ends_with(catalogue::find(catalogue::DEFAULT_MODEL).unwrap().file)
         );
+        let c: Config =
+            toml::from_str("[embedded]\nmodel = \"qwen2.5-coder-0.5b\"\ncopy_evidence = true\n")
+                .unwrap();
+        assert_eq!(c.catalogue_model().name, "qwen2.5-coder-0.5b");
+        let c: Config = toml::from_str("[embedded]\ngguf = \"{home}/m.gguf\"\n").unwrap();
+        let t = c.embedded_target(&EmbeddedModel::Configured, Path::new("/h"));
+        assert_eq!(t.path, PathBuf::from("/h/m.gguf"));
+        let e = toml::from_str::<Config>("[embedded]\nmodel = \"llama\"\n").unwrap_err();
+        assert!(e.to_string().contains("not a catalogue model"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct Bounds {
     pub max_string: usize,
     /// Most array items when the schema gives no `maxItems`.
     pub max_items: usize,
+    /// White space allowed around JSON punctuation (bounded), so a model
+    /// writes JSON the way it learnt to: compact, `json.dumps`-spaced or
+    /// pretty-printed. Compact only otherwise (the fewest tokens).
+    pub loose: bool,
 }
 
 impl Default for Bounds {
@@ -29,6 +33,7 @@ impl Default for Bounds {
         Self {
             max_string: 512,
             max_items: 8,
+            loose: false,
         }
     }
 }
@@ -55,9 +60,13 @@ pub enum Alt<'a> {
     Shape(Vec<(&'a str, &'a Value)>),
     /// Any value of this schema.
     Schema(&'a Value),
-    /// Free text that does not start with `{` or white space (so it cannot
-    /// be mistaken for the JSON alternatives); it ends where generation
-    /// stops.
+    /// A value of the schema between two GBNF expressions (e.g. a chat
+    /// template's tool-call markup around the arguments object; see
+    /// [`lit`] and the `ws` rule).
+    Wrapped(&'a str, &'a Value, &'a str),
+    /// Free text that does not start with `{`, `<`, a code fence or white
+    /// space (so it cannot be a call or JSON written outside the grammar);
+    /// it ends where generation stops.
     Text,
 }
 
@@ -70,16 +79,16 @@ pub fn alternatives_to_gbnf(alts: &[Alt<'_>], bounds: Bounds) -> Result<String, 
     for (i, alt) in alts.iter().enumerate() {
         match alt {
             Alt::Shape(fields) => {
-                let mut parts = vec![lit("{")];
+                let mut parts = vec![b.open('{')];
                 for (j, (key, schema)) in fields.iter().enumerate() {
                     if j > 0 {
-                        parts.push(lit(","));
+                        parts.push(b.comma());
                     }
-                    parts.push(lit(&format!("{}:", json_str(key))));
+                    parts.push(b.key(key));
                     b.root_schema = schema;
                     parts.push(b.value(schema, &format!("alt{i}.{key}"))?);
                 }
-                parts.push(lit("}"));
+                parts.push(b.close('}'));
                 names.push(b.rule(&format!("alt{i}"), parts.join(" ")));
             }
             Alt::Schema(schema) => {
@@ -88,8 +97,14 @@ pub fn alternatives_to_gbnf(alts: &[Alt<'_>], bounds: Bounds) -> Result<String, 
                 let v = b.value(schema, &format!("alt{i}"))?;
                 names.push(b.rule(&format!("alt{i}"), v));
             }
+            Alt::Wrapped(before, schema, after) => {
+                b.root_schema = schema;
+                b.ref_scope = i;
+                let v = b.value(schema, &format!("alt{i}"))?;
+                names.push(b.rule(&format!("alt{i}"), format!("{before} {v} {after}")));
+            }
             Alt::Text => {
-                names.push(b.rule(&format!("alt{i}"), r#"[^{ \t\n\r\x00] [^\x00]*"#.into()));
+                names.push(b.rule(&format!("alt{i}"), r#"[^{<` \t\n\r\x00] [^\x00]*"#.into()));
             }
         }
     }
@@ -97,12 +112,52 @@ pub fn alternatives_to_gbnf(alts: &[Alt<'_>], bounds: Bounds) -> Result<String, 
     b.finish(&root)
 }
 
-fn json_str(s: &str) -> String {
+/// A schema as a model needs to read it: without the keywords decoding
+/// enforces anyway (`additionalProperties`, length and number bounds,
+/// `minItems`/`maxItems`), which cost prompt tokens and say nothing the
+/// model acts on.
+pub fn declared(schema: &Value) -> Value {
+    const ENFORCED: [&str; 8] = [
+        "additionalProperties",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "minItems",
+        "maxItems",
+        "$schema",
+    ];
+    match schema {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, _)| !ENFORCED.contains(&k.as_str()))
+                .map(|(k, v)| {
+                    let v = match k.as_str() {
+                        // Property names are data, not keywords.
+                        "properties" | "$defs" | "definitions" => match v {
+                            Value::Object(p) => Value::Object(
+                                p.iter().map(|(n, s)| (n.clone(), declared(s))).collect(),
+                            ),
+                            other => other.clone(),
+                        },
+                        _ => declared(v),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(declared).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `s` as a JSON string literal.
+pub fn json_str(s: &str) -> String {
     Value::String(s.to_owned()).to_string()
 }
 
 /// A GBNF string literal matching exactly `text`.
-fn lit(text: &str) -> String {
+pub fn lit(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
         match c {
@@ -135,9 +190,21 @@ uint ::= "0" | [1-9] [0-9]{0,15}
 frac ::= "." [0-9]{1,8}
 any ::= anyobj | anyarr | anystr | int frac? | "true" | "false" | "null"
 anystr ::= "\"" char{0,512} "\""
-anyobj ::= "{" (anystr ":" any ("," anystr ":" any){0,15})? "}"
-anyarr ::= "[" (any ("," any){0,15})? "]"
+ws ::= [ \t\n]{0,24}
 "#;
+
+fn any_containers(b: &Builder<'_>) -> String {
+    let c = b.comma();
+    let k = if b.bounds.loose { "\":\" ws" } else { "\":\"" };
+    format!(
+        "anyobj ::= {} (anystr {k} any ({c} anystr {k} any){{0,15}})? {}\n\
+         anyarr ::= {} (any ({c} any){{0,15}})? {}\n",
+        b.open('{'),
+        b.close('}'),
+        b.open('['),
+        b.close(']'),
+    )
+}
 
 impl<'s> Builder<'s> {
     fn new(root_schema: &'s Value, bounds: Bounds) -> Self {
@@ -158,7 +225,43 @@ impl<'s> Builder<'s> {
             let _ = writeln!(out, "{name} ::= {body}");
         }
         out.push_str(PRIMITIVES);
+        out.push_str(&any_containers(&self));
         Ok(out)
+    }
+
+    /// The separator between items (GBNF).
+    fn comma(&self) -> String {
+        if self.bounds.loose {
+            "\",\" ws".into()
+        } else {
+            "\",\"".into()
+        }
+    }
+
+    /// A property name and its colon (GBNF).
+    fn key(&self, key: &str) -> String {
+        let k = lit(&format!("{}:", json_str(key)));
+        if self.bounds.loose {
+            format!("{k} ws")
+        } else {
+            k
+        }
+    }
+
+    fn open(&self, c: char) -> String {
+        if self.bounds.loose {
+            format!("{} ws", lit(&c.to_string()))
+        } else {
+            lit(&c.to_string())
+        }
+    }
+
+    fn close(&self, c: char) -> String {
+        if self.bounds.loose {
+            format!("ws {}", lit(&c.to_string()))
+        } else {
+            lit(&c.to_string())
+        }
     }
 
     /// Adds a rule (deduplicated by body) and returns its name.
@@ -346,15 +449,13 @@ impl<'s> Builder<'s> {
                     .unwrap_or(self.bounds.max_items)
                     .clamp(0, 64);
                 let min = usize_of("minItems").unwrap_or(0).min(max);
+                let c = self.comma();
+                let (o, z) = (self.open('['), self.close(']'));
                 let body = match (min, max) {
-                    (_, 0) => "\"[]\"".to_owned(),
-                    (0, 1) => format!("\"[\" {item}? \"]\""),
-                    (0, max) => format!("\"[\" ({item} (\",\" {item}){{0,{}}})? \"]\"", max - 1),
-                    (min, max) => format!(
-                        "\"[\" {item} (\",\" {item}){{{},{}}} \"]\"",
-                        min - 1,
-                        max - 1
-                    ),
+                    (_, 0) => format!("{o} {z}"),
+                    (0, 1) => format!("{o} {item}? {z}"),
+                    (0, max) => format!("{o} ({item} ({c} {item}){{0,{}}})? {z}", max - 1),
+                    (min, max) => format!("{o} {item} ({c} {item}){{{},{}}} {z}", min - 1, max - 1),
                 };
                 Ok(self.rule(&format!("{at}-arr"), body))
             }
@@ -392,19 +493,20 @@ impl<'s> Builder<'s> {
         let mut pairs = Vec::new();
         for (key, schema) in props {
             let v = self.value(schema, &format!("{at}/properties/{key}"))?;
-            let pair = format!("{} {v}", lit(&format!("{}:", json_str(key))));
+            let pair = format!("{} {v}", self.key(key));
             pairs.push((pair, required.contains(&key.as_str())));
         }
         // After a first property, each later one is `, pair` (optional ones
         // in `( )?`). The first is any property up to the first required one.
+        let c = self.comma();
         let tail = |from: usize| -> String {
             pairs[from..]
                 .iter()
                 .map(|(p, req)| {
                     if *req {
-                        format!("\",\" {p}")
+                        format!("{c} {p}")
                     } else {
-                        format!("(\",\" {p})?")
+                        format!("({c} {p})?")
                     }
                 })
                 .collect::<Vec<_>>()
@@ -414,8 +516,9 @@ impl<'s> Builder<'s> {
             .iter()
             .position(|(_, req)| *req)
             .unwrap_or(pairs.len().saturating_sub(1));
+        let (o, z) = (self.open('{'), self.close('}'));
         let body = if pairs.is_empty() {
-            lit("{}")
+            format!("{o} {z}")
         } else {
             let firsts: Vec<String> = (0..=last_first)
                 .map(|i| {
@@ -427,9 +530,9 @@ impl<'s> Builder<'s> {
             let any_required = pairs.iter().any(|(_, r)| *r);
             let inner = format!("({})", firsts.join(" | "));
             if any_required {
-                format!("\"{{\" {inner} \"}}\"")
+                format!("{o} {inner} {z}")
             } else {
-                format!("\"{{\" {inner}? \"}}\"")
+                format!("{o} {inner}? {z}")
             }
         };
         Ok(self.rule(&format!("{at}-obj"), body))

@@ -11,8 +11,9 @@
 //!   codes mapped to typed errors, `{"error":…}` lines inside a stream,
 //!   `done_reason`, byte-safe NDJSON splitting, retries with backoff);
 //! - `embedded::EmbeddedBackend` (cargo feature `embedded`, on by default):
-//!   llama.cpp in-process with grammar-constrained JSON, so everything runs
-//!   with no server;
+//!   llama.cpp in-process, prompts through the GGUF's own chat template
+//!   ([`template`]), tool calls and JSON grammar-constrained, the KV cache
+//!   kept between a conversation's turns, so everything runs with no server;
 //! - [`replay::ReplayBackend`]: answers from a recorded transcript and
 //!   reports a mismatch when the request differs.
 //!
@@ -25,6 +26,7 @@
 //! journal (it stores requests and replies, which serialise with serde).
 
 mod bridge;
+pub mod catalogue;
 pub mod config;
 #[cfg(feature = "embedded")]
 pub mod embedded;
@@ -32,6 +34,7 @@ pub mod fetch;
 pub mod grammar;
 pub mod ollama;
 pub mod replay;
+pub mod template;
 
 pub use bridge::{Bridge, Resolved, RoleReport};
 pub use config::{Config, ModelRole, ModelSpec};
@@ -80,6 +83,11 @@ impl Message {
             tool_calls: Vec::new(),
             tool_name: None,
         }
+    }
+
+    /// A message of `role` with `content` and nothing else.
+    pub fn new_plain(role: Role, content: &str) -> Self {
+        Self::new(role, content)
     }
 
     pub fn system(content: impl Into<String>) -> Self {
@@ -170,7 +178,12 @@ pub struct ChatReply {
     /// `stop`, `length` (cut off at the token limit), …
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_reason: Option<String>,
+    /// Tokens of the prompt.
     pub prompt_tokens: u32,
+    /// Of those, how many the model evaluated (the rest came from a cached
+    /// prefix); unknown for replies recorded before it was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_eval_tokens: Option<u32>,
     pub completion_tokens: u32,
     pub timing: Timing,
 }

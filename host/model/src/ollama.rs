@@ -548,6 +548,8 @@ impl Assembler {
             model_digest: None,
             done_reason: last.done_reason,
             prompt_tokens: last.prompt_eval_count.unwrap_or(0) as u32,
+            // Ollama counts what it evaluated (it reuses cached prefixes too).
+            prompt_eval_tokens: last.prompt_eval_count.map(|n| n as u32),
             completion_tokens: last.eval_count.unwrap_or(0) as u32,
             timing: Timing {
                 total_ms: total,

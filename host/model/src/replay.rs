@@ -147,6 +147,7 @@ mod tests {
 
     fn reply(text: &str) -> ChatReply {
         ChatReply {
+            prompt_eval_tokens: None,
             message: Message::assistant(text),
             backend: "ollama".into(),
             model: "m".into(),

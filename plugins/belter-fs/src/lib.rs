@@ -63,13 +63,15 @@ fn tools() -> Vec<Tool> {
         read_file_tool(),
         tool(
             "write_file",
-            "Create or overwrite a text file with the given content. Missing parent \
-             directories are created unless create_dirs is false.",
+            "Create a text file with the given content. An existing file is only \
+             replaced when overwrite is true. Missing parent directories are created \
+             unless create_dirs is false.",
             json!({
                 "type": "object",
                 "properties": {
                     "path": path_prop("file path relative to the workspace"),
                     "content": {"type": "string", "maxLength": MAX_WRITE_BYTES},
+                    "overwrite": {"type": "boolean", "description": "replace the file if it exists (default false)"},
                     "create_dirs": {"type": "boolean", "description": "create missing parent directories (default true)"}
                 },
                 "required": ["path", "content"],
@@ -187,6 +189,18 @@ struct WriteInput {
     create_dirs: bool,
 }
 
+/// `write_file`'s input: [`WriteInput`] plus `overwrite`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteFileInput {
+    path: String,
+    content: String,
+    #[serde(default)]
+    overwrite: bool,
+    #[serde(default = "yes")]
+    create_dirs: bool,
+}
+
 fn yes() -> bool {
     true
 }
@@ -213,10 +227,38 @@ fn ensure_parent(ws: &Workspace, guest: &str, user: &str, create: bool) -> ToolR
     Ok(())
 }
 
-fn write_file(ws: &Workspace, input: WriteInput) -> ToolResult {
+/// Writes a file. An existing file is replaced only with `overwrite`
+/// (a model that means "create" must not destroy what was there); the same
+/// content again succeeds, so a resumed call converges.
+fn write_file(ws: &Workspace, input: WriteFileInput) -> ToolResult {
     check_size(&input.content)?;
     let path = ws.resolve(&input.path)?;
     ensure_parent(ws, &path, &input.path, input.create_dirs)?;
+    if !input.overwrite {
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => {
+                return Err(ToolError::InvalidInput(format!(
+                    "{} is a directory",
+                    input.path
+                )));
+            }
+            Ok(_) => {
+                let same = fs::read(&path).is_ok_and(|old| old == input.content.as_bytes());
+                if !same {
+                    return Err(ToolError::InvalidInput(format!(
+                        "{} exists; pass \"overwrite\": true to replace it, or use edit_file",
+                        input.path
+                    )));
+                }
+                return output(&json!({
+                    "path": ws.display(&path),
+                    "bytes_written": 0,
+                    "unchanged": true
+                }));
+            }
+            Err(_) => {}
+        }
+    }
     fs::write(&path, input.content.as_bytes()).map_err(|e| io_error("write", &input.path, &e))?;
     output(&json!({"path": ws.display(&path), "bytes_written": input.content.len()}))
 }

@@ -73,8 +73,7 @@ fn tools() -> Vec<Tool> {
         tool(
             "grep",
             "Search text files for a regular expression (Rust regex syntax). Returns \
-             the matches (file, line, text) and the same as `file:line:text` lines, capped at \
-             max_results.",
+             the matches (file, line number, text of the line), capped at max_results.",
             json!({
                 "type": "object",
                 "properties": {
@@ -290,16 +289,7 @@ fn grep(ws: &Workspace, input: GrepInput) -> ToolResult {
         }
         true
     })?;
-    // The same matches as `file:line:text` lines (grep's and ripgrep's
-    // output), for quoting them as they are.
-    let lines: Vec<String> = matches
-        .iter()
-        .map(|m| format!("{}:{}:{}", m.file, m.line, m.text))
-        .collect();
-    // Lines first: a caller that caps the output (the engine's evidence)
-    // keeps the readable form.
     output(&json!({
-        "lines": lines,
         "matches": matches,
         "truncated": truncated,
         "files_searched": files_searched

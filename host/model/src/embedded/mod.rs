@@ -1,53 +1,74 @@
 //! llama.cpp in-process (`llama-cpp-2`): everything runs with no server.
 //!
-//! One model is loaded per file per process and shared by every role; each
-//! call gets its own context. Decoding is greedy by default (so the same
-//! request gives the same reply) and, whenever tools or a JSON format are
-//! requested, grammar-constrained (see [`crate::grammar`]), so the reply
-//! always parses. Calls are serialised: on a small machine two decodes at
-//! once only make both slower.
+//! One model is loaded per file per process and shared by every role.
+//! Prompts go through the model's own chat template ([`crate::template`]);
+//! a template that declares tools Hermes-style gets the request's tools and
+//! the model calls them in its own markup (`<tool_call>{…}</tool_call>`). A
+//! base model (no template, or not instruction-tuned) gets a completion
+//! transcript instead ([`prompt`]). Whenever tools or a JSON format are
+//! requested, decoding is grammar-constrained ([`crate::grammar`]): a reply
+//! is a well-formed call whose arguments match that tool's schema, the
+//! requested JSON, or plain text.
+//!
+//! **Prefix reuse.** A few contexts ("slots", `[embedded] cache_slots`)
+//! keep their KV cache between calls. A request goes to the slot holding
+//! the longest common token prefix with its prompt, and only the tokens
+//! after that prefix are evaluated: a conversation's next turn costs its
+//! new tokens, and calls sharing a role's system text and tools share their
+//! evaluation. The KV state of a prompt's first turn (system text + tool
+//! declarations) is also kept on disk (`<cache>/kv/`), so a new process
+//! does not evaluate it again.
+//!
+//! Decoding is greedy by default (the same request gives the same reply);
+//! calls are serialised: on a small machine two decodes at once only make
+//! both slower.
 //!
 //! Not here: thinking (an embedded model has no separate reasoning channel;
 //! the bridge refuses `think` for it) and GPU offload.
 
-pub mod copy;
 pub mod prompt;
 
-use crate::grammar::Bounds;
+use crate::grammar::{Alt, Bounds, alternatives_to_gbnf, schema_to_gbnf};
+use crate::template::ChatTemplate;
 use crate::{
     ChatBackend, ChatReply, ChatRequest, Message, ModelError, Progress, Result, Role, Timing,
 };
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
-use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::token::data::LlamaTokenData;
 use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 /// Tunables of the embedded backend.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
     pub threads: u32,
-    /// Context size per call (capped at the model's training context).
+    /// Context size of each slot (capped at the model's training context).
     pub n_ctx: u32,
-    /// Bias JSON strings towards copying the request's evidence
-    /// (see [`copy`]).
-    pub copy_evidence: bool,
+    /// Contexts that keep their KV cache between calls.
+    pub cache_slots: u32,
+    /// Where prompt prefixes' KV state is kept on disk (`None`: not kept).
+    pub prompt_cache: Option<PathBuf>,
 }
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             threads: 2,
-            n_ctx: 4096,
-            copy_evidence: true,
+            n_ctx: 8192,
+            cache_slots: 4,
+            prompt_cache: None,
         }
     }
 }
@@ -55,6 +76,12 @@ impl Default for EmbeddedOptions {
 /// Default and largest number of generated tokens.
 const DEFAULT_PREDICT_JSON: u32 = 512;
 const DEFAULT_PREDICT_TEXT: u32 = 256;
+/// Tokens evaluated per `decode` call.
+const N_BATCH: u32 = 512;
+/// Prefixes shorter than this are not worth a file.
+const MIN_DISK_PREFIX: usize = 64;
+/// Most prefix files kept per model (oldest removed first).
+const MAX_DISK_PREFIXES: usize = 24;
 
 /// The process-wide llama.cpp backend (initialised once).
 pub fn llama_backend() -> Result<&'static LlamaBackend> {
@@ -71,25 +98,53 @@ pub fn llama_backend() -> Result<&'static LlamaBackend> {
         .map_err(|e| ModelError::Embedded(format!("initialising llama.cpp: {e}")))
 }
 
-/// llama.cpp's context creation is not safe to run concurrently on one
-/// model (it adjusts the model's parameters); decoding is serialised too.
-static DECODE: Mutex<()> = Mutex::new(());
+/// Models loaded in this process, by file: loaded once and kept for the
+/// process's life (contexts borrow them, and a model is what a process
+/// uses until it ends).
+fn load_model(path: &Path) -> Result<&'static LlamaModel> {
+    static MODELS: Mutex<Vec<(PathBuf, &'static LlamaModel)>> = Mutex::new(Vec::new());
+    let mut models = MODELS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, m)) = models.iter().find(|(p, _)| p == path) {
+        return Ok(m);
+    }
+    let params = LlamaModelParams::default().with_n_gpu_layers(0);
+    let model = LlamaModel::load_from_file(llama_backend()?, path, &params).map_err(|e| {
+        ModelError::Embedded(format!(
+            "{}: llama.cpp cannot load it ({e}); is the file complete?",
+            path.display()
+        ))
+    })?;
+    let model: &'static LlamaModel = Box::leak(Box::new(model));
+    models.push((path.to_path_buf(), model));
+    Ok(model)
+}
 
 /// How prompts are built for a model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum PromptStyle {
     /// Through the model's chat template.
-    Chat(String),
+    Chat(Box<ChatTemplate>),
     /// A completion transcript (base models).
     Completion,
 }
 
+/// A context whose KV cache holds `tokens` (sequence 0).
+struct Slot {
+    ctx: LlamaContext<'static>,
+    tokens: Vec<LlamaToken>,
+    used: Instant,
+}
+
 struct Inner {
-    model: LlamaModel,
+    model: &'static LlamaModel,
     path: PathBuf,
     name: String,
     style: PromptStyle,
     opts: EmbeddedOptions,
+    n_ctx: u32,
+    /// Distinguishes this model's prefix files from another's.
+    key: String,
+    slots: Mutex<Vec<Slot>>,
 }
 
 /// A loaded GGUF model.
@@ -123,6 +178,13 @@ fn looks_instruction_tuned(model: &LlamaModel) -> bool {
     })
 }
 
+/// A rendered prompt: the text, and the part of it a role's calls share
+/// (its first turn: system text and tools), when known.
+struct Rendered {
+    text: String,
+    prefix: Option<String>,
+}
+
 impl EmbeddedBackend {
     /// Loads `path`. A missing file, a file that is not GGUF or a model
     /// llama.cpp refuses is an error naming the file.
@@ -134,32 +196,41 @@ impl EmbeddedBackend {
             });
         }
         crate::check_gguf_magic(path)?;
-        let backend = llama_backend()?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(0);
-        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
-            ModelError::Embedded(format!(
-                "{}: llama.cpp cannot load it ({e}); is the file complete?",
-                path.display()
-            ))
-        })?;
+        let model = load_model(path)?;
         let name = model.meta_val_str("general.name").unwrap_or_else(|_| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let style = match model.chat_template(None) {
-            Ok(t) if looks_instruction_tuned(&model) => {
-                PromptStyle::Chat(t.to_string().unwrap_or_else(|_| "chatml".into()))
+        let vocab = model.vocab();
+        let special = |t: LlamaToken| {
+            String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned()
+        };
+        let style = match model.meta_val_str("tokenizer.chat_template") {
+            Ok(source) if looks_instruction_tuned(model) => {
+                match ChatTemplate::new(&source, &special(vocab.bos()), &special(vocab.eos())) {
+                    Ok(t) => PromptStyle::Chat(Box::new(t)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "{e}; using a completion prompt");
+                        PromptStyle::Completion
+                    }
+                }
             }
             _ => PromptStyle::Completion,
         };
-        tracing::info!(path = %path.display(), %name, ?style, "embedded model loaded");
+        let n_ctx = opts.n_ctx.min(model.n_ctx_train()).max(512);
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let key = hex::encode(&Sha256::digest(format!("{name}\0{size}"))[..8]);
+        tracing::info!(path = %path.display(), %name, ?style, n_ctx, "embedded model loaded");
         Ok(Self(Arc::new(Inner {
             model,
             path: path.to_path_buf(),
             name,
             style,
             opts,
+            n_ctx,
+            key,
+            slots: Mutex::new(Vec::new()),
         })))
     }
 
@@ -173,44 +244,333 @@ impl EmbeddedBackend {
 
     /// The underlying model (benches compare against raw decode loops).
     pub fn model(&self) -> &LlamaModel {
-        &self.0.model
+        self.0.model
     }
 
     /// Whether llama.cpp accepts `gbnf` (with root rule `root`) for this
     /// model's vocabulary.
     pub fn check_grammar(&self, gbnf: &str) -> Result<()> {
-        LlamaSampler::grammar(&self.0.model, gbnf, "root")
+        LlamaSampler::grammar(self.0.model, gbnf, "root")
             .map(drop)
             .map_err(|e| ModelError::Embedded(format!("grammar refused: {e}")))
     }
 
-    fn render(&self, req: &ChatRequest, skip: usize) -> Result<String> {
-        match &self.0.style {
-            PromptStyle::Completion => Ok(prompt::completion_prompt(req, skip)),
-            PromptStyle::Chat(name) => {
-                let tmpl = LlamaChatTemplate::new(name)
-                    .map_err(|e| ModelError::Embedded(e.to_string()))?;
-                let turns = prompt::chat_turns(req, skip)
-                    .into_iter()
-                    .map(|(r, c)| LlamaChatMessage::new(r, c))
-                    .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| ModelError::Embedded(format!("chat message: {e}")))?;
-                match self.0.model.apply_chat_template(&tmpl, &turns, true) {
-                    Ok(p) => Ok(p),
-                    // llama.cpp only knows built-in templates; fall back.
-                    Err(_) => Ok(prompt::completion_prompt(req, skip)),
-                }
+    /// Whether tools go through the template's own (Hermes) markup.
+    fn hermes(&self) -> bool {
+        matches!(&self.0.style, PromptStyle::Chat(t) if t.hermes())
+    }
+
+    /// The prompt text for `req`, `skip` oldest non-system messages left
+    /// out (to fit the context).
+    pub fn render(&self, req: &ChatRequest, skip: usize) -> Result<String> {
+        self.render_parts(req, skip).map(|r| r.text)
+    }
+
+    fn render_parts(&self, req: &ChatRequest, skip: usize) -> Result<Rendered> {
+        let template = match &self.0.style {
+            PromptStyle::Completion => {
+                return Ok(Rendered {
+                    text: prompt::completion_prompt(req, skip),
+                    prefix: None,
+                });
+            }
+            PromptStyle::Chat(t) => t,
+        };
+        let hermes = template.hermes();
+        // The template declares tools itself, or the JSON protocol does in
+        // the system text.
+        let system = if hermes {
+            req.messages
+                .iter()
+                .filter(|m| m.role == Role::System)
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n\n")
+        } else {
+            prompt::system_text(req)
+        };
+        let mut messages = Vec::new();
+        if !system.is_empty() {
+            messages.push(Message::system(system));
+        }
+        for m in req
+            .messages
+            .iter()
+            .filter(|m| m.role != Role::System)
+            .skip(skip)
+        {
+            messages.push(if hermes {
+                m.clone()
+            } else {
+                prompt::as_plain_turn(m)
+            });
+        }
+        // Declared compactly: what the grammar enforces anyway (bounds,
+        // closed objects) costs prompt tokens and tells the model nothing.
+        let compact: Vec<crate::ToolSpec> = if hermes {
+            req.tools
+                .iter()
+                .map(|t| crate::ToolSpec {
+                    parameters: crate::grammar::declared(&t.parameters),
+                    ..t.clone()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let tools = &compact[..];
+        let err = |e: String| ModelError::Embedded(e);
+        let text = template.render(&messages, tools, true).map_err(err)?;
+        let prefix = match messages.first() {
+            Some(m) if m.role == Role::System => template
+                .render(&messages[..1], tools, false)
+                .ok()
+                .filter(|p| text.starts_with(p.as_str())),
+            _ => None,
+        };
+        Ok(Rendered { text, prefix })
+    }
+
+    /// The grammar constraining the reply, if the request needs one.
+    pub fn grammar(&self, req: &ChatRequest) -> Result<Option<String>> {
+        let bounds = Bounds {
+            max_string: 2048,
+            max_items: 16,
+            loose: matches!(self.0.style, PromptStyle::Chat(_)),
+        };
+        let err = |e: crate::grammar::GrammarError| ModelError::Embedded(e.to_string());
+        if !self.hermes() {
+            return prompt::grammar(req, bounds).map_err(err);
+        }
+        if req.tools.is_empty() {
+            return req
+                .format
+                .as_ref()
+                .map(|f| schema_to_gbnf(f, bounds))
+                .transpose()
+                .map_err(err);
+        }
+        let markup: Vec<(String, String)> = req
+            .tools
+            .iter()
+            .map(|t| crate::template::hermes_call_gbnf(&t.name))
+            .collect();
+        let mut alts: Vec<Alt<'_>> = req
+            .tools
+            .iter()
+            .zip(&markup)
+            .map(|(t, (before, after))| Alt::Wrapped(before, &t.parameters, after))
+            .collect();
+        alts.push(match &req.format {
+            Some(f) => Alt::Schema(f),
+            None => Alt::Text,
+        });
+        alternatives_to_gbnf(&alts, bounds).map(Some).map_err(err)
+    }
+
+    /// Turns the reply text into content and tool calls.
+    fn interpret(&self, req: &ChatRequest, text: &str) -> (String, Vec<crate::ToolCall>) {
+        if self.hermes() {
+            if req.tools.is_empty() {
+                return (text.trim().to_owned(), Vec::new());
+            }
+            return crate::template::parse_hermes_calls(text);
+        }
+        prompt::interpret(req, text)
+    }
+
+    fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
+        let vocab = self.0.model.vocab();
+        let parse_special = matches!(self.0.style, PromptStyle::Chat(_));
+        // A template that writes the BOS itself gets none added.
+        let bos =
+            String::from_utf8_lossy(&vocab.token_to_piece(vocab.bos(), true, None)).into_owned();
+        let add_bos = !(parse_special && !bos.is_empty() && text.starts_with(&bos));
+        vocab.tokenize(text.as_bytes(), add_bos, parse_special)
+    }
+
+    fn new_slot(&self) -> Result<Slot> {
+        let threads = i32::try_from(self.0.opts.threads.max(1)).unwrap_or(2);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(self.0.n_ctx))
+            .with_n_batch(N_BATCH)
+            .with_n_ubatch(N_BATCH)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads);
+        let ctx = self
+            .0
+            .model
+            .new_context(llama_backend()?, params)
+            .map_err(|e| ModelError::Embedded(format!("creating a context: {e}")))?;
+        Ok(Slot {
+            ctx,
+            tokens: Vec::new(),
+            used: Instant::now(),
+        })
+    }
+
+    /// The slot to use for `tokens` (taken out of the pool): the one with
+    /// the longest common prefix, else a new one, else the least recently
+    /// used.
+    fn take_slot(&self, tokens: &[LlamaToken]) -> Result<Slot> {
+        let mut slots = self.0.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let best = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (common_prefix(&s.tokens, tokens), i))
+            .max();
+        match best {
+            // A slot sharing more than a turn's opening words.
+            Some((lcp, i)) if lcp >= 16 => Ok(slots.swap_remove(i)),
+            _ if slots.len() < self.0.opts.cache_slots.max(1) as usize => {
+                drop(slots);
+                self.new_slot()
+            }
+            _ => {
+                let i = slots
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, s)| s.used)
+                    .map_or(0, |(i, _)| i);
+                Ok(slots.swap_remove(i))
             }
         }
+    }
+
+    fn put_slot(&self, mut slot: Slot) {
+        slot.used = Instant::now();
+        let mut slots = self.0.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.push(slot);
+    }
+
+    /// The file holding the KV state of `prefix`, under the prompt cache.
+    fn prefix_file(&self, prefix: &[LlamaToken]) -> Option<PathBuf> {
+        let dir = self.0.opts.prompt_cache.as_ref()?.join(&self.0.key);
+        let mut h = Sha256::new();
+        for t in prefix {
+            h.update(t.0.to_le_bytes());
+        }
+        Some(dir.join(format!("{}.kv", hex::encode(&h.finalize()[..16]))))
+    }
+
+    /// Decodes `tokens[from..]` into the slot (logits for the last one).
+    fn decode_into(slot: &mut Slot, tokens: &[LlamaToken], from: usize) -> Result<()> {
+        let decode_err = |e: llama_cpp_2::DecodeError| ModelError::Embedded(format!("decode: {e}"));
+        let batch_err = |e: llama_cpp_2::llama_batch::BatchAddError| {
+            ModelError::Embedded(format!("batch: {e}"))
+        };
+        let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
+        let last = tokens.len().saturating_sub(1);
+        let mut i = from;
+        while i < tokens.len() {
+            batch.clear();
+            let end = (i + N_BATCH as usize).min(tokens.len());
+            for (p, t) in tokens.iter().enumerate().take(end).skip(i) {
+                batch
+                    .add(*t, p as i32, &[0], p == last)
+                    .map_err(batch_err)?;
+            }
+            slot.ctx.decode(&mut batch).map_err(decode_err)?;
+            slot.tokens.extend_from_slice(&tokens[i..end]);
+            i = end;
+        }
+        Ok(())
+    }
+
+    /// Makes the slot hold `tokens`, evaluating only what it does not
+    /// hold already (the last token always, for its logits). A prompt whose
+    /// first turn the slot does not hold starts from that turn's state on
+    /// disk, or evaluates it and saves it there. Returns how many tokens
+    /// were evaluated.
+    fn prepare(
+        &self,
+        slot: &mut Slot,
+        tokens: &[LlamaToken],
+        prefix: Option<&str>,
+    ) -> Result<usize> {
+        let keep = common_prefix(&slot.tokens, tokens).min(tokens.len().saturating_sub(1));
+        let disk = prefix.and_then(|p| {
+            let ptoks = self.tokenize(p);
+            let usable = ptoks.len() >= MIN_DISK_PREFIX
+                && ptoks.len() < tokens.len()
+                && tokens.starts_with(&ptoks)
+                && keep < ptoks.len();
+            usable
+                .then(|| self.prefix_file(&ptoks).map(|f| (ptoks, f)))
+                .flatten()
+        });
+        let mut reused = keep;
+        match disk {
+            Some((ptoks, file)) => {
+                slot.ctx.clear_kv_cache();
+                slot.tokens.clear();
+                reused = 0;
+                if file.is_file() {
+                    match slot.ctx.state_seq_load_file(&file, 0, ptoks.len() + 1) {
+                        Ok((loaded, _)) if loaded == ptoks => {
+                            slot.tokens = loaded;
+                            reused = ptoks.len();
+                            let _ = filetime_touch(&file);
+                        }
+                        Ok(_) | Err(_) => {
+                            tracing::warn!(file = %file.display(), "a prompt cache file did not match; ignored");
+                            slot.ctx.clear_kv_cache();
+                            slot.tokens.clear();
+                            let _ = std::fs::remove_file(&file);
+                        }
+                    }
+                }
+                if slot.tokens.is_empty() {
+                    Self::decode_into(slot, &ptoks, 0)?;
+                    self.save_prefix(slot, &file);
+                }
+            }
+            None if keep < slot.tokens.len() => {
+                let cleared = slot
+                    .ctx
+                    .clear_kv_cache_seq(Some(0), Some(keep as u32), None)
+                    .unwrap_or(false);
+                if cleared {
+                    slot.tokens.truncate(keep);
+                } else {
+                    slot.ctx.clear_kv_cache();
+                    slot.tokens.clear();
+                    reused = 0;
+                }
+            }
+            None => {}
+        }
+        let from = slot.tokens.len();
+        Self::decode_into(slot, tokens, from)?;
+        Ok(tokens.len() - reused)
+    }
+
+    fn save_prefix(&self, slot: &Slot, file: &Path) {
+        let Some(dir) = file.parent() else { return };
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        // Written aside, then renamed: a reader never sees half a file.
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        match slot.ctx.state_seq_save_file(&tmp, 0, &slot.tokens) {
+            Ok(_) => {
+                let _ = std::fs::rename(&tmp, file);
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "saving the prompt cache: {e}");
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        prune_prefix_files(dir);
     }
 
     /// Runs one request to completion on this thread.
     fn generate(&self, req: &ChatRequest, on_piece: &dyn Fn(&str)) -> Result<ChatReply> {
         let started = Instant::now();
         let inner = &*self.0;
-        let model = &inner.model;
+        let model = inner.model;
         let vocab = model.vocab();
-        let n_ctx = inner.opts.n_ctx.min(model.n_ctx_train()).max(256);
+        let n_ctx = inner.n_ctx;
         let json = !req.tools.is_empty() || req.format.is_some();
         let max_new = req
             .options
@@ -221,13 +581,7 @@ impl EmbeddedBackend {
                 DEFAULT_PREDICT_TEXT
             })
             .clamp(1, n_ctx / 2);
-        let bounds = Bounds {
-            max_string: 1024,
-            max_items: 8,
-        };
-        let grammar =
-            prompt::grammar(req, bounds).map_err(|e| ModelError::Embedded(e.to_string()))?;
-        let parse_special = matches!(inner.style, PromptStyle::Chat(_));
+        let grammar = self.grammar(req)?;
 
         // Fit the prompt: drop the oldest non-system messages if needed.
         let non_system = req
@@ -236,11 +590,12 @@ impl EmbeddedBackend {
             .filter(|m| m.role != Role::System)
             .count();
         let mut skip = 0;
-        let tokens = loop {
-            let text = self.render(req, skip)?;
-            let tokens = vocab.tokenize(text.as_bytes(), true, parse_special);
+        let (tokens, prefix) = loop {
+            let rendered = self.render_parts(req, skip)?;
+            let tokens = self.tokenize(&rendered.text);
+            tracing::trace!(target: "camina::prompt", tokens = tokens.len(), "prompt:\n{}", rendered.text);
             if tokens.len() as u32 + max_new <= n_ctx {
-                break tokens;
+                break (tokens, rendered.prefix);
             }
             if skip + 1 >= non_system {
                 return Err(ModelError::Embedded(format!(
@@ -258,77 +613,74 @@ impl EmbeddedBackend {
             );
         }
 
+        // One decode at a time (see the module docs).
+        static DECODE: Mutex<()> = Mutex::new(());
         let _serial = DECODE.lock().unwrap_or_else(|p| p.into_inner());
-        let threads = i32::try_from(inner.opts.threads.max(1)).unwrap_or(2);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(n_ctx)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
-        let mut ctx = model
-            .new_context(llama_backend()?, params)
-            .map_err(|e| ModelError::Embedded(format!("creating a context: {e}")))?;
-
-        let decode_err = |e: llama_cpp_2::DecodeError| ModelError::Embedded(format!("decode: {e}"));
-        let batch_err = |e: llama_cpp_2::llama_batch::BatchAddError| {
-            ModelError::Embedded(format!("batch: {e}"))
+        let mut slot = self.take_slot(&tokens)?;
+        let evaluated = match self.prepare(&mut slot, &tokens, prefix.as_deref()) {
+            Ok(n) => n,
+            Err(e) => {
+                // The slot's cache is in an unknown state: not reused.
+                return Err(e);
+            }
         };
-        let mut batch = LlamaBatch::new(n_ctx as usize, 1);
-        let last = tokens.len() as i32 - 1;
-        for (i, t) in (0_i32..).zip(tokens.iter().copied()) {
-            batch.add(t, i, &[0], i == last).map_err(batch_err)?;
-        }
-        ctx.decode(&mut batch).map_err(decode_err)?;
         let prompt_done = Instant::now();
 
-        let mut picker = Picker::new(model, grammar.as_deref(), &req.options)?;
-        if inner.opts.copy_evidence && grammar.is_some() {
-            picker.copier = copy::Copier::for_request(req);
-        }
+        let completion = matches!(inner.style, PromptStyle::Completion);
+        let mut picker = Picker::new(model, grammar.as_deref(), &req.options, completion)?;
         let mut out: Vec<u8> = Vec::new();
         let mut emitted = 0usize;
         // A JSON reply cannot contain a turn heading (its strings escape
         // newlines), so watching for one only ever stops free text.
-        let watch_turns = matches!(inner.style, PromptStyle::Completion);
-        let hold = if watch_turns {
+        let hold = if completion {
             prompt::TURN.len() - 1
         } else {
             0
         };
-        let mut n_cur = batch.n_tokens();
         let mut generated = 0u32;
         let mut done_reason = "length";
+        let mut batch = LlamaBatch::new(1, 1);
+        let mut failure = None;
         while generated < max_new {
-            let token = picker.pick(&ctx, batch.n_tokens() - 1);
+            let token = picker.pick(&slot.ctx, -1);
             if vocab.is_eog(token) {
                 done_reason = "stop";
                 break;
             }
             generated += 1;
-            vocab.token_to_piece_into(token, &mut out, false, None);
+            vocab.token_to_piece_into(token, &mut out, !completion, None);
             // Free text stops where the model starts another turn.
-            if watch_turns && let Some(pos) = find(&out, prompt::TURN.as_bytes()) {
+            if completion && let Some(pos) = find(&out, prompt::TURN.as_bytes()) {
                 out.truncate(pos);
                 done_reason = "stop";
                 break;
             }
-            // Hand out what is valid UTF-8 and cannot be the start of a turn
-            // heading.
             emitted += emit(&out[emitted..], hold, on_piece);
-            if n_cur >= n_ctx as i32 {
+            if slot.tokens.len() as u32 >= n_ctx {
                 break;
             }
             batch.clear();
-            batch.add(token, n_cur, &[0], true).map_err(batch_err)?;
-            n_cur += 1;
-            ctx.decode(&mut batch).map_err(decode_err)?;
+            let pos = slot.tokens.len() as i32;
+            if let Err(e) = batch.add(token, pos, &[0], true) {
+                failure = Some(ModelError::Embedded(format!("batch: {e}")));
+                break;
+            }
+            if let Err(e) = slot.ctx.decode(&mut batch) {
+                failure = Some(ModelError::Embedded(format!("decode: {e}")));
+                break;
+            }
+            slot.tokens.push(token);
+        }
+        match failure {
+            Some(e) => return Err(e),
+            None => self.put_slot(slot),
         }
         if emitted < out.len() {
             emit(&out[emitted..], 0, on_piece);
         }
         let finished = Instant::now();
         let text = String::from_utf8_lossy(&out).into_owned();
-        let (content, tool_calls) = prompt::interpret(req, &text);
+        let (content, tool_calls) = self.interpret(req, &text);
         Ok(ChatReply {
             message: Message {
                 role: Role::Assistant,
@@ -342,6 +694,7 @@ impl EmbeddedBackend {
             model_digest: None,
             done_reason: Some(done_reason.into()),
             prompt_tokens: tokens.len() as u32,
+            prompt_eval_tokens: Some(evaluated as u32),
             completion_tokens: generated,
             timing: Timing {
                 total_ms: (finished - started).as_secs_f64() * 1e3,
@@ -349,6 +702,37 @@ impl EmbeddedBackend {
                 generation_ms: (finished - prompt_done).as_secs_f64() * 1e3,
             },
         })
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// Marks a prefix file as recently used (pruning removes the oldest).
+fn filetime_touch(file: &Path) -> std::io::Result<()> {
+    std::fs::File::options()
+        .append(true)
+        .open(file)?
+        .set_modified(std::time::SystemTime::now())
+}
+
+/// Keeps the newest [`MAX_DISK_PREFIXES`] prefix files of a model.
+fn prune_prefix_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "kv"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= MAX_DISK_PREFIXES {
+        return;
+    }
+    files.sort();
+    for (_, f) in &files[..files.len() - MAX_DISK_PREFIXES] {
+        let _ = std::fs::remove_file(f);
     }
 }
 
@@ -370,40 +754,32 @@ fn emit(pending: &[u8], hold: usize, on_piece: &dyn Fn(&str)) -> usize {
 }
 
 /// Chooses each next token: greedy (or seeded sampling when a temperature
-/// is set), a mild repetition penalty against degenerate loops, and the
-/// grammar. The grammar is checked on the unconstrained choice first and
-/// applied to the whole vocabulary only when that choice is not allowed —
-/// llama.cpp's own optimisation, which matters with a 262k-token vocabulary.
+/// is set) and the grammar. The grammar is checked on the unconstrained
+/// choice first and applied to the whole vocabulary only when that choice
+/// is not allowed — llama.cpp's own optimisation, which matters with a
+/// 150k-token vocabulary. A base model (completion prompts) also gets a
+/// mild repetition penalty against degenerate loops; instruction-tuned
+/// models do not need it, and it would stop them copying text verbatim.
 struct Picker<'m> {
     model: &'m LlamaModel,
     grammar: Option<LlamaSampler>,
     sampler: Option<LlamaSampler>,
+    penalise: bool,
     recent: std::collections::VecDeque<LlamaToken>,
-    pieces: std::collections::HashMap<LlamaToken, PieceTraits>,
-    /// Whether the reply is JSON (its first character is `{`); free text
-    /// keeps the penalty's whole window.
-    json_reply: Option<bool>,
-    copier: Option<copy::Copier>,
-}
-
-/// What the picker knows of a token's text.
-#[derive(Debug, Clone)]
-struct PieceTraits {
-    /// The text (lossy UTF-8: a byte token is U+FFFD).
-    text: String,
-    /// Contains JSON punctuation.
-    structural: bool,
-    /// Contains `"` (a JSON string starts or ends).
-    quote: bool,
-    /// Its first non-blank byte.
-    first: Option<u8>,
+    /// Whether a token's text holds JSON punctuation (never penalised).
+    structural: HashMap<LlamaToken, bool>,
 }
 
 const PENALTY: f32 = 1.15;
 const PENALTY_WINDOW: usize = 64;
 
 impl<'m> Picker<'m> {
-    fn new(model: &'m LlamaModel, grammar: Option<&str>, options: &crate::Options) -> Result<Self> {
+    fn new(
+        model: &'m LlamaModel,
+        grammar: Option<&str>,
+        options: &crate::Options,
+        penalise: bool,
+    ) -> Result<Self> {
         let grammar = grammar
             .map(|g| {
                 LlamaSampler::grammar(model, g, "root").map_err(|e| {
@@ -422,97 +798,21 @@ impl<'m> Picker<'m> {
             model,
             grammar,
             sampler,
+            penalise,
             recent: std::collections::VecDeque::new(),
-            pieces: std::collections::HashMap::new(),
-            json_reply: None,
-            copier: None,
+            structural: HashMap::new(),
         })
     }
 
-    /// What the picker needs to know of a token's text (cached: the
-    /// vocabulary has 262k tokens, a reply uses a few hundred).
-    fn traits(&mut self, t: LlamaToken) -> &PieceTraits {
+    fn is_structural(&mut self, t: LlamaToken) -> bool {
         let model = self.model;
-        self.pieces.entry(t).or_insert_with(|| {
-            let piece = model.vocab().token_to_piece(t, false, None);
-            PieceTraits {
-                text: String::from_utf8_lossy(&piece).into_owned(),
-                structural: piece
-                    .iter()
-                    .any(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':')),
-                quote: piece.contains(&b'"'),
-                first: piece.iter().copied().find(|b| !b.is_ascii_whitespace()),
-            }
+        *self.structural.entry(t).or_insert_with(|| {
+            model
+                .vocab()
+                .token_to_piece(t, false, None)
+                .iter()
+                .any(|b| matches!(b, b'"' | b'{' | b'}' | b'[' | b']' | b',' | b':'))
         })
-    }
-
-    fn text(&mut self, t: LlamaToken) -> &str {
-        &self.traits(t).text
-    }
-
-    /// Adds the copy bonus to the token that continues the evidence line
-    /// being copied: the longest of the continuation's own first token and
-    /// the model's top choices that are a prefix of it. A line that already
-    /// is a whole evidence string is not pushed on to a longer one when the
-    /// model would end the string there.
-    fn copy_bonus(&mut self, logits: &mut [f32]) {
-        let Some(copier) = &self.copier else {
-            return;
-        };
-        let Some(cont) = copier.continuation().map(str::to_owned) else {
-            return;
-        };
-        // A whole evidence string the model would end is left to end;
-        // a line break to the next item of a list it is copying is not (a
-        // 270M model stops lists after their first item).
-        let whole = copier.line_is_whole() && cont != "\\n";
-        // The model's top choices, in one pass.
-        const K: usize = 16;
-        let mut top: Vec<(f32, usize)> = Vec::with_capacity(K + 1);
-        for (i, &l) in logits.iter().enumerate() {
-            if top.len() < K || l > top[K - 1].0 {
-                let at = top.partition_point(|&(t, _)| t >= l);
-                top.insert(at, (l, i));
-                top.truncate(K);
-            }
-        }
-        if whole
-            && let Some(&(_, best)) = top.first()
-            && self.text(LlamaToken(best as i32)).starts_with('"')
-        {
-            return;
-        }
-        // The first token of the continuation, from its first 64 bytes.
-        let mut head = cont.len().min(64);
-        while !cont.is_char_boundary(head) {
-            head -= 1;
-        }
-        let mut boost: Vec<LlamaToken> = self
-            .model
-            .vocab()
-            .tokenize(&cont.as_bytes()[..head], false, false)
-            .into_iter()
-            .take(1)
-            .collect();
-        boost.extend(top.iter().map(|&(_, i)| LlamaToken(i as i32)));
-        let mut best: Option<(usize, LlamaToken)> = None;
-        for t in boost {
-            let piece = self.text(t);
-            if !piece.is_empty()
-                && !piece.contains('\u{fffd}')
-                && cont.starts_with(piece)
-                && best.is_none_or(|(len, _)| piece.len() > len)
-            {
-                best = Some((piece.len(), t));
-            }
-        }
-        // Only the longest: a shorter prefix (a bare space before a word)
-        // leaves the rest to a token the model never writes there.
-        if let Some((_, t)) = best
-            && let Some(l) = usize::try_from(t.0).ok().and_then(|i| logits.get_mut(i))
-        {
-            *l += copy::BONUS;
-        }
     }
 
     fn choose(&mut self, arr: &mut LlamaTokenDataArray) -> Option<LlamaToken> {
@@ -527,19 +827,17 @@ impl<'m> Picker<'m> {
             .map(LlamaTokenData::id)
     }
 
-    fn pick(&mut self, ctx: &llama_cpp_2::context::LlamaContext<'_>, idx: i32) -> LlamaToken {
+    fn pick(&mut self, ctx: &LlamaContext<'_>, idx: i32) -> LlamaToken {
         let mut logits = ctx.get_logits_ith(idx).to_vec();
-        let recent: Vec<LlamaToken> = self.recent.iter().copied().collect();
-        for t in recent {
-            // JSON punctuation is never penalised: the grammar needs it.
-            if !self.traits(t).structural
-                && let Some(l) = usize::try_from(t.0).ok().and_then(|i| logits.get_mut(i))
-            {
-                *l = if *l > 0.0 { *l / PENALTY } else { *l * PENALTY };
+        if self.penalise {
+            let recent: Vec<LlamaToken> = self.recent.iter().copied().collect();
+            for t in recent {
+                if !self.is_structural(t)
+                    && let Some(l) = usize::try_from(t.0).ok().and_then(|i| logits.get_mut(i))
+                {
+                    *l = if *l > 0.0 { *l / PENALTY } else { *l * PENALTY };
+                }
             }
-        }
-        if self.json_reply == Some(true) {
-            self.copy_bonus(&mut logits);
         }
         let all = |logits: &[f32]| {
             LlamaTokenDataArray::new(
@@ -578,26 +876,11 @@ impl<'m> Picker<'m> {
                 token
             }
         };
-        // In a constrained (JSON) reply the penalty covers the current
-        // string only: it stops a value looping (`src/src/src…`) without
-        // stopping the next value from reusing a word (a pattern `TODO`,
-        // then a file `todo.md`).
-        let (first, quote) = {
-            let t = self.traits(token);
-            (t.first, t.quote)
-        };
-        if self.json_reply.is_none() {
-            self.json_reply = first.map(|b| b == b'{');
-        }
-        if self.grammar.is_some() && self.json_reply == Some(true) && quote {
-            self.recent.clear();
-        }
-        if let (Some(c), Some(p)) = (&mut self.copier, self.pieces.get(&token)) {
-            c.push(&p.text);
-        }
-        self.recent.push_back(token);
-        if self.recent.len() > PENALTY_WINDOW {
-            self.recent.pop_front();
+        if self.penalise {
+            self.recent.push_back(token);
+            if self.recent.len() > PENALTY_WINDOW {
+                self.recent.pop_front();
+            }
         }
         token
     }

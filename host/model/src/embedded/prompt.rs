@@ -1,13 +1,13 @@
-//! Prompts for embedded models and reading their replies.
+//! The JSON tool protocol, for embedded models whose template does not
+//! declare tools itself, and completion prompts for base models.
 //!
-//! A model with a chat template gets the conversation through it; a base
-//! model (like the default Gemma 3 270M) gets a completion prompt: a
-//! transcript with `### Role` headings that ends where the assistant's turn
-//! begins. Either way, when tools or a JSON format are requested the reply
-//! is grammar-constrained: `{"tool": "<name>", "arguments": {…}}` to call a
+//! A base model (like Gemma 3 270M) gets a transcript with `### Role`
+//! headings that ends where the assistant's turn begins; a chat template
+//! without tool markup gets the same tool description in its system turn.
+//! Either way, when tools or a JSON format are requested the reply is
+//! grammar-constrained: `{"tool": "<name>", "arguments": {…}}` to call a
 //! tool, or else the requested format's JSON, or (no format) a plain-text
-//! answer that cannot start with `{` — the way the transcript's own
-//! examples answer, so a base model is not steered back into calling tools.
+//! answer that cannot start with `{`.
 
 use crate::grammar::{Alt, Bounds, GrammarError, alternatives_to_gbnf, schema_to_gbnf};
 use crate::{ChatRequest, Message, Role, ToolCall};
@@ -101,35 +101,18 @@ pub fn completion_prompt(req: &ChatRequest, skip: usize) -> String {
     out
 }
 
-/// `(role, content)` pairs for a chat template; `skip` as above.
-pub fn chat_turns(req: &ChatRequest, skip: usize) -> Vec<(String, String)> {
-    let mut turns = Vec::new();
-    let system = system_text(req);
-    if !system.is_empty() {
-        turns.push(("system".to_owned(), system));
+/// A message for a chat template that does not declare tools itself: tool
+/// calls as the JSON protocol writes them, results as user turns.
+pub fn as_plain_turn(m: &Message) -> Message {
+    match m.role {
+        Role::Tool => Message::user(format!(
+            "Tool result ({}):\n{}",
+            m.tool_name.as_deref().unwrap_or("tool"),
+            m.content
+        )),
+        Role::Assistant => Message::assistant(body(m)),
+        _ => Message::new_plain(m.role, &m.content),
     }
-    for m in req
-        .messages
-        .iter()
-        .filter(|m| m.role != Role::System)
-        .skip(skip)
-    {
-        let (role, content) = match m.role {
-            Role::User => ("user", body(m)),
-            Role::Assistant => ("assistant", body(m)),
-            Role::Tool => (
-                "user",
-                format!(
-                    "Tool result ({}):\n{}",
-                    m.tool_name.as_deref().unwrap_or("tool"),
-                    m.content
-                ),
-            ),
-            Role::System => unreachable!("filtered"),
-        };
-        turns.push((role.to_owned(), content));
-    }
-    turns
 }
 
 /// The grammar constraining the reply, if the request needs one.
@@ -262,7 +245,7 @@ mod tests {
             .unwrap();
         assert!(g.starts_with("root ::= alt0 | alt1"), "{g}");
         // Without a format the answer is free text, never opening with `{`.
-        assert!(g.contains(r#"alt1 ::= [^{ \t\n\r\x00] [^\x00]*"#), "{g}");
+        assert!(g.contains(r#"alt1 ::= [^{<` \t\n\r\x00] [^\x00]*"#), "{g}");
         let f = grammar(
             &req_with_tools(Some(json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}))),
             Bounds::default(),
