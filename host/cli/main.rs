@@ -5,6 +5,7 @@
 //! limit, a refused install); 2 a usage error (bad flags, bad `--input` JSON).
 
 mod config;
+mod eval;
 mod home;
 mod model;
 mod plugin;
@@ -54,6 +55,9 @@ enum Command {
     /// List, show, resume and cancel tasks.
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Run a suite of task cases (evals/*.toml) and score the end states:
+    /// pass rate, median time, model calls.
+    Eval(eval::EvalArgs),
     /// Serve the HTTP API (tasks, events, plugins, audit).
     Serve(serve::ServeArgs),
     /// Audit and approve plugin policies.
@@ -184,6 +188,7 @@ fn main() -> ExitCode {
             Command::Model(cmd) => model::run(&cx, cmd).await,
             Command::Run(args) => task::run(&cx, args).await,
             Command::Task(cmd) => task::task(&cx, cmd).await,
+            Command::Eval(args) => eval::eval(&cx, args).await,
             Command::Serve(args) => serve::serve(&cx, args).await,
             Command::Policy(cmd) => policy::policy(&cx, cmd).await,
             Command::Audit(cmd) => policy::audit(&cx, cmd).await,

@@ -13,13 +13,24 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Download the default embedded model (Gemma 3 270M, 253 MB) into
-    /// <home>/models/, verified by sha256. Downloads are cached in
-    /// ~/.cache/camina.
+    /// Download an embedded model of the catalogue (`camina model list`;
+    /// default: the configured [embedded] model, else qwen2.5-coder-1.5b),
+    /// verified by size and sha256, into the cache (~/.cache/camina/models,
+    /// or $CAMINA_CACHE). Prints the model file's path.
     Fetch {
-        /// Write the model here instead of the configured [embedded] gguf.
+        /// A catalogue name.
+        name: Option<String>,
+        /// Put the model file here instead of the cache.
         #[arg(long, value_name = "FILE")]
         output: Option<std::path::PathBuf>,
+        /// Print {"model", "path", "size", "sha256", "downloaded"} as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The catalogue of fetchable embedded models.
+    List {
+        #[arg(long)]
+        json: bool,
     },
     /// Send one prompt to the model of a role and print the reply.
     Ask {
@@ -60,30 +71,8 @@ pub fn parse_role(s: &str) -> anyhow::Result<ModelRole> {
 pub async fn run(cx: &Context, cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Check { json } => check(cx, json).await,
-        ModelCommand::Fetch { output } => {
-            let dest = output.unwrap_or_else(|| cx.config.model_config().gguf_path(&cx.home));
-            let opts = camina_model::fetch::FetchOptions {
-                progress: std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    || std::env::var_os("CI").is_none(),
-                ..Default::default()
-            };
-            match camina_model::fetch::fetch_default_model(&dest, &opts).await? {
-                camina_model::fetch::Fetched::AlreadyPresent => {
-                    println!(
-                        "{}: present and verified (sha256 {})",
-                        dest.display(),
-                        camina_model::fetch::DEFAULT_MODEL_SHA256
-                    );
-                }
-                camina_model::fetch::Fetched::Assembled { downloaded } => {
-                    println!(
-                        "{}: assembled and verified ({downloaded} of 4 parts downloaded, the rest from the cache)",
-                        dest.display()
-                    );
-                }
-            }
-            Ok(())
-        }
+        ModelCommand::Fetch { name, output, json } => fetch(cx, name, output, json).await,
+        ModelCommand::List { json } => list(cx, json),
         ModelCommand::Ask {
             role,
             format,
@@ -144,6 +133,109 @@ pub async fn run(cx: &Context, cmd: ModelCommand) -> anyhow::Result<()> {
     }
 }
 
+async fn fetch(
+    cx: &Context,
+    name: Option<String>,
+    output: Option<std::path::PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use camina_model::catalogue;
+    let model = match &name {
+        Some(n) => catalogue::find(n).ok_or_else(|| {
+            crate::UsageError(format!(
+                "`{n}` is not in the model catalogue; choose one of: {}",
+                catalogue::names()
+            ))
+        })?,
+        None => cx.config.model_config().catalogue_model(),
+    };
+    let opts = camina_model::fetch::FetchOptions {
+        progress: !json || std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ..Default::default()
+    };
+    let dest =
+        output.unwrap_or_else(|| camina_model::fetch::cached_model_path(model, &opts.cache_dir));
+    let fetched = camina_model::fetch::fetch_model(model, &dest, &opts).await?;
+    let downloaded = match fetched {
+        camina_model::fetch::Fetched::AlreadyPresent => 0,
+        camina_model::fetch::Fetched::Assembled { downloaded } => downloaded,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": model.name,
+                "path": dest,
+                "size": model.size,
+                "sha256": model.sha256,
+                "downloaded": downloaded,
+            })
+        );
+    } else {
+        match fetched {
+            camina_model::fetch::Fetched::AlreadyPresent => eprintln!(
+                "{}: present and verified ({} bytes, sha256 {})",
+                model.name, model.size, model.sha256
+            ),
+            camina_model::fetch::Fetched::Assembled { downloaded } => eprintln!(
+                "{}: assembled and verified ({downloaded} of {} parts downloaded, the rest from \
+                 the cache)",
+                model.name, model.parts
+            ),
+        }
+        println!("{}", dest.display());
+    }
+    Ok(())
+}
+
+fn list(cx: &Context, json: bool) -> anyhow::Result<()> {
+    use camina_model::catalogue::{CATALOGUE, DEFAULT_MODEL};
+    let configured = cx.config.model_config().catalogue_model().name;
+    let cache = camina_model::fetch::cache_dir();
+    let rows: Vec<serde_json::Value> = CATALOGUE
+        .iter()
+        .map(|m| {
+            let path = camina_model::fetch::cached_model_path(m, &cache);
+            serde_json::json!({
+                "name": m.name,
+                "summary": m.summary,
+                "size": m.size,
+                "sha256": m.sha256,
+                "format": m.format.as_str(),
+                "licence": m.licence,
+                "upstream": m.upstream,
+                "packages": format!("{}1..{} {}", m.package_prefix, m.parts, m.version),
+                "default": m.name == DEFAULT_MODEL,
+                "configured": m.name == configured,
+                "fetched": path.is_file(),
+                "path": path,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for (m, r) in CATALOGUE.iter().zip(&rows) {
+        let mark = if m.name == configured { "*" } else { " " };
+        println!(
+            "{mark} {:22} {:>5} MB  {:13} {:11} {}{}",
+            m.name,
+            m.size / 1_000_000,
+            m.format.as_str(),
+            m.licence,
+            m.summary,
+            if r["fetched"] == true {
+                "  (fetched)"
+            } else {
+                ""
+            }
+        );
+    }
+    println!("\n* = configured ([embedded] model); fetch one with `camina model fetch NAME`");
+    Ok(())
+}
+
 /// A recorded chat request from a file (`-`: stdin).
 fn read_request(file: &std::path::Path) -> anyhow::Result<ChatRequest> {
     let text = if file == std::path::Path::new("-") {
@@ -179,9 +271,13 @@ async fn check(cx: &Context, json: bool) -> anyhow::Result<()> {
         for r in &reports {
             match &r.error {
                 None => println!(
-                    "{:12} {:8} {}  [{}]{}",
+                    "{:12} {:8} {}{}  [{}]{}",
                     r.role.as_str(),
                     r.backend.as_deref().unwrap_or("-"),
+                    r.catalogue
+                        .as_deref()
+                        .map(|c| format!("{c} "))
+                        .unwrap_or_default(),
                     r.model.as_deref().unwrap_or("-"),
                     r.capabilities.join(", "),
                     if r.reachable { "" } else { "  (unreachable)" }

@@ -372,6 +372,28 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                         println!("{line}");
                     }
                 }
+                let calls: Vec<&Record> =
+                    records.iter().filter(|r| r.kind == "model_reply").collect();
+                if !calls.is_empty() {
+                    println!("\nmodel calls (prompt tokens sent / evaluated, generated, time):");
+                    for r in calls {
+                        let reply = &r.data["reply"];
+                        let n = |k: &str| {
+                            reply[k]
+                                .as_u64()
+                                .map_or_else(|| "?".to_owned(), |n| n.to_string())
+                        };
+                        println!(
+                            "  {:24} {:11} {:>6} / {:>6} {:>5}  {:.1} s",
+                            r.step,
+                            r.data["role"].as_str().unwrap_or("-"),
+                            n("prompt_tokens"),
+                            n("prompt_eval_tokens"),
+                            n("completion_tokens"),
+                            reply["timing"]["total_ms"].as_f64().unwrap_or(0.0) / 1e3
+                        );
+                    }
+                }
                 if let Some(a) = &t.answer {
                     println!("\nanswer:\n{a}");
                 }

@@ -776,67 +776,86 @@ async fn an_interrupted_side_effecting_call_needs_review() {
     assert!(skipped.is_some(), "the model was told the call was skipped");
 }
 
-/// The README's sample task with every role on the embedded Gemma 3 270M
-/// base model, end to end: the plan is asked crew by crew (a slot per
-/// crew, drummers first) and becomes ordinary plan steps, the drummer
-/// greps, the belter writes todo.md with every TODO line exactly as grep
-/// prints them, and the answer names the file and quotes them. Decoding
-/// is greedy, so the run is the same each time on a given model file and
-/// CPU (another CPU's SIMD kernels can flip a near-tie; the messages below
-/// show what was written).
+/// The README's sample task with every role on the default embedded model
+/// (Qwen2.5-Coder 1.5B Instruct), end to end, through the same prompts and
+/// plan schema Ollama models get: the reasoner is not consulted (it is the
+/// coordinator's own model), the crews call tools in the model's own
+/// format, later turns reuse the KV cache of earlier ones, and the outcome
+/// is honest: either `succeeded` with todo.md holding both TODO lines, or
+/// `failed` with a reason — and the sources are never changed. (Whether the
+/// 1.5B model gets it done is measured by `camina eval`, not asserted here;
+/// see project_plan.md.) Decoding is greedy: the run is the same each time
+/// on a given CPU.
 #[cfg(feature = "embedded")]
 #[tokio::test]
-async fn the_embedded_model_completes_the_readme_sample_task() {
-    let gguf = ModelSpec::Embedded(Some(crate::models::gguf()));
+async fn the_embedded_model_runs_the_readme_sample_task_honestly() {
+    let gguf = ModelSpec::Embedded(camina_model::config::EmbeddedModel::File(
+        crate::models::gguf(),
+    ));
     let s = setup_with(Config {
         models: ModelsSection::all(gguf),
         ..Default::default()
     })
     .await;
+    let before: Vec<(std::path::PathBuf, String)> = ["src/main.rs", "src/lib.rs"]
+        .iter()
+        .map(|p| (s.ws.join(p), std::fs::read_to_string(s.ws.join(p)).unwrap()))
+        .collect();
     let engine = &s.engine;
     let task = engine
         .submit(PROMPT, &s.ws, Budgets::default())
         .await
         .unwrap();
     let done = engine.run(&task.id, RunOptions::default()).await.unwrap();
-    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
-
     let records = engine.journal().records(&task.id).unwrap();
-    let setup = records.iter().find(|r| r.kind == "setup").unwrap();
-    assert_eq!(setup.data["guided"], true);
-    let plan_req = records
+    let trace: Vec<String> = records
         .iter()
-        .find(|r| r.kind == "model_request" && r.step == "plan/attempt/0")
-        .unwrap();
-    let slots: Vec<&String> = plan_req.data["request"]["format"]["oneOf"][0]["properties"]
-        .as_object()
-        .unwrap()
-        .keys()
+        .filter(|r| {
+            matches!(
+                r.kind.as_str(),
+                "plan" | "tool_intent" | "tool_result" | "answer"
+            )
+        })
+        .map(|r| format!("{} {}", r.kind, r.data))
         .collect();
-    assert_eq!(slots, ["drummer", "belter"]);
-    let plan = records.iter().find(|r| r.kind == "plan").unwrap();
-    let crews: Vec<&str> = plan.data["steps"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a plan with steps: {}", plan.data))
+    eprintln!("{:?} {:?}\n{trace:#?}", done.status, done.error);
+    let todo = std::fs::read_to_string(s.ws.join("todo.md")).unwrap_or_default();
+    let has_both = ["TODO: write docs", "TODO: parse args"]
         .iter()
-        .map(|s| s["crew"].as_str().unwrap())
-        .collect();
-    assert_eq!(crews, ["drummer", "belter"], "{}", plan.data);
-
-    // The user's view: todo.md holds the TODO lines, all and only them.
-    let todo = std::fs::read_to_string(s.ws.join("todo.md")).expect("todo.md written");
-    let lines: Vec<&str> = todo.lines().collect();
-    assert_eq!(
-        lines,
-        [
-            "src/lib.rs:1:// TODO: write docs",
-            "src/main.rs:2:    // TODO: parse args"
-        ],
-        "{todo}"
-    );
-    let answer = done.answer.as_deref().unwrap_or_default();
-    assert!(answer.contains("todo.md"), "{answer}");
-    for line in lines {
-        assert!(answer.contains(line), "{answer}");
+        .all(|l| todo.contains(l));
+    match done.status {
+        Status::Succeeded => assert!(has_both, "succeeded, but todo.md is {todo:?}\n{trace:#?}"),
+        Status::Failed => assert!(
+            done.error.as_deref().is_some_and(|e| !e.is_empty()),
+            "a failure says why"
+        ),
+        other => panic!("{other:?}: {:?}", done.error),
     }
+    for (path, text) in before {
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "{}",
+            path.display()
+        );
+    }
+
+    let setup = records.iter().find(|r| r.kind == "setup").unwrap();
+    assert_eq!(setup.data["consult"], false, "{}", setup.data);
+    assert!(!records.iter().any(|r| r.step == "reasoner"));
+
+    // Prompt tokens sent vs evaluated are journaled, and some turn
+    // evaluated only part of its prompt.
+    let replies: Vec<&Value> = records
+        .iter()
+        .filter(|r| r.kind == "model_reply")
+        .map(|r| &r.data["reply"])
+        .collect();
+    assert!(replies.iter().all(|r| r["prompt_eval_tokens"].is_u64()));
+    assert!(
+        replies
+            .iter()
+            .any(|r| r["prompt_eval_tokens"].as_u64() < r["prompt_tokens"].as_u64()),
+        "no prefix was reused: {replies:#?}"
+    );
 }

@@ -396,8 +396,14 @@ async fn revoked_plugin_is_not_served_from_memory_by_another_process() {
     cli.install(&wasm, Some(&read_only), None, "b")
         .await
         .unwrap();
+    // (A new file: writing the same content to the old one is a no-op.)
     let out = server
-        .call("belter-fs", "write_file", write, Some(ws.path()))
+        .call(
+            "belter-fs",
+            "write_file",
+            r#"{"path":"m.txt","content":"hi"}"#,
+            Some(ws.path()),
+        )
         .await
         .unwrap();
     assert!(out.result.is_err(), "the old read-write grant lived on");

@@ -353,7 +353,10 @@ async fn the_bridge_refuses_tools_for_a_model_without_the_capability() {
 async fn auto_picks_ollama_when_the_seed_model_is_there_else_embedded() {
     let fake = FakeOllama::start(vec![mistral(), deepseek()], |_| Reply::text("ok"));
     let home = tempfile::tempdir().unwrap();
-    let bridge = Bridge::new(config_for(&fake, ModelsSection::default()), home.path()).unwrap();
+    // No embedded model either: the configured file is missing.
+    let mut config = config_for(&fake, ModelsSection::default());
+    config.embedded.gguf = Some(home.path().join("missing.gguf").display().to_string());
+    let bridge = Bridge::new(config, home.path()).unwrap();
     let belter = bridge.resolve(ModelRole::Belter).await.unwrap();
     assert_eq!(
         (belter.backend.as_str(), belter.model.as_str()),
@@ -583,15 +586,15 @@ pub fn gguf() -> PathBuf {
     let path = std::env::var_os("CAMINA_TEST_GGUF")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(crate::support::artifacts::ROOT)
-                .join("target/models/gemma-3-270m-q4_k_m.gguf")
+            let default = camina_model::catalogue::find(camina_model::catalogue::DEFAULT_MODEL)
+                .expect("the default model is in the catalogue");
+            camina_model::fetch::cached_model_path(default, &camina_model::fetch::cache_dir())
         });
     assert!(
         path.is_file(),
         "{} is missing: run the tests with `cargo xtask test`, which fetches it, or \
-         `camina model fetch --output {}`",
+         `camina model fetch` first",
         path.display(),
-        path.display()
     );
     path
 }
@@ -693,20 +696,86 @@ mod embedded {
         match reply.message.tool_calls.as_slice() {
             [call] => {
                 assert_eq!(call.name, "read_file");
-                assert!(call.arguments["path"].is_string(), "{:?}", call.arguments);
+                assert_eq!(call.arguments["path"], "notes.txt", "{:?}", call.arguments);
             }
-            [] => assert!(
-                !reply.message.content.is_empty(),
-                "an answer instead of a call"
+            other => panic!(
+                "one read_file call, got {other:?} ({:?})",
+                reply.message.content
             ),
-            more => panic!("one call at most: {more:?}"),
         }
+    }
+
+    /// A conversation's next turn evaluates only its new tokens, and the
+    /// reused cache gives the reply a fresh evaluation gives (greedy). A new
+    /// backend with the same prompt cache directory starts from the first
+    /// turn's KV state on disk.
+    #[tokio::test]
+    async fn kv_cache_is_reused_between_turns_and_processes() {
+        let cache = tempfile::tempdir().unwrap();
+        let load = || {
+            EmbeddedBackend::load(
+                &gguf(),
+                EmbeddedOptions {
+                    threads: 2,
+                    n_ctx: 2048,
+                    cache_slots: 2,
+                    prompt_cache: Some(cache.path().to_path_buf()),
+                },
+            )
+            .unwrap()
+        };
+        let a = load();
+        let mut req = ChatRequest {
+            messages: vec![
+                Message::system(
+                    "You are a careful assistant. Answer in one short sentence. ".repeat(8),
+                ),
+                Message::user("What colour is the sky on a clear day?"),
+            ],
+            options: camina_model::Options {
+                num_predict: Some(12),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let first = a.chat("m", &req, None).await.unwrap();
+        assert_eq!(first.prompt_eval_tokens, Some(first.prompt_tokens));
+        let again = a.chat("m", &req, None).await.unwrap();
+        assert_eq!(
+            again.prompt_eval_tokens,
+            Some(1),
+            "the whole prompt was cached"
+        );
+        assert_eq!(again.message.content, first.message.content);
+        // The next turn: only the new tokens (the reply as the template
+        // renders it may re-tokenise a few).
+        req.messages
+            .push(Message::assistant(first.message.content.clone()));
+        req.messages.push(Message::user("And at night?"));
+        let next = a.chat("m", &req, None).await.unwrap();
+        let added = next.prompt_tokens - first.prompt_tokens;
+        assert!(
+            next.prompt_eval_tokens.unwrap() <= added + 4,
+            "{next:?} evaluated more than the {added} new tokens"
+        );
+        // Another backend (as in a new process): the system turn from disk.
+        let files = std::fs::read_dir(cache.path()).unwrap().count();
+        assert_eq!(files, 1, "one model directory of prefix files");
+        let b = load();
+        req.messages.truncate(2);
+        let fresh = b.chat("m", &req, None).await.unwrap();
+        assert!(
+            fresh.prompt_eval_tokens.unwrap() < fresh.prompt_tokens / 2,
+            "{fresh:?}"
+        );
+        assert_eq!(fresh.message.content, first.message.content);
     }
 
     #[tokio::test]
     async fn every_shipped_tool_schema_is_a_grammar_llama_cpp_accepts() {
         let m = model();
         let mut checked = 0;
+        let mut specs = Vec::new();
         for file in [
             crate::support::artifacts::BELTER_FS,
             crate::support::artifacts::DRUMMER_SEARCH,
@@ -718,9 +787,23 @@ mod embedded {
                 let g = camina_model::grammar::schema_to_gbnf(&schema, Default::default()).unwrap();
                 assert!(m.check_grammar(&g).is_ok(), "{}: {g}", tool.name);
                 checked += 1;
+                specs.push(camina_model::ToolSpec {
+                    name: tool.name.clone(),
+                    description: tool.description.clone(),
+                    parameters: schema,
+                });
             }
         }
         assert!(checked >= 13);
+        // And the reply grammar of a request offering them all (calls in
+        // the template's markup, or text).
+        let req = ChatRequest {
+            tools: specs,
+            ..ask("x")
+        };
+        let g = m.grammar(&req).unwrap().unwrap();
+        assert!(g.contains("<tool_call>"), "{g}");
+        assert!(m.check_grammar(&g).is_ok(), "{g}");
     }
 
     #[tokio::test]

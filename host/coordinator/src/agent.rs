@@ -425,24 +425,24 @@ impl Agent<'_> {
                             .into(),
                     ));
                 }
-                let think = match self.bridge.resolve(ModelRole::Reasoner).await {
-                    Ok(r) => r.can("thinking"),
+                let reasoner = match self.bridge.resolve(ModelRole::Reasoner).await {
+                    Ok(r) => r,
                     Err(e) => return Err(Halt::Failed(e.to_string())),
                 };
-                // A small embedded coordinator gets the plan question crew
-                // by crew: it cannot be relied on to write a list.
-                // (Only when the budget allows a step per crew.)
-                let guided = match self.bridge.resolve(ModelRole::Coordinator).await {
-                    Ok(r) => {
-                        r.backend == "embedded"
-                            && self.crews.len() <= self.submitted.budgets.max_steps as usize
-                    }
+                let coordinator = match self.bridge.resolve(ModelRole::Coordinator).await {
+                    Ok(r) => r,
                     Err(e) => return Err(Halt::Failed(e.to_string())),
                 };
+                // The same model giving itself advice first adds a call and
+                // nothing it would not think of when planning.
+                let consult = reasoner.backend != coordinator.backend
+                    || reasoner.model != coordinator.model
+                    || reasoner.can("thinking");
                 let setup = Setup {
                     crews: self.crews.clone(),
-                    think,
-                    guided,
+                    think: reasoner.can("thinking"),
+                    consult,
+                    files: crate::toolbox::workspace_listing(std::path::Path::new(&workspace), 60),
                 };
                 self.d
                     .record("setup", "setup", &setup, Durability::Buffered)
@@ -450,48 +450,46 @@ impl Agent<'_> {
                 setup
             }
         };
-        let crews = setup.crews;
+        let crews = setup.crews.clone();
         let think = setup.think;
-        let guided = setup.guided;
 
         // 1. The reasoner.
-        let reply = self
-            .model(
-                "reasoner",
-                ModelRole::Reasoner,
-                prompts::reasoner(&task, &workspace, &crews, think),
-            )
-            .await?;
-        // A reasoner cut off while still thinking has no answer yet: its
-        // thinking so far is the advice.
-        let text = match (&reply.message.content, &reply.message.thinking) {
-            (c, Some(t)) if c.trim().is_empty() => t.clone(),
-            (c, _) => c.clone(),
+        let advice = if setup.consult {
+            let reply = self
+                .model(
+                    "reasoner",
+                    ModelRole::Reasoner,
+                    prompts::reasoner(&task, &workspace, &crews, think),
+                )
+                .await?;
+            // A reasoner cut off while still thinking has no answer yet: its
+            // thinking so far is the advice.
+            let text = match (&reply.message.content, &reply.message.thinking) {
+                (c, Some(t)) if c.trim().is_empty() => t.clone(),
+                (c, _) => c.clone(),
+            };
+            let advice = Advice {
+                text,
+                thinking: reply.message.thinking.clone(),
+            };
+            let advice: Advice = self.d.run("advice", "advice", async { Ok(advice) }).await?;
+            advice.text
+        } else {
+            String::new()
         };
-        let advice = Advice {
-            text,
-            thinking: reply.message.thinking.clone(),
-        };
-        let advice: Advice = self.d.run("advice", "advice", async { Ok(advice) }).await?;
 
         // 2. The plan.
         let max_steps = self.submitted.budgets.max_steps;
-        let plan = if guided {
-            let req = prompts::crew_plan(&task, &advice.text, &crews);
-            self.decide("plan", ModelRole::Coordinator, req, |c| {
-                prompts::parse_crew_plan(c, &crews, max_steps)
-            })
-            .await?
-        } else {
-            let req = prompts::plan(&task, &advice.text, &crews, max_steps);
-            self.decide("plan", ModelRole::Coordinator, req, |c| {
+        let req = prompts::plan(&task, &setup.files, &advice, &crews, max_steps);
+        let plan = self
+            .decide("plan", ModelRole::Coordinator, req, |c| {
                 prompts::parse_plan(c, &crews, max_steps)
             })
-            .await?
-        };
+            .await?;
         let plan: Plan = self.d.run("plan", "plan", async { Ok(plan) }).await?;
         if let Some(answer) = plan.answer {
-            return self.finish(answer).await;
+            let done = plan.done.unwrap_or(true);
+            return self.finish(answer, done).await;
         }
 
         // 3. The crews, step by step.
@@ -513,7 +511,9 @@ impl Agent<'_> {
                     s.crew
                 )));
             };
-            let finished = self.crew_step(i, crew, &s.instruction, &results).await?;
+            let finished = self
+                .crew_step(i, crew, &task, &s.instruction, &results)
+                .await?;
             let finished: StepFinished = self
                 .d
                 .run(&step, "step_finished", async { Ok(finished) })
@@ -521,41 +521,92 @@ impl Agent<'_> {
             results.push((s.instruction.clone(), finished));
         }
 
-        // 4. The answer.
-        let answer = self
+        // 4. The answer. When every step failed the task was not done, and
+        // the failures are the answer (no model call needed to say so).
+        if results.iter().all(|(_, r)| !r.complete) {
+            let why: Vec<String> = results
+                .iter()
+                .map(|(instruction, r)| {
+                    format!(
+                        "step {} ({instruction}): {}",
+                        r.index + 1,
+                        r.failure.as_deref().unwrap_or("not finished")
+                    )
+                })
+                .collect();
+            let answer = format!(
+                "The task was not done; every step failed: {}",
+                why.join("; ")
+            );
+            return self.finish(answer, false).await;
+        }
+        let (answer, done) = self
             .decide(
                 "answer",
                 ModelRole::Coordinator,
-                prompts::answer(&task, &results, guided),
+                prompts::answer(&task, &results),
                 prompts::parse_answer,
             )
             .await?;
-        self.finish(answer).await
+        self.finish(answer, done).await
     }
 
-    async fn finish(&mut self, answer: String) -> Flow<String> {
-        let a = Answer { text: answer };
+    /// Records the answer. A task not done ends `failed`, its answer kept.
+    async fn finish(&mut self, answer: String, done: bool) -> Flow<String> {
+        let a = Answer { text: answer, done };
         let a: Answer = if let Some(r) = self.d.take_kind("answer", "answer")? {
             decode(&r)?
         } else {
-            let update = Update {
-                status: Some(camina_journal::Status::Succeeded),
-                answer: Some(a.text.clone()),
-                clear_error: true,
-                ..Default::default()
+            let update = if a.done {
+                Update {
+                    status: Some(camina_journal::Status::Succeeded),
+                    answer: Some(a.text.clone()),
+                    clear_error: true,
+                    ..Default::default()
+                }
+            } else {
+                Update {
+                    answer: Some(a.text.clone()),
+                    ..Default::default()
+                }
             };
             self.d
                 .record_with("answer", "answer", &a, Durability::Flush, update)
                 .await?;
             a
         };
+        if !a.done {
+            return Err(Halt::Failed(format!(
+                "the coordinator reports the task not done: {}",
+                a.text
+            )));
+        }
         Ok(a.text)
+    }
+
+    /// What a successful call changed, in a few words (`write_file a.txt`,
+    /// `move_path a.txt → b.txt`); None for a read-only tool.
+    fn change_of(&self, crew: &Crew, call: &ToolCall) -> Option<String> {
+        let ct = crew.find(&call.name)?;
+        let plugin = self.registry.get(&ct.plugin).ok()?;
+        let effect = plugin.record.tool(&ct.tool).map(|t| t.effect.clone());
+        if effect.as_deref() == Some("read-only") {
+            return None;
+        }
+        let a = &call.arguments;
+        let s = |k: &str| a.get(k).and_then(serde_json::Value::as_str);
+        Some(match (s("path"), s("from"), s("to")) {
+            (Some(p), _, _) => format!("{} {p}", call.name),
+            (None, Some(f), Some(t)) => format!("{} {f} → {t}", call.name),
+            _ => format!("{} {}", call.name, a),
+        })
     }
 
     async fn crew_step(
         &mut self,
         i: usize,
         crew: &Crew,
+        task: &str,
         instruction: &str,
         results: &[(String, StepFinished)],
     ) -> Flow<StepFinished> {
@@ -563,7 +614,13 @@ impl Agent<'_> {
             "belter" => ModelRole::Belter,
             _ => ModelRole::Drummer,
         };
-        let mut messages = prompts::crew_messages(crew, instruction, results);
+        let mut messages = prompts::crew_messages(crew, task, instruction, results);
+        // The last tool error not followed by a successful call: a step
+        // whose work ended in an error failed, whatever its report says.
+        let mut unresolved: Option<String> = None;
+        let mut succeeded = 0usize;
+        let mut changes: Vec<String> = Vec::new();
+        let (mut nudged_idle, mut nudged_error) = (false, false);
         let mut evidence: Vec<String> = Vec::new();
         let mut invalid = 0;
         let mut repeats = 0;
@@ -578,16 +635,41 @@ impl Agent<'_> {
             let reply = self
                 .model(&format!("step/{i}/turn/{turn}"), role, req)
                 .await?;
+            // A crew that stops with nothing done, or right after a failed
+            // call, is told so once each: small models give up early.
+            if reply.message.tool_calls.is_empty() && turn + 1 < max_turns {
+                let nudge = if succeeded == 0 && unresolved.is_none() && !nudged_idle {
+                    nudged_idle = true;
+                    Some(prompts::use_your_tools())
+                } else if let Some(error) = unresolved.as_deref().filter(|_| !nudged_error) {
+                    nudged_error = true;
+                    Some(prompts::put_it_right(error))
+                } else {
+                    None
+                };
+                if let Some(nudge) = nudge {
+                    messages.push(Message::assistant(reply.message.content.clone()));
+                    messages.push(nudge);
+                    continue;
+                }
+            }
             if reply.message.tool_calls.is_empty() {
                 let report = if reply.message.content.trim().is_empty() {
                     "(no report)".to_owned()
                 } else {
                     reply.message.content.trim().to_owned()
                 };
+                let failure = match (&unresolved, succeeded) {
+                    (Some(e), _) => Some(e.clone()),
+                    (None, 0) => Some("the crew made no successful tool call".to_owned()),
+                    (None, _) => None,
+                };
                 return Ok(StepFinished {
                     index: i,
                     result: prompts::compose(&report, &evidence),
-                    complete: true,
+                    complete: failure.is_none(),
+                    failure,
+                    changes,
                 });
             }
             messages.push(Message {
@@ -611,6 +693,8 @@ impl Agent<'_> {
                                 &evidence,
                             ),
                             complete: false,
+                            failure: Some("the crew kept repeating the same tool call".into()),
+                            changes,
                         });
                     }
                     messages.push(Message::tool(
@@ -644,6 +728,21 @@ impl Agent<'_> {
                 let key = format!("{}:{i}:{calls}", self.d.task);
                 calls += 1;
                 let result = self.tool(&step, key, crew, call).await?;
+                match &result.error {
+                    // A reviewer's skip of an interrupted call: their call,
+                    // not a failure of the step.
+                    Some((kind, _)) if kind == "skipped" => {}
+                    Some((kind, message)) => {
+                        unresolved = Some(format!("{} failed ({kind}): {message}", call.name));
+                    }
+                    None => {
+                        unresolved = None;
+                        succeeded += 1;
+                        if let Some(change) = self.change_of(crew, call) {
+                            changes.push(change);
+                        }
+                    }
+                }
                 done.push(fingerprint);
                 evidence.push(prompts::evidence(
                     &call.name,
@@ -660,6 +759,10 @@ impl Agent<'_> {
                 &evidence,
             ),
             complete: false,
+            failure: Some(format!(
+                "stopped after {max_turns} turns without a final report"
+            )),
+            changes,
         })
     }
 }

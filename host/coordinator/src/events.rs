@@ -82,10 +82,19 @@ pub struct Setup {
     pub crews: Vec<crate::toolbox::Crew>,
     /// Whether the reasoner was asked to think.
     pub think: bool,
-    /// Whether the plan is asked crew by crew (the coordinator is a small
-    /// embedded model; see `prompts::crew_plan`).
+    /// Whether the reasoner is consulted: not when it is the coordinator's
+    /// own model (asking the same model for advice first adds a call and
+    /// nothing else). Tasks recorded before this field consulted it.
+    #[serde(default = "yes")]
+    pub consult: bool,
+    /// The workspace's paths when the task started (what the coordinator
+    /// plans with; recorded so a resumed task asks the same questions).
     #[serde(default)]
-    pub guided: bool,
+    pub files: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One delegated step of a plan.
@@ -102,6 +111,9 @@ pub struct Plan {
     pub steps: Vec<PlanStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// With a direct answer: whether the task was done (missing: yes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,13 +183,26 @@ pub struct StepFinished {
     pub index: usize,
     /// What the next steps and the answer see.
     pub result: String,
-    /// False when the step stopped at `max_turns`.
+    /// False when the step did not finish its job: it stopped at
+    /// `max_turns` or on a repeated call, or failed (see `failure`).
     pub complete: bool,
+    /// Why the step failed: the crew made no tool call, or its last call
+    /// failed with no later call succeeding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// What the step's successful calls changed (`write_file notes.txt`),
+    /// from the calls themselves, not the crew's report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     pub text: String,
+    /// Whether the task was done; a task not done ends `failed` (answers
+    /// recorded before this field were all taken as done).
+    #[serde(default = "yes")]
+    pub done: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,8 +36,14 @@ impl Crew {
     /// What the crew is for, in words.
     pub fn purpose(&self) -> &'static str {
         match self.name.as_str() {
-            "belter" => "file work: reading, writing and editing files in the workspace",
-            "drummer" => "information gathering: searching the workspace and fetching web pages",
+            "belter" => {
+                "file work: reads, creates, changes, moves and deletes files and directories \
+                 in the workspace"
+            }
+            "drummer" => {
+                "information gathering: searches file names and file contents in the \
+                 workspace, fetches web pages; changes nothing"
+            }
             _ => "work with its tools",
         }
     }
@@ -69,6 +75,45 @@ impl Crew {
     pub fn functions(&self) -> Vec<&str> {
         self.tools.iter().map(|t| t.function.as_str()).collect()
     }
+}
+
+/// Up to `max` workspace paths (files, and directories with a trailing
+/// `/`), breadth first, dot-entries left out: what the coordinator is shown
+/// of the workspace so it plans with the real names. Only names: contents
+/// are read by the crews, in their sandboxes.
+pub fn workspace_listing(root: &std::path::Path, max: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([root.to_path_buf()]);
+    while let Some(dir) = queue.pop_front() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = e.path();
+            let Ok(rel) = path.strip_prefix(root) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            // Symlinks are listed, not followed.
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if out.len() >= max {
+                out.push("…".to_owned());
+                return out;
+            }
+            if is_dir {
+                out.push(format!("{rel}/"));
+                queue.push_back(path);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out
 }
 
 /// The crews of the installed plugins, in name order (plugins in name

@@ -51,6 +51,7 @@ pub fn task_json(t: &TaskSummary, records: &[Record]) -> Value {
                 "step": r.step, "role": d["role"], "backend": d["reply"]["backend"], "model": d["reply"]["model"],
                 "content": d["reply"]["message"]["content"], "thinking": d["reply"]["message"]["thinking"],
                 "tool_calls": d["reply"]["message"]["tool_calls"], "prompt_tokens": d["reply"]["prompt_tokens"],
+                "prompt_eval_tokens": d["reply"]["prompt_eval_tokens"],
                 "completion_tokens": d["reply"]["completion_tokens"], "done_reason": d["reply"]["done_reason"]
             })),
             _ => {}

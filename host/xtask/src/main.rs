@@ -7,6 +7,8 @@
 //! - `cargo xtask test`: the whole test suite (installs what it needs)
 //! - `cargo xtask bench`: every benchmark with its same-run baseline; the
 //!   table is printed and written to `target/bench-report.md`
+//! - `cargo xtask eval`: the eval suite (`evals/`) on the default embedded
+//!   model; extra arguments go to `camina eval`
 //! - `cargo xtask setup`: system packages and the wasm32-wasip2 target
 //! - `cargo xtask plugins`: build the bundled skills into target/plugins/
 
@@ -29,12 +31,14 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("eval") => eval(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <demo|test|bench|setup|plugins>\n\
                  \n  demo     build, install the bundled skills, run the sample task\
                  \n  test     run the whole test suite (fmt, clippy, tests)\
                  \n  bench    run the benchmarks, write target/bench-report.md\
+                 \n  eval     run the eval suite (evals/) on the default embedded model\
                  \n  setup    install system packages and the wasm32-wasip2 target\
                  \n  plugins  build the bundled skills into target/plugins/"
             );
@@ -175,13 +179,10 @@ fn demo() -> Result {
     run(cargo()
         .current_dir(&root)
         .args(["build", "--bin", "camina"]))?;
-    let camina = root.join("target/debug/camina");
-    let demo = root.join("target/demo");
-    let home = demo.join("home");
-    let ws = demo.join("workspace");
-    let _ = std::fs::remove_dir_all(&demo);
+    let (camina, home) = agent_home("demo/home", &skills)?;
+    let ws = root.join("target/demo/workspace");
+    let _ = std::fs::remove_dir_all(&ws);
     std::fs::create_dir_all(ws.join("src")).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
     let write = |path: PathBuf, text: &str| {
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
     };
@@ -193,32 +194,22 @@ fn demo() -> Result {
         ws.join("src/lib.rs"),
         "// TODO: write the library\npub fn f() {}\n",
     )?;
-
-    // The embedded model, shared with the tests (downloads are cached).
-    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
-    write(
-        home.join("config.toml"),
-        &format!("[embedded]\ngguf = {:?}\n", gguf.display().to_string()),
-    )?;
     let camina_cmd = || {
         let mut c = Command::new(&camina);
         c.arg("--home").arg(&home);
         c
     };
-    run(camina_cmd().args(["model", "fetch", "--output"]).arg(&gguf))?;
-    for (wasm, name) in &skills {
-        run(camina_cmd()
-            .args(["plugin", "install"])
-            .arg(wasm)
-            .arg("--policy")
-            .arg(root.join(format!("policies/{name}.toml"))))?;
-    }
+    fetch_model_with(camina_cmd())?;
     run(camina_cmd().args(["model", "check"]))?;
 
     eprintln!("\nsample task: {SAMPLE_TASK}");
-    run(camina_cmd()
-        .args(["run", SAMPLE_TASK, "--model", "embedded", "--workspace"])
-        .arg(&ws))?;
+    // The task's own outcome is the demo's result, success or not: a
+    // failed task is reported (with its reason, above) rather than hidden.
+    let mut task = camina_cmd();
+    task.args(["run", SAMPLE_TASK, "--model", "embedded", "--workspace"])
+        .arg(&ws);
+    eprintln!("xtask: {task:?}");
+    let outcome = task.status().map_err(|e| format!("{task:?}: {e}"))?;
     eprintln!("\nworkspace after the task:");
     let mut files: Vec<_> = walk(&ws);
     files.sort();
@@ -229,13 +220,68 @@ fn demo() -> Result {
         eprintln!("\ntodo.md:\n{todo}");
     }
     eprintln!(
-        "\nThat ran on the embedded Gemma 3 270M base model: tiny, it manages tasks close to its \
-         worked examples. Point the roles at Ollama models in {}/config.toml for real work \
-         (see README). Inspect the run with: target/debug/camina --home {} task show <ID>",
-        home.display(),
+        "\nsample task {}",
+        if outcome.success() {
+            "succeeded"
+        } else {
+            "FAILED (the model did not get it done; the reason is above)"
+        }
+    );
+    eprintln!(
+        "\nThat ran on the embedded Qwen2.5-Coder 1.5B Instruct. Compare models on the eval suite \
+         with `target/debug/camina eval evals --model embedded:qwen2.5-coder-0.5b` (or an \
+         `ollama:` model), and inspect the run with: target/debug/camina --home {} task show <ID>",
         home.display()
     );
     Ok(())
+}
+
+/// A home under target/ with the bundled skills installed and every role
+/// on the default embedded model; returns `(camina, home)`.
+fn agent_home(name: &str, skills: &[(PathBuf, &'static str)]) -> Result<(PathBuf, PathBuf)> {
+    let root = root();
+    let camina = root.join("target/debug/camina");
+    let home = root.join("target").join(name);
+    let _ = std::fs::remove_dir_all(&home);
+    std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    let config = home.join("config.toml");
+    std::fs::write(
+        &config,
+        "# Every role on the default embedded model (see README: Models).\n[models]\n\
+         coordinator = \"embedded\"\nreasoner = \"embedded\"\nbelter = \"embedded\"\n\
+         drummer = \"embedded\"\n",
+    )
+    .map_err(|e| format!("{}: {e}", config.display()))?;
+    for (wasm, name) in skills {
+        run(Command::new(&camina)
+            .arg("--home")
+            .arg(&home)
+            .args(["plugin", "install"])
+            .arg(wasm)
+            .arg("--policy")
+            .arg(root.join(format!("policies/{name}.toml"))))?;
+    }
+    Ok((camina, home))
+}
+
+/// The eval suite on the default embedded model.
+fn eval(extra: &[String]) -> Result {
+    setup()?;
+    let root = root();
+    let skills = plugins()?;
+    run(cargo()
+        .current_dir(&root)
+        .args(["build", "--bin", "camina"]))?;
+    let (camina, home) = agent_home("eval-home", &skills)?;
+    fetch_model_with(Command::new(&camina))?;
+    run(Command::new(&camina)
+        .arg("--home")
+        .arg(&home)
+        .arg("eval")
+        .arg(root.join("evals"))
+        .arg("--report")
+        .arg(root.join("target/eval-report.json"))
+        .args(extra))
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -285,12 +331,33 @@ fn test(extra: &[String]) -> Result {
         .current_dir(&root)
         .args(["test", "--workspace", "--no-run"]))?;
     // The embedded-model tests need the default GGUF (cached downloads).
-    let gguf = fetch_model_with(&root, Command::new(root.join("target/debug/camina")))?;
+    let gguf = fetch_model_with(Command::new(root.join("target/debug/camina")))?;
     run(cargo()
         .current_dir(&root)
         .args(["test", "--workspace"])
         .args(extra)
         .env("CAMINA_TEST_GGUF", &gguf))?;
+    // A few eval cases on the real default model (the whole suite is
+    // `cargo xtask eval`): the agent end to end, scored on end states.
+    let skills = plugins()?;
+    let (camina, home) = agent_home("test-eval-home", &skills)?;
+    let mut eval = Command::new(&camina);
+    eval.arg("--home")
+        .arg(&home)
+        .arg("eval")
+        .arg(root.join("evals"));
+    for case in [
+        "append_line",
+        "rename_file",
+        "question_version",
+        "impossible_missing_file",
+    ] {
+        eval.args(["--filter", case]);
+    }
+    run(eval
+        .arg("--report")
+        .arg(root.join("target/test-eval-report.json"))
+        .args(["--min-pass", "0.75"]))?;
     // The skills' own unit tests run natively (their own target dir: the
     // plugins are another workspace, and sharing target/debug would make
     // each side rebuild crates the other built).
@@ -326,10 +393,44 @@ fn bench(extra: &[String]) -> Result {
             report.push_str(&format!("\n## {name}\n\n{table}"));
         }
     }
+    // The agent on real work: the eval suite on the default embedded model
+    // (after the benches, so the two do not share the cores).
+    match eval_row(&root) {
+        Ok(row) => report.push_str(&row),
+        Err(e) => eprintln!("xtask: the eval row was not measured: {e}"),
+    }
     let path = root.join("target/bench-report.md");
     std::fs::write(&path, &report).map_err(|e| format!("{}: {e}", path.display()))?;
     println!("{report}\nwritten to {}", path.display());
     Ok(())
+}
+
+/// Runs `evals/` and returns the report's eval table.
+fn eval_row(root: &Path) -> Result<String> {
+    let skills = plugins()?;
+    run(cargo().current_dir(root).args(["build", "--bin", "camina"]))?;
+    let (camina, home) = agent_home("bench-eval-home", &skills)?;
+    let json = root.join("target/bench/eval.json");
+    run(Command::new(&camina)
+        .arg("--home")
+        .arg(&home)
+        .arg("eval")
+        .arg(root.join("evals"))
+        .arg("--report")
+        .arg(&json))?;
+    let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "\n## eval\n\n| row | what | measured | goal |\n|---|---|---|---|\n\
+         | E1 | `camina eval evals` on {} (2 threads) | {}/{} passed ({:.0}%), median {:.1} s a task, \
+         {} reported succeeded but failed | ≥ 90% of evals/, median ≤ 60 s, 0 false successes |\n",
+        v["model"].as_str().unwrap_or("?"),
+        v["passed"],
+        v["cases"],
+        v["pass_rate"].as_f64().unwrap_or(0.0) * 100.0,
+        v["median_seconds"].as_f64().unwrap_or(0.0),
+        v["reported_succeeded_but_failed"],
+    ))
 }
 
 /// Builds the Extism plugin (wasm32-wasip1) and runs host/bench-extism,
@@ -359,18 +460,35 @@ fn extism_baseline(root: &Path) -> Result {
         .env("CAMINA_EXTISM_PLUGIN", plugin))
 }
 
-/// The default embedded model at target/models/ (downloads are cached).
+/// The default embedded model (downloads are cached); returns its path.
 fn fetch_model(root: &Path) -> Result<PathBuf> {
     let mut camina = cargo();
     camina
         .current_dir(root)
         .args(["run", "--quiet", "--bin", "camina", "--"]);
-    fetch_model_with(root, camina)
+    fetch_model_with(camina)
 }
 
-/// [`fetch_model`] through a given `camina` command.
-fn fetch_model_with(root: &Path, mut camina: Command) -> Result<PathBuf> {
-    let gguf = root.join("target/models/gemma-3-270m-q4_k_m.gguf");
-    run(camina.args(["model", "fetch", "--output"]).arg(&gguf))?;
-    Ok(gguf)
+/// [`fetch_model`] through a given `camina` command: `model fetch --json`
+/// prints where the model is.
+fn fetch_model_with(mut camina: Command) -> Result<PathBuf> {
+    let cmd = camina.args(["model", "fetch", "--json"]);
+    eprintln!("xtask: {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed ({})", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let path = text
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v["path"].as_str().map(PathBuf::from)
+        })
+        .ok_or_else(|| format!("`camina model fetch --json` printed no path: {text}"))?;
+    Ok(path)
 }
