@@ -85,11 +85,6 @@ impl Message {
         }
     }
 
-    /// A message of `role` with `content` and nothing else.
-    pub fn new_plain(role: Role, content: &str) -> Self {
-        Self::new(role, content)
-    }
-
     pub fn system(content: impl Into<String>) -> Self {
         Self::new(Role::System, content)
     }

@@ -260,12 +260,8 @@ impl EmbeddedBackend {
         matches!(&self.0.style, PromptStyle::Chat(t) if t.hermes())
     }
 
-    /// The prompt text for `req`, `skip` oldest non-system messages left
-    /// out (to fit the context).
-    pub fn render(&self, req: &ChatRequest, skip: usize) -> Result<String> {
-        self.render_parts(req, skip).map(|r| r.text)
-    }
-
+    /// The prompt for `req`, `skip` oldest non-system messages left out
+    /// (to fit the context).
     fn render_parts(&self, req: &ChatRequest, skip: usize) -> Result<Rendered> {
         let template = match &self.0.style {
             PromptStyle::Completion => {

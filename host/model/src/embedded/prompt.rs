@@ -111,7 +111,7 @@ pub fn as_plain_turn(m: &Message) -> Message {
             m.content
         )),
         Role::Assistant => Message::assistant(body(m)),
-        _ => Message::new_plain(m.role, &m.content),
+        _ => m.clone(),
     }
 }
 
