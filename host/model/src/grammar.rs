@@ -103,8 +103,15 @@ pub fn alternatives_to_gbnf(alts: &[Alt<'_>], bounds: Bounds) -> Result<String, 
                 let v = b.value(schema, &format!("alt{i}"))?;
                 names.push(b.rule(&format!("alt{i}"), format!("{before} {v} {after}")));
             }
+            // Plain text. It cannot start like a call, and cannot hold a
+            // `<t…`, `</…`, `<|…` or `<<` anywhere: a model that writes
+            // `<tool_response>` into its reply is imagining a tool's answer
+            // (measured: the 1.5B Qwen does, then claims the work done).
             Alt::Text => {
-                names.push(b.rule(&format!("alt{i}"), r#"[^{<` \t\n\r\x00] [^\x00]*"#.into()));
+                names.push(b.rule(
+                    &format!("alt{i}"),
+                    r#"[^{<` \t\n\r\x00] ([^<\x00] | "<" [^t/|<\x00])* "<"?"#.into(),
+                ));
             }
         }
     }

@@ -150,6 +150,31 @@ pub struct ChatRequest {
     /// How long Ollama keeps the model loaded afterwards (`5m`, `-1`, `0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_alive: Option<String>,
+    /// Whether the reply may be plain text or must call a tool.
+    #[serde(default, skip_serializing_if = "ToolChoice::is_auto")]
+    pub tool_choice: ToolChoice,
+}
+
+/// Whether a reply to a request with tools may be plain text.
+///
+/// `Required` is a decoding constraint where the backend has one (the
+/// embedded backend's grammar then offers only the tools' calls); Ollama's
+/// chat API has no such setting, so an Ollama model gets the same prompt
+/// and may still reply in text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolChoice {
+    /// A tool call or plain text, as the model chooses.
+    #[default]
+    Auto,
+    /// One of the tools' calls.
+    Required,
+}
+
+impl ToolChoice {
+    pub fn is_auto(&self) -> bool {
+        *self == ToolChoice::Auto
+    }
 }
 
 /// How long a reply took.

@@ -671,6 +671,7 @@ mod tests {
                 ..Default::default()
             },
             keep_alive: Some("5m".into()),
+            tool_choice: crate::ToolChoice::Required,
         };
         let w = OllamaBackend::wire_request("mistral:7b", &req, true).unwrap();
         assert_eq!(w["model"], "mistral:7b");

@@ -235,7 +235,7 @@ pub fn hermes_call_gbnf(name: &str) -> (String, String) {
 
 /// Reads `<tool_call>{…}</tool_call>` blocks out of a reply: the calls, and
 /// the text around them.
-pub fn parse_hermes_calls(text: &str) -> (String, Vec<crate::ToolCall>) {
+pub fn parse_hermes_calls(text: &str, tools: &[&str]) -> (String, Vec<crate::ToolCall>) {
     // A bare or fenced JSON call (see `hermes_call_gbnf`).
     let mut bare = text.trim();
     for open in ["<tool_call>", "```json", "```"] {
@@ -281,7 +281,41 @@ pub fn parse_hermes_calls(text: &str) -> (String, Vec<crate::ToolCall>) {
         tail = next;
     }
     rest.push_str(tail);
+    if calls.is_empty() {
+        return prose_call(&rest, tools);
+    }
     (rest.trim().to_owned(), calls)
+}
+
+/// A call written into prose ("I will list the directory: ```json
+/// {"name": …, "arguments": …} ```", or after a made-up `<command>` tag),
+/// as Qwen models do when they describe a call instead of making it: the
+/// first JSON object naming a declared tool is the call, the prose before
+/// it the content. Only the first: what follows it was written against a
+/// result the model imagined.
+fn prose_call(text: &str, tools: &[&str]) -> (String, Vec<crate::ToolCall>) {
+    for (at, _) in text.match_indices('{') {
+        let mut values = serde_json::Deserializer::from_str(&text[at..]).into_iter::<Value>();
+        let Some(Ok(v)) = values.next() else { continue };
+        let Some(name) = v.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        if !tools.contains(&name) || !v.get("arguments").is_none_or(Value::is_object) {
+            continue;
+        }
+        let before = text[..at]
+            .trim_end()
+            .trim_end_matches("```json")
+            .trim_end_matches("```");
+        return (
+            before.trim().to_owned(),
+            vec![crate::ToolCall {
+                name: name.to_owned(),
+                arguments: v.get("arguments").cloned().unwrap_or_else(|| json!({})),
+            }],
+        );
+    }
+    (text.trim().to_owned(), Vec::new())
 }
 
 #[cfg(test)]
@@ -419,28 +453,54 @@ mod tests {
         assert_eq!(civil_from_days(20_424), (2025, 12, 2));
     }
 
+    fn parse_hermes_calls_t(text: &str) -> (String, Vec<ToolCall>) {
+        parse_hermes_calls(text, &["grep", "list_dir"])
+    }
+
     #[test]
     fn hermes_calls_are_read_out_of_replies() {
-        let (text, calls) = parse_hermes_calls(
+        let (text, calls) = parse_hermes_calls_t(
             "<tool_call>\n{\"name\": \"grep\", \"arguments\": {\"pattern\": \"x\"}}\n</tool_call>",
         );
         assert_eq!(text, "");
         assert_eq!(calls[0].name, "grep");
         assert_eq!(calls[0].arguments, json!({"pattern": "x"}));
-        let (_, calls) = parse_hermes_calls(
+        let (_, calls) = parse_hermes_calls_t(
             "```json\n{\n  \"name\": \"grep\",\n  \"arguments\": {\"pattern\": \"y\"}\n}\n```",
         );
         assert_eq!(calls[0].arguments, json!({"pattern": "y"}));
         let (_, calls) =
-            parse_hermes_calls("{\"name\": \"grep\", \"arguments\": {}}\n</tool_call>");
+            parse_hermes_calls_t("{\"name\": \"grep\", \"arguments\": {}}\n</tool_call>");
         assert_eq!(calls[0].name, "grep");
-        let (text, calls) = parse_hermes_calls("Done: the file holds 3 lines.");
+        let (text, calls) = parse_hermes_calls_t("Done: the file holds 3 lines.");
         assert_eq!(
             (text.as_str(), calls.len()),
             ("Done: the file holds 3 lines.", 0)
         );
-        let (text, calls) = parse_hermes_calls("<tool_call>\nnot json\n</tool_call>");
+        let (text, calls) = parse_hermes_calls_t("<tool_call>\nnot json\n</tool_call>");
         assert_eq!(calls.len(), 0);
         assert!(text.contains("not json"));
+        // A call explained in prose is still the call.
+        let (text, calls) = parse_hermes_calls_t(
+            "I will list the directory first.\n\n```json\n{\"name\": \"list_dir\", \"arguments\": {\"path\": \"src\"}}\n```\n\nThen I read it.",
+        );
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].arguments, json!({"path": "src"}));
+        assert_eq!(text, "I will list the directory first.");
+        // After a made-up tag, and only the first of several.
+        let (text, calls) = parse_hermes_calls_t(
+            "To list it:\n<command>\n{\"name\": \"list_dir\", \"arguments\": {\"path\": \"a\"}}\n<response>\n{\"entries\": []}\n<command>{\"name\": \"grep\", \"arguments\": {}}",
+        );
+        assert_eq!((text.as_str(), calls.len()), ("To list it:\n<command>", 1));
+        assert_eq!(calls[0].name, "list_dir");
+        // A JSON object naming no declared tool is text.
+        let (_, calls) = parse_hermes_calls_t("Found {\"name\": \"Ada\", \"arguments\": {}}");
+        assert!(calls.is_empty());
+        // Other code blocks stay text.
+        let (text, calls) = parse_hermes_calls_t("The file says:\n```\nx = 1\n```");
+        assert_eq!(
+            (text.as_str(), calls.len()),
+            ("The file says:\n```\nx = 1\n```", 0)
+        );
     }
 }

@@ -357,10 +357,11 @@ impl EmbeddedBackend {
             .zip(&markup)
             .map(|(t, (before, after))| Alt::Wrapped(before, &t.parameters, after))
             .collect();
-        alts.push(match &req.format {
-            Some(f) => Alt::Schema(f),
-            None => Alt::Text,
-        });
+        match (&req.format, req.tool_choice) {
+            (Some(f), _) => alts.push(Alt::Schema(f)),
+            (None, crate::ToolChoice::Auto) => alts.push(Alt::Text),
+            (None, crate::ToolChoice::Required) => {}
+        }
         alternatives_to_gbnf(&alts, bounds).map(Some).map_err(err)
     }
 
@@ -370,7 +371,8 @@ impl EmbeddedBackend {
             if req.tools.is_empty() {
                 return (text.trim().to_owned(), Vec::new());
             }
-            return crate::template::parse_hermes_calls(text);
+            let names: Vec<&str> = req.tools.iter().map(|t| t.name.as_str()).collect();
+            return crate::template::parse_hermes_calls(text, &names);
         }
         prompt::interpret(req, text)
     }

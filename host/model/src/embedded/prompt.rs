@@ -131,13 +131,14 @@ pub fn grammar(req: &ChatRequest, bounds: Bounds) -> Result<Option<String>, Gram
         .zip(&names)
         .map(|(t, n)| Alt::Shape(vec![("tool", n), ("arguments", &t.parameters)]))
         .collect();
-    alts.push(match &req.format {
-        Some(format) => Alt::Schema(format),
+    match (&req.format, req.tool_choice) {
+        (Some(format), _) => alts.push(Alt::Schema(format)),
         // The answer is plain text, as in the transcript's examples (a
         // base model that only ever saw JSON tool calls after `{` keeps
         // calling tools).
-        None => Alt::Text,
-    });
+        (None, crate::ToolChoice::Auto) => alts.push(Alt::Text),
+        (None, crate::ToolChoice::Required) => {}
+    }
     alternatives_to_gbnf(&alts, bounds).map(Some)
 }
 
@@ -244,8 +245,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(g.starts_with("root ::= alt0 | alt1"), "{g}");
-        // Without a format the answer is free text, never opening with `{`.
-        assert!(g.contains(r#"alt1 ::= [^{<` \t\n\r\x00] [^\x00]*"#), "{g}");
+        // Without a format the answer is free text, never opening with `{`
+        // and never holding tool markup.
+        assert!(
+            g.contains(r#"alt1 ::= [^{<` \t\n\r\x00] ([^<\x00] | "<" [^t/|<\x00])* "<"?"#),
+            "{g}"
+        );
+        // A required call leaves no text alternative.
+        let must = ChatRequest {
+            tool_choice: crate::ToolChoice::Required,
+            ..req_with_tools(None)
+        };
+        let m = grammar(&must, Bounds::default()).unwrap().unwrap();
+        assert!(m.starts_with("root ::= alt0\n"), "{m}");
         let f = grammar(
             &req_with_tools(Some(json!({"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}))),
             Bounds::default(),
