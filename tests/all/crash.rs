@@ -20,7 +20,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const PROMPT: &str = "Collect every TODO line under src/ into todo.md";
+/// Names both files the scripted belter writes (a task may change only the
+/// paths it names).
+const PROMPT: &str = "Collect every TODO line under src/ into todo.md and note it in log.txt";
 
 fn camina(home: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_camina"));

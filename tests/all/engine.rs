@@ -204,7 +204,9 @@ async fn setup_with(config: Config) -> Setup {
     }
 }
 
-const PROMPT: &str = "Collect every TODO line under src/ into todo.md";
+/// Names both files the scripted belter writes (a task may change only the
+/// paths it names).
+const PROMPT: &str = "Collect every TODO line under src/ into todo.md and note it in log.txt";
 
 #[tokio::test]
 async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
@@ -337,9 +339,10 @@ async fn invalid_plan_json_gets_a_correction_then_fails_with_a_reason() {
         todo_script(req)
     });
     let s = setup(&fake).await;
+    // A task that names no file, so an answer without steps can be right.
     let t = s
         .engine
-        .submit(PROMPT, &s.ws, Budgets::default())
+        .submit("Is there anything to do?", &s.ws, Budgets::default())
         .await
         .unwrap();
     let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
@@ -387,8 +390,13 @@ async fn invalid_plan_json_gets_a_correction_then_fails_with_a_reason() {
 async fn unknown_tools_are_corrected_and_bounded() {
     // Once wrong, then right: the correction works.
     let fake = FakeOllama::start(models(), |req| {
-        if offers(req, "grep") && since_user(req).is_empty() {
-            return Reply::tool_call("rm_rf", json!({"path": "/"}));
+        if offers(req, "grep") {
+            match since_user(req).len() {
+                0 => return Reply::tool_call("rm_rf", json!({"path": "/"})),
+                // Told the tool does not exist: the real search.
+                2 => return Reply::tool_call("grep", json!({"pattern": "TODO", "path": "src"})),
+                _ => {}
+            }
         }
         todo_script(req)
     });
@@ -451,9 +459,14 @@ async fn a_repeated_call_is_not_run_again_even_with_its_keys_reordered() {
         todo_script(req)
     });
     let s = setup(&fake).await;
+    // This belter only appends: a task that names only log.txt.
     let t = s
         .engine
-        .submit(PROMPT, &s.ws, Budgets::default())
+        .submit(
+            "Collect the TODO lines, then note it in log.txt",
+            &s.ws,
+            Budgets::default(),
+        )
         .await
         .unwrap();
     let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
@@ -514,17 +527,61 @@ async fn a_model_error_mid_task_fails_it_and_resume_does_not_reask() {
 
     *broken.lock().unwrap() = false;
     let before = fake.chats().len();
-    std::fs::remove_file(s.ws.join("log.txt")).unwrap();
     let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
-    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
     assert_eq!(
         fake.chats().len(),
         before + 1,
         "only the failed answer request is sent again"
     );
-    assert!(
-        !s.ws.join("log.txt").exists(),
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
+        "collected\n",
         "finished tool calls are not re-run"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_step_ends_the_plan_and_the_later_steps_do_not_run() {
+    // The drummer never searches (a failed lookup would be a finding; no
+    // lookup at all is a failed step): the belter's write, which would
+    // build on the search, must not happen, and the task ends failed
+    // naming the step, without asking for an answer.
+    let fake = FakeOllama::start(models(), |req| {
+        if offers(req, "grep") {
+            return Reply::text("I would rather not search.");
+        }
+        todo_script(req)
+    });
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Failed);
+    let reason = done.error.unwrap();
+    assert!(
+        reason.contains("step 1")
+            && reason.contains("no successful tool call")
+            && reason.contains("1 step(s) after it were not run"),
+        "{reason}"
+    );
+    assert!(
+        !s.ws.join("todo.md").exists(),
+        "the belter step did not run"
+    );
+    assert!(
+        !fake.chats().iter().any(|c| offers(c, "write_file")),
+        "no belter was asked"
+    );
+    assert!(
+        !fake
+            .chats()
+            .iter()
+            .any(|c| c["model"] == COORDINATOR && !c["format"].to_string().contains("oneOf")),
+        "no answer was asked for: the failure is the answer"
     );
 }
 
@@ -763,7 +820,7 @@ async fn an_interrupted_side_effecting_call_needs_review() {
         )
         .await
         .unwrap();
-    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
     assert_eq!(
         std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
         "",

@@ -54,6 +54,11 @@ pub struct Agent<'e> {
     pub opts: RunOptions,
     pub cancel: tokio::sync::watch::Receiver<Option<Stop>>,
     pub model_calls: u32,
+    /// The task's expected outputs (from its setup).
+    pub outputs: Vec<String>,
+    /// Paths successful calls of this task changed (from the replayed or
+    /// live results, so decisions made from it replay the same).
+    pub touched: Vec<String>,
 }
 
 impl Agent<'_> {
@@ -443,6 +448,10 @@ impl Agent<'_> {
                     think: reasoner.can("thinking"),
                     consult,
                     files: crate::toolbox::workspace_listing(std::path::Path::new(&workspace), 60),
+                    outputs: crate::scope::expected_outputs(
+                        &task,
+                        std::path::Path::new(&workspace),
+                    ),
                 };
                 self.d
                     .record("setup", "setup", &setup, Durability::Buffered)
@@ -452,6 +461,7 @@ impl Agent<'_> {
         };
         let crews = setup.crews.clone();
         let think = setup.think;
+        self.outputs = setup.outputs.clone();
 
         // 1. The reasoner.
         let advice = if setup.consult {
@@ -512,32 +522,51 @@ impl Agent<'_> {
                 )));
             };
             let finished = self
-                .crew_step(i, crew, &task, &s.instruction, &results)
+                .crew_step(
+                    i,
+                    crew,
+                    &task,
+                    &s.instruction,
+                    &results,
+                    i + 1 == plan.steps.len(),
+                )
                 .await?;
             let finished: StepFinished = self
                 .d
                 .run(&step, "step_finished", async { Ok(finished) })
                 .await?;
+            let failed = !finished.complete;
             results.push((s.instruction.clone(), finished));
+            // A failed step ends the plan: the steps after it build on its
+            // work (a belter writing what a failed search did not find
+            // damages files), and the task was not done.
+            if failed {
+                break;
+            }
         }
 
-        // 4. The answer. When every step failed the task was not done, and
-        // the failures are the answer (no model call needed to say so).
-        if results.iter().all(|(_, r)| !r.complete) {
-            let why: Vec<String> = results
-                .iter()
-                .map(|(instruction, r)| {
-                    format!(
-                        "step {} ({instruction}): {}",
-                        r.index + 1,
-                        r.failure.as_deref().unwrap_or("not finished")
-                    )
-                })
-                .collect();
-            let answer = format!(
-                "The task was not done; every step failed: {}",
-                why.join("; ")
+        // 4. The answer. A failed step is the answer (no model call needed
+        // to say the task was not done).
+        if let Some((instruction, r)) = results.iter().find(|(_, r)| !r.complete) {
+            let skipped = plan.steps.len() - results.len();
+            let mut answer = format!(
+                "The task was not done: step {} ({instruction}) failed: {}",
+                r.index + 1,
+                r.failure.as_deref().unwrap_or("not finished")
             );
+            if skipped > 0 {
+                answer.push_str(&format!("; the {skipped} step(s) after it were not run"));
+            }
+            let all: Vec<&str> = results
+                .iter()
+                .flat_map(|(_, r)| r.changes.iter().map(String::as_str))
+                .collect();
+            if !all.is_empty() {
+                answer.push_str(&format!(
+                    ". Changes made before it stopped: {}",
+                    all.join("; ")
+                ));
+            }
             return self.finish(answer, false).await;
         }
         let (answer, done) = self
@@ -553,10 +582,27 @@ impl Agent<'_> {
 
     /// Records the answer. A task not done ends `failed`, its answer kept.
     async fn finish(&mut self, answer: String, done: bool) -> Flow<String> {
-        let a = Answer { text: answer, done };
         let a: Answer = if let Some(r) = self.d.take_kind("answer", "answer")? {
             decode(&r)?
         } else {
+            // The models' word against the workspace: a path the task
+            // names that was not there at the start and is not there now
+            // was not made.
+            let missing = crate::scope::missing(
+                &self.outputs,
+                std::path::Path::new(&self.submitted.workspace),
+            );
+            let a = if done && !missing.is_empty() {
+                Answer {
+                    text: format!(
+                        "{answer}\n(Not done: the task names {}, which does not exist.)",
+                        missing.join(", ")
+                    ),
+                    done: false,
+                }
+            } else {
+                Answer { text: answer, done }
+            };
             let update = if a.done {
                 Update {
                     status: Some(camina_journal::Status::Succeeded),
@@ -602,6 +648,80 @@ impl Agent<'_> {
         })
     }
 
+    /// The path `call` would change although the task does not name it (it
+    /// is then refused, not run). Decided once and recorded, so a resumed
+    /// task replays the same refusals whatever the workspace holds by then.
+    async fn out_of_scope(
+        &mut self,
+        step: &str,
+        crew: &Crew,
+        call: &ToolCall,
+        scope: &crate::scope::Scope,
+    ) -> Flow<Option<String>> {
+        match self.d.peek_kind(step) {
+            Some("tool_refused") => {
+                if let Some(r) = self.d.take_kind(step, "tool_refused")? {
+                    return Ok(Some(decode::<ToolRefused>(&r)?.path));
+                }
+            }
+            Some(_) => return Ok(None),
+            None => {}
+        }
+        let Some(ct) = crew.find(&call.name) else {
+            return Ok(None);
+        };
+        let effect = self
+            .registry
+            .get(&ct.plugin)
+            .ok()
+            .and_then(|p| p.record.tool(&ct.tool).map(|t| t.effect.clone()));
+        if effect.as_deref() == Some("read-only") {
+            return Ok(None);
+        }
+        let workspace = std::path::Path::new(&self.submitted.workspace);
+        for key in ["path", "from", "to"] {
+            let Some(path) = call.arguments.get(key).and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let exists = workspace.join(path.trim_start_matches("./")).exists();
+            if !scope.allows(path, exists) {
+                let refused = ToolRefused {
+                    tool: call.name.clone(),
+                    path: path.to_owned(),
+                };
+                self.d
+                    .record(step, "tool_refused", &refused, Durability::Buffered)
+                    .await?;
+                return Ok(Some(refused.path));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Notes the paths a successful change made.
+    fn touch(&mut self, call: &ToolCall) {
+        for key in ["path", "to"] {
+            if let Some(p) = call.arguments.get(key).and_then(serde_json::Value::as_str) {
+                let p = p.trim_start_matches("./").trim_end_matches('/');
+                self.touched.push(p.to_owned());
+            }
+        }
+    }
+
+    /// The expected outputs no successful call has made yet.
+    fn not_made(&self) -> Vec<String> {
+        self.outputs
+            .iter()
+            .filter(|o| {
+                !self
+                    .touched
+                    .iter()
+                    .any(|t| t == *o || std::path::Path::new(t).starts_with(o.as_str()))
+            })
+            .cloned()
+            .collect()
+    }
+
     async fn crew_step(
         &mut self,
         i: usize,
@@ -609,18 +729,25 @@ impl Agent<'_> {
         task: &str,
         instruction: &str,
         results: &[(String, StepFinished)],
+        last: bool,
     ) -> Flow<StepFinished> {
         let role = match crew.name.as_str() {
             "belter" => ModelRole::Belter,
             _ => ModelRole::Drummer,
         };
         let mut messages = prompts::crew_messages(crew, task, instruction, results);
-        // The last tool error not followed by a successful call: a step
-        // whose work ended in an error failed, whatever its report says.
-        let mut unresolved: Option<String> = None;
+        // The last tool error not followed by a successful call, and
+        // whether it was a change (a write, a move, a refusal): a step whose
+        // changes ended in an error failed, whatever its report says. A
+        // failed lookup is a finding (the file is not there), not a failure.
+        let mut unresolved: Option<(String, bool)> = None;
         let mut succeeded = 0usize;
+        // Calls that ran, successful or not; whether one tried a change.
+        let mut ran = 0usize;
+        let mut tried_change = false;
         let mut changes: Vec<String> = Vec::new();
-        let (mut nudged_idle, mut nudged_error) = (false, false);
+        let (mut nudged_idle, mut nudged_error, mut nudged_outputs) = (false, false, false);
+        let scope = crate::scope::Scope::of_task(task);
         let mut evidence: Vec<String> = Vec::new();
         let mut invalid = 0;
         let mut repeats = 0;
@@ -630,8 +757,10 @@ impl Agent<'_> {
         let max_turns = self.submitted.budgets.max_turns;
         // Calls run in this step so far: the `n` of the key `task:step:n`.
         let mut calls = 0usize;
+        let mut must_call = true;
         for turn in 0..max_turns {
-            let req = prompts::crew_request(messages.clone(), crew);
+            let req = prompts::crew_request(messages.clone(), crew, must_call);
+            must_call = false;
             let reply = self
                 .model(&format!("step/{i}/turn/{turn}"), role, req)
                 .await?;
@@ -641,9 +770,24 @@ impl Agent<'_> {
                 let nudge = if succeeded == 0 && unresolved.is_none() && !nudged_idle {
                     nudged_idle = true;
                     Some(prompts::use_your_tools())
-                } else if let Some(error) = unresolved.as_deref().filter(|_| !nudged_error) {
+                } else if let Some((error, _)) = unresolved.as_ref().filter(|_| !nudged_error) {
                     nudged_error = true;
                     Some(prompts::put_it_right(error))
+                } else if crew.changes_files() && !nudged_outputs && !self.not_made().is_empty() {
+                    // A belter that stops before making what the task
+                    // names is reminded once (it may be a later step's job;
+                    // in the last step it must act).
+                    nudged_outputs = true;
+                    must_call = last;
+                    let paths: Vec<(String, bool)> = self
+                        .not_made()
+                        .into_iter()
+                        .map(|p| {
+                            let file = crate::scope::has_extension(&p);
+                            (p, file)
+                        })
+                        .collect();
+                    Some(prompts::not_made_yet(&paths))
                 } else {
                     None
                 };
@@ -659,11 +803,7 @@ impl Agent<'_> {
                 } else {
                     reply.message.content.trim().to_owned()
                 };
-                let failure = match (&unresolved, succeeded) {
-                    (Some(e), _) => Some(e.clone()),
-                    (None, 0) => Some("the crew made no successful tool call".to_owned()),
-                    (None, _) => None,
-                };
+                let failure = step_failure(&unresolved, succeeded, ran, tried_change);
                 return Ok(StepFinished {
                     index: i,
                     result: prompts::compose(&report, &evidence),
@@ -686,14 +826,23 @@ impl Agent<'_> {
                 if done.contains(&fingerprint) {
                     repeats += 1;
                     if repeats > self.submitted.budgets.max_invalid_retries {
+                        // The call it keeps asking for has been made: the
+                        // step is judged on what its calls did, as if it
+                        // had stopped.
+                        let failure = step_failure(&unresolved, succeeded, ran, tried_change)
+                            .or_else(|| {
+                                (succeeded == 0).then(|| {
+                                    "the crew kept repeating the same tool call".to_owned()
+                                })
+                            });
                         return Ok(StepFinished {
                             index: i,
                             result: prompts::compose(
                                 "(the model kept repeating the same tool call; step ended)",
                                 &evidence,
                             ),
-                            complete: false,
-                            failure: Some("the crew kept repeating the same tool call".into()),
+                            complete: failure.is_none(),
+                            failure,
                             changes,
                         });
                     }
@@ -725,21 +874,49 @@ impl Agent<'_> {
                     continue;
                 }
                 let step = format!("step/{i}/turn/{turn}/call/{k}");
+                if let Some(path) = self.out_of_scope(&step, crew, call, &scope).await? {
+                    let refusal = scope.refusal(&path);
+                    unresolved = Some((format!("{} refused: {refusal}", call.name), true));
+                    tried_change = true;
+                    done.push(fingerprint);
+                    evidence.push(prompts::evidence(
+                        &call.name,
+                        &call.arguments,
+                        &format!("error ({refusal})"),
+                    ));
+                    messages.push(Message::tool(
+                        call.name.clone(),
+                        format!("error ({refusal})"),
+                    ));
+                    continue;
+                }
                 let key = format!("{}:{i}:{calls}", self.d.task);
                 calls += 1;
                 let result = self.tool(&step, key, crew, call).await?;
+                ran += 1;
+                let change = self.change_of(crew, call);
+                tried_change |= change.is_some();
                 match &result.error {
                     // A reviewer's skip of an interrupted call: their call,
-                    // not a failure of the step.
-                    Some((kind, _)) if kind == "skipped" => {}
+                    // not a failure of the step (and its paths count as made:
+                    // the reviewer judged them).
+                    Some((kind, _)) if kind == "skipped" => {
+                        if change.is_some() {
+                            self.touch(call);
+                        }
+                    }
                     Some((kind, message)) => {
-                        unresolved = Some(format!("{} failed ({kind}): {message}", call.name));
+                        unresolved = Some((
+                            format!("{} failed ({kind}): {message}", call.name),
+                            change.is_some(),
+                        ));
                     }
                     None => {
                         unresolved = None;
                         succeeded += 1;
-                        if let Some(change) = self.change_of(crew, call) {
+                        if let Some(change) = change {
                             changes.push(change);
+                            self.touch(call);
                         }
                     }
                 }
@@ -764,5 +941,25 @@ impl Agent<'_> {
             )),
             changes,
         })
+    }
+}
+
+/// Why a crew's step failed, from what its calls did: its last change
+/// ended in an error that was not put right, or it changed nothing it
+/// tried to change, or it did not even look. Lookups that failed are
+/// findings for the answer, not failures.
+fn step_failure(
+    unresolved: &Option<(String, bool)>,
+    succeeded: usize,
+    ran: usize,
+    tried_change: bool,
+) -> Option<String> {
+    match (unresolved, succeeded) {
+        (Some((e, true)), _) => Some(e.clone()),
+        (_, 0) if tried_change || ran == 0 => Some(match unresolved {
+            Some((e, _)) => e.clone(),
+            None => "the crew made no successful tool call".to_owned(),
+        }),
+        _ => None,
     }
 }

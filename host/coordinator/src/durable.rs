@@ -64,6 +64,14 @@ impl<'j> Durable<'j> {
         !self.history.is_empty()
     }
 
+    /// The kind of the next recorded entry, if it belongs to `step`.
+    pub fn peek_kind(&self, step: &str) -> Option<&str> {
+        self.history
+            .front()
+            .filter(|r| r.step == step)
+            .map(|r| r.kind.as_str())
+    }
+
     /// Takes the next recorded entry if it belongs to `step`; `None` past
     /// the end of the history; an error if another step is recorded next.
     pub fn take(&mut self, step: &str) -> Result<Option<Record>> {

@@ -91,6 +91,18 @@ pub struct Setup {
     /// plans with; recorded so a resumed task asks the same questions).
     #[serde(default)]
     pub files: Vec<String>,
+    /// The paths the task names that did not exist when it started (see
+    /// [`crate::scope`]): a task ending with one missing was not done.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+}
+
+/// A call refused before it ran: it would change `path`, which the task
+/// does not name (see [`crate::scope`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolRefused {
+    pub tool: String,
+    pub path: String,
 }
 
 fn yes() -> bool {

@@ -33,6 +33,7 @@ pub mod durable;
 pub mod events;
 pub mod prompts;
 pub mod replay;
+pub mod scope;
 pub mod toolbox;
 pub mod view;
 
@@ -336,6 +337,8 @@ impl Engine {
             opts,
             cancel,
             model_calls: 0,
+            outputs: Vec::new(),
+            touched: Vec::new(),
         };
         let outcome = agent.drive().await;
         watcher.abort();

@@ -11,7 +11,7 @@
 
 use crate::events::{Plan, StepFinished};
 use crate::toolbox::Crew;
-use camina_model::{ChatRequest, Message, Options};
+use camina_model::{ChatRequest, Message, Options, ToolChoice};
 use serde_json::{Value, json};
 
 /// Longest instruction and answer the schemas allow.
@@ -29,6 +29,9 @@ fn deterministic(num_predict: u32) -> Options {
     }
 }
 
+/// The crews as the reasoner and the planner see them: what each can do,
+/// in words. The tools' function names are the crews' business; a planner
+/// shown them writes its instructions as calls.
 fn crew_lines(crews: &[Crew]) -> String {
     crews
         .iter()
@@ -36,12 +39,33 @@ fn crew_lines(crews: &[Crew]) -> String {
             let tools: Vec<String> = c
                 .tools
                 .iter()
-                .map(|t| format!("{} ({})", t.function, first_sentence(&t.description)))
+                .map(|t| first_sentence(&t.description).to_lowercase())
                 .collect();
-            format!("- {} ({}): {}", c.name, c.purpose(), tools.join("; "))
+            format!(
+                "- {} ({}). It can: {}",
+                c.name,
+                c.purpose(),
+                tools.join("; ")
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The tool a plan instruction is written as, if it is one: it starts with
+/// a tool's function name or calls one (`read_file(…)`). The crew decides
+/// its calls; an instruction says what to achieve.
+fn tool_call_in(instruction: &str, crews: &[Crew]) -> Option<String> {
+    let text = instruction.trim_start().to_lowercase();
+    crews
+        .iter()
+        .flat_map(|c| c.tools.iter().map(|t| t.function.to_lowercase()))
+        .find(|f| {
+            let starts = text
+                .strip_prefix(f.as_str())
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'));
+            starts || text.contains(&format!("{f}("))
+        })
 }
 
 fn first_sentence(s: &str) -> &str {
@@ -174,6 +198,14 @@ pub fn parse_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan,
         if s.instruction.trim().is_empty() {
             return Err(format!("step {}: the instruction is empty", i + 1));
         }
+        if let Some(tool) = tool_call_in(&s.instruction, crews) {
+            return Err(format!(
+                "step {}: the instruction is written as a `{tool}` call; write it as an \
+                 English sentence saying what the crew must achieve (the crew chooses its own \
+                 tool calls)",
+                i + 1
+            ));
+        }
     }
     Ok(plan)
 }
@@ -269,10 +301,18 @@ pub fn crew_messages(
     vec![Message::system(system), Message::user(user)]
 }
 
-pub fn crew_request(messages: Vec<Message>, crew: &Crew) -> ChatRequest {
+/// A crew's turn. `must_call`: the reply has to be a tool call (a crew's
+/// first turn, and the turn after it was told it had done nothing: a step
+/// without a call did nothing, whatever its text says).
+pub fn crew_request(messages: Vec<Message>, crew: &Crew, must_call: bool) -> ChatRequest {
     ChatRequest {
         messages,
         tools: crew.specs(),
+        tool_choice: if must_call {
+            ToolChoice::Required
+        } else {
+            ToolChoice::Auto
+        },
         options: deterministic(1024),
         ..Default::default()
     }
@@ -314,6 +354,26 @@ pub fn use_your_tools() -> Message {
         "You have not called any tool, so nothing was done yet. Do the instruction now with \
          your tools (one call), or, if it truly cannot be done with them, say why.",
     )
+}
+
+/// The reminder for a belter that stops while paths the task names are
+/// still not made.
+pub fn not_made_yet(paths: &[(String, bool)]) -> Message {
+    let names: Vec<String> = paths
+        .iter()
+        .map(|(p, file)| {
+            if *file {
+                format!("the file {p}, which has not been written yet")
+            } else {
+                format!("{p}, which does not exist yet")
+            }
+        })
+        .collect();
+    Message::user(format!(
+        "The task names {}. If making it is part of your instruction, do that now with \
+         your tools; otherwise reply with your report.",
+        names.join("; ")
+    ))
 }
 
 /// The corrective turn for a crew that stopped right after a failed call.
@@ -405,6 +465,46 @@ mod tests {
             let e = parse_plan(bad, &c, 8).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn plan_instructions_written_as_tool_calls_are_sent_back() {
+        let mut c = crews();
+        c[0].tools.push(crate::toolbox::CrewTool {
+            function: "read_file".into(),
+            plugin: "belter-fs".into(),
+            tool: "read_file".into(),
+            description: "Read a text file. More.".into(),
+            parameters: json!({"type": "object"}),
+        });
+        for bad in [
+            "read_file(README.md); write it to a.txt",
+            "read_file README.md",
+            "Read_File notes.txt",
+            "then call read_file(x)",
+        ] {
+            let plan = json!({"steps": [{"crew": "belter", "instruction": bad}]}).to_string();
+            let e = parse_plan(&plan, &c, 8).unwrap_err();
+            assert!(e.contains("written as a `read_file` call"), "{bad}: {e}");
+        }
+        for good in [
+            "Read README.md and write its first line to title.txt",
+            "read_files_list.txt holds the names; copy it",
+            "Use the read_file tool on notes.txt",
+        ] {
+            let plan = json!({"steps": [{"crew": "belter", "instruction": good}]}).to_string();
+            assert!(parse_plan(&plan, &c, 8).is_ok(), "{good}");
+        }
+        // The planner is told what the crews can do, not their function names.
+        let req = plan_request_text(&c);
+        assert!(
+            req.contains("read a text file") && !req.contains("read_file"),
+            "{req}"
+        );
+    }
+
+    fn plan_request_text(c: &[Crew]) -> String {
+        plan("t", &[], "", c, 8).messages[0].content.clone()
     }
 
     #[test]

@@ -72,6 +72,11 @@ impl Crew {
     }
 
     /// Function names, for corrective messages.
+    /// Whether this crew changes files (the belters).
+    pub fn changes_files(&self) -> bool {
+        self.name == "belter"
+    }
+
     pub fn functions(&self) -> Vec<&str> {
         self.tools.iter().map(|t| t.function.as_str()).collect()
     }
