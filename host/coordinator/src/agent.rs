@@ -683,7 +683,7 @@ impl Agent<'_> {
             let Some(path) = call.arguments.get(key).and_then(serde_json::Value::as_str) else {
                 continue;
             };
-            let exists = workspace.join(path.trim_start_matches("./")).exists();
+            let exists = workspace.join(crate::scope::normal(path)).exists();
             if !scope.allows(path, exists) {
                 let refused = ToolRefused {
                     tool: call.name.clone(),
@@ -702,8 +702,7 @@ impl Agent<'_> {
     fn touch(&mut self, call: &ToolCall) {
         for key in ["path", "to"] {
             if let Some(p) = call.arguments.get(key).and_then(serde_json::Value::as_str) {
-                let p = p.trim_start_matches("./").trim_end_matches('/');
-                self.touched.push(p.to_owned());
+                self.touched.push(crate::scope::normal(p).to_owned());
             }
         }
     }
@@ -773,21 +772,16 @@ impl Agent<'_> {
                 } else if let Some((error, _)) = unresolved.as_ref().filter(|_| !nudged_error) {
                     nudged_error = true;
                     Some(prompts::put_it_right(error))
-                } else if crew.changes_files() && !nudged_outputs && !self.not_made().is_empty() {
+                } else if let Some(missing) = (crew.changes_files() && !nudged_outputs)
+                    .then(|| self.not_made())
+                    .filter(|m| !m.is_empty())
+                {
                     // A belter that stops before making what the task
                     // names is reminded once (it may be a later step's job;
                     // in the last step it must act).
                     nudged_outputs = true;
                     must_call = last;
-                    let paths: Vec<(String, bool)> = self
-                        .not_made()
-                        .into_iter()
-                        .map(|p| {
-                            let file = crate::scope::has_extension(&p);
-                            (p, file)
-                        })
-                        .collect();
-                    Some(prompts::not_made_yet(&paths))
+                    Some(prompts::not_made_yet(&missing))
                 } else {
                     None
                 };

@@ -358,11 +358,11 @@ pub fn use_your_tools() -> Message {
 
 /// The reminder for a belter that stops while paths the task names are
 /// still not made.
-pub fn not_made_yet(paths: &[(String, bool)]) -> Message {
+pub fn not_made_yet(paths: &[String]) -> Message {
     let names: Vec<String> = paths
         .iter()
-        .map(|(p, file)| {
-            if *file {
+        .map(|p| {
+            if crate::scope::has_extension(p) {
                 format!("the file {p}, which has not been written yet")
             } else {
                 format!("{p}, which does not exist yet")

@@ -65,7 +65,8 @@ fn path_like(word: &str) -> bool {
     !is_pattern(word) && (word.contains('/') || has_extension(word))
 }
 
-fn normal(path: &str) -> &str {
+/// A path as the task and the calls compare it: no `./`, no trailing `/`.
+pub fn normal(path: &str) -> &str {
     path.trim_start_matches("./").trim_end_matches('/')
 }
 
