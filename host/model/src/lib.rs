@@ -153,6 +153,20 @@ pub struct ChatRequest {
     /// Whether the reply may be plain text or must call a tool.
     #[serde(default, skip_serializing_if = "ToolChoice::is_auto")]
     pub tool_choice: ToolChoice,
+    /// Tools declared (the prompt, and its cached prefix, stay the same)
+    /// that this reply may not call: the embedded grammar leaves them out;
+    /// Ollama has no such setting, and a caller must check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<String>,
+}
+
+impl ChatRequest {
+    /// The tools this reply may call.
+    pub fn callable(&self) -> impl Iterator<Item = &ToolSpec> {
+        self.tools
+            .iter()
+            .filter(|t| !self.unavailable.contains(&t.name))
+    }
 }
 
 /// Whether a reply to a request with tools may be plain text.

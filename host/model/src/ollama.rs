@@ -672,8 +672,12 @@ mod tests {
             },
             keep_alive: Some("5m".into()),
             tool_choice: crate::ToolChoice::Required,
+            // Ollama cannot withhold a tool for one reply: it stays
+            // declared (the caller checks the reply).
+            unavailable: vec!["read_file".into()],
         };
         let w = OllamaBackend::wire_request("mistral:7b", &req, true).unwrap();
+        assert_eq!(w["tools"][0]["function"]["name"], "read_file");
         assert_eq!(w["model"], "mistral:7b");
         assert_eq!(w["stream"], true);
         assert_eq!(w["think"], true);

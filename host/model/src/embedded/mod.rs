@@ -347,13 +347,11 @@ impl EmbeddedBackend {
                 .map_err(err);
         }
         let markup: Vec<(String, String)> = req
-            .tools
-            .iter()
+            .callable()
             .map(|t| crate::template::hermes_call_gbnf(&t.name))
             .collect();
         let mut alts: Vec<Alt<'_>> = req
-            .tools
-            .iter()
+            .callable()
             .zip(&markup)
             .map(|(t, (before, after))| Alt::Wrapped(before, &t.parameters, after))
             .collect();

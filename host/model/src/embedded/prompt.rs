@@ -124,10 +124,9 @@ pub fn grammar(req: &ChatRequest, bounds: Bounds) -> Result<Option<String>, Gram
             .map(|f| schema_to_gbnf(f, bounds))
             .transpose();
     }
-    let names: Vec<Value> = req.tools.iter().map(|t| json!({"const": t.name})).collect();
+    let names: Vec<Value> = req.callable().map(|t| json!({"const": t.name})).collect();
     let mut alts: Vec<Alt<'_>> = req
-        .tools
-        .iter()
+        .callable()
         .zip(&names)
         .map(|(t, n)| Alt::Shape(vec![("tool", n), ("arguments", &t.parameters)]))
         .collect();
@@ -267,5 +266,23 @@ mod tests {
         assert!(f.starts_with("root ::= alt0 | alt1"), "{f}");
         let none = grammar(&ChatRequest::default(), Bounds::default()).unwrap();
         assert!(none.is_none());
+        // A tool declared but unavailable for this reply is not callable.
+        let mut two = must.clone();
+        two.tools.push(ToolSpec {
+            name: "finish".into(),
+            description: "End".into(),
+            parameters: json!({"type": "object", "properties": {"report": {"type": "string"}}}),
+        });
+        let both = grammar(&two, Bounds::default()).unwrap().unwrap();
+        assert!(
+            both.starts_with("root ::= alt0 | alt1\n") && both.contains("finish"),
+            "{both}"
+        );
+        two.unavailable = vec!["finish".into()];
+        let one = grammar(&two, Bounds::default()).unwrap().unwrap();
+        assert!(
+            one.starts_with("root ::= alt0\n") && !one.contains("finish"),
+            "{one}"
+        );
     }
 }
