@@ -323,9 +323,12 @@ async fn decisions_inside_a_task_name_the_task_and_step() {
     let write = entries
         .iter()
         .find(|e| {
-            e.plugin == "belter-fs" && e.target.ends_with("/todo.md") && e.action.contains("create")
+            // Writes are atomic: a scratch file renamed over the target.
+            e.plugin == "belter-fs"
+                && e.target.ends_with("/todo.md")
+                && (e.action.contains("create") || e.action == "rename")
         })
-        .expect("the write of todo.md was logged");
+        .unwrap_or_else(|| panic!("the write of todo.md was logged: {entries:#?}"));
     assert!(write.allowed);
     assert!(
         write

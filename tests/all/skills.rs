@@ -116,6 +116,20 @@ async fn belter_fs_write_read_append() {
     )
     .await;
     assert_eq!(v["unchanged"], true);
+    // So does the same text with a final newline the file does not have
+    // (a model cannot see one): the file is left exactly as it was.
+    let v = ok(
+        &b,
+        &g,
+        "write_file",
+        json!({"path": "dir/notes.txt", "content": "hello world\n"}),
+    )
+    .await;
+    assert_eq!(v["unchanged"], true);
+    assert_eq!(
+        fs::read_to_string(s.ws().join("dir/notes.txt")).unwrap(),
+        "hello world"
+    );
     ok(
         &b,
         &g,
@@ -126,6 +140,27 @@ async fn belter_fs_write_read_append() {
     assert_eq!(
         fs::read_to_string(s.ws().join("dir/notes.txt")).unwrap(),
         "replaced"
+    );
+    // Writes are atomic (scratch file, then rename): a write killed midway
+    // leaves its scratch file, never a truncated target, and the resumed
+    // write reuses it; nothing else is left in the directory.
+    fs::write(s.ws().join("dir/.notes.txt.camina-write"), "half").unwrap();
+    ok(
+        &b,
+        &g,
+        "write_file",
+        json!({"path": "dir/notes.txt", "content": "whole", "overwrite": true}),
+    )
+    .await;
+    let mut names: Vec<String> = fs::read_dir(s.ws().join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["notes.txt"]);
+    assert_eq!(
+        fs::read_to_string(s.ws().join("dir/notes.txt")).unwrap(),
+        "whole"
     );
     // Without create_dirs a missing parent is an error.
     tool_err(

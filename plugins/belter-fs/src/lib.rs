@@ -4,11 +4,12 @@
 //! relative to the workspace mount (absolute guest paths under it are
 //! accepted). The skill trusts nothing and enforces nothing itself: the host
 //! preopens only the policy's mounts, so a path outside them fails in the
-//! sandbox and comes back as `denied`.
+//! sandbox and comes back as `denied`. It also greps files (the kit's
+//! search): a Belter looks up what it is about to change.
 
 use camina_skill_kit::{
-    Effect, Guest, Manifest, ReadFileInput, Tool, ToolError, ToolResult, Workspace, io_error,
-    output, parse_input, read_file, read_file_tool, tool, unknown_tool,
+    Effect, Guest, Manifest, ReadFileInput, Tool, ToolError, ToolResult, Workspace, call_search,
+    io_error, output, parse_input, read_file, read_file_tool, search_tools, tool, unknown_tool,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -31,7 +32,7 @@ impl Guest for BelterFs {
             name: NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             description: "File work in the task's workspace: read, write, append, edit, \
-                          list, make directories, move, delete, inspect."
+                          list, make directories, move, delete, inspect, grep."
                 .into(),
             tools: tools(),
         }
@@ -39,6 +40,11 @@ impl Guest for BelterFs {
 
     fn call(name: String, input: String) -> Result<String, ToolError> {
         let ws = Workspace::discover()?;
+        if name == "grep"
+            && let Some(result) = call_search(&ws, &name, &input)
+        {
+            return result;
+        }
         match name.as_str() {
             "read_file" => read_file(&ws, parse_input::<ReadFileInput>(&input)?),
             "write_file" => write_file(&ws, parse_input(&input)?),
@@ -59,7 +65,7 @@ fn path_prop(what: &str) -> serde_json::Value {
 }
 
 fn tools() -> Vec<Tool> {
-    vec![
+    let mut tools = vec![
         read_file_tool(),
         tool(
             "write_file",
@@ -113,7 +119,8 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "list_dir",
-            "List a directory's entries (name, type, size), optionally recursively.",
+            "List a directory's entries (name, workspace-relative path, type, size), \
+             optionally recursively; a file lists as itself.",
             json!({
                 "type": "object",
                 "properties": {
@@ -127,7 +134,9 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "make_dir",
-            "Create a directory (and missing parents). Succeeds if it already exists.",
+            "Create a directory (and missing parents). Succeeds if it already exists. Not \
+             for files: write_file creates a file and its directories (a name with a file \
+             extension, like `notes.md`, is refused).",
             json!({
                 "type": "object",
                 "properties": {"path": path_prop("directory relative to the workspace")},
@@ -177,7 +186,11 @@ fn tools() -> Vec<Tool> {
             }),
             Effect::ReadOnly,
         ),
-    ]
+    ];
+    // Finding text is file work too; finding files by name is list_dir's
+    // (two "find" tools side by side, small models pick the wrong one).
+    tools.extend(search_tools().into_iter().filter(|t| t.name == "grep"));
+    tools
 }
 
 #[derive(Deserialize)]
@@ -243,7 +256,12 @@ fn write_file(ws: &Workspace, input: WriteFileInput) -> ToolResult {
                 )));
             }
             Ok(_) => {
-                let same = fs::read(&path).is_ok_and(|old| old == input.content.as_bytes());
+                // The same text (up to a final newline) is no change: the
+                // file is left as it is, and a resumed write converges.
+                let same = fs::read(&path).is_ok_and(|old| {
+                    let trim = |b: &[u8]| b.strip_suffix(b"\n").unwrap_or(b).to_vec();
+                    trim(&old) == trim(input.content.as_bytes())
+                });
                 if !same {
                     return Err(ToolError::InvalidInput(format!(
                         "{} exists; pass \"overwrite\": true to replace it, or use edit_file",
@@ -259,8 +277,25 @@ fn write_file(ws: &Workspace, input: WriteFileInput) -> ToolResult {
             Err(_) => {}
         }
     }
-    fs::write(&path, input.content.as_bytes()).map_err(|e| io_error("write", &input.path, &e))?;
+    replace(&path, input.content.as_bytes()).map_err(|e| io_error("write", &input.path, &e))?;
     output(&json!({"path": ws.display(&path), "bytes_written": input.content.len()}))
+}
+
+/// Writes `bytes` to `path` all at once: into a sibling scratch file that is
+/// then renamed over `path`, so a process killed mid-write leaves the old
+/// file (or none), never a truncated one. The scratch name is fixed per
+/// target, so the resumed call reuses (and removes) a leftover one.
+fn replace(path: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let p = std::path::Path::new(path);
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let scratch = p.with_file_name(format!(".{name}.camina-write"));
+    fs::write(&scratch, bytes)?;
+    fs::rename(&scratch, path).inspect_err(|_| {
+        let _ = fs::remove_file(&scratch);
+    })
 }
 
 fn append_file(ws: &Workspace, input: WriteInput) -> ToolResult {
@@ -323,7 +358,7 @@ fn edit_file(ws: &Workspace, input: EditInput) -> ToolResult {
         }
     };
     check_size(&edited)?;
-    fs::write(&path, edited.as_bytes()).map_err(|e| io_error("edit", &input.path, &e))?;
+    replace(&path, edited.as_bytes()).map_err(|e| io_error("edit", &input.path, &e))?;
     output(&json!({"path": ws.display(&path), "replacements": count}))
 }
 
@@ -340,6 +375,8 @@ struct ListInput {
 
 #[derive(Serialize)]
 struct Entry {
+    /// The entry's own name (`b.txt`); `path` is workspace-relative.
+    name: String,
     path: String,
     #[serde(rename = "type")]
     kind: &'static str,
@@ -368,6 +405,20 @@ fn list_dir(ws: &Workspace, input: ListInput) -> ToolResult {
     }
     let user = input.path.unwrap_or_else(|| ".".into());
     let root = ws.resolve(&user)?;
+    // A file lists as itself, as `ls` does.
+    if let Ok(meta) = fs::symlink_metadata(&root)
+        && !meta.is_dir()
+    {
+        let name = root.rsplit('/').next().unwrap_or(&root).to_owned();
+        let kind = kind_of(meta.file_type());
+        let entry = Entry {
+            name,
+            path: ws.display(&root),
+            kind,
+            size: (kind == "file").then_some(meta.len()),
+        };
+        return output(&json!({"path": ws.display(&root), "entries": [entry], "truncated": false}));
+    }
     let mut entries = Vec::new();
     let mut truncated = false;
     let mut stack = vec![root.clone()];
@@ -395,6 +446,7 @@ fn list_dir(ws: &Workspace, input: ListInput) -> ToolResult {
                 stack.push(guest.clone());
             }
             entries.push(Entry {
+                name: entry.file_name().to_string_lossy().into_owned(),
                 path: ws.display(&guest),
                 kind,
                 size,
@@ -410,7 +462,35 @@ struct PathInput {
     path: String,
 }
 
+/// Whether a directory name reads like a file's (`setup.md`, `notes.txt`):
+/// a stem and an extension of 2-5 letters or digits starting with a letter.
+/// `conf.d`, `v1.2` and `.config` do not.
+fn file_like(name: &str) -> bool {
+    match name.rsplit_once('.') {
+        Some((stem, ext)) => {
+            !stem.is_empty()
+                && (2..=5).contains(&ext.len())
+                && ext.starts_with(|c: char| c.is_ascii_alphabetic())
+                && ext.chars().all(|c| c.is_ascii_alphanumeric())
+        }
+        None => false,
+    }
+}
+
 fn make_dir(ws: &Workspace, input: PathInput) -> ToolResult {
+    let name = input
+        .path
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if file_like(name) {
+        return Err(ToolError::InvalidInput(format!(
+            "make_dir {}: `{name}` is a file name, not a directory's; to create a file use \
+             write_file (it creates missing directories)",
+            input.path
+        )));
+    }
     let path = ws.resolve(&input.path)?;
     let existed = fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
     fs::create_dir_all(&path).map_err(|e| io_error("make directory", &input.path, &e))?;
@@ -484,4 +564,19 @@ fn file_info(ws: &Workspace, input: PathInput) -> ToolResult {
         "modified_unix": modified,
         "readonly": meta.permissions().readonly()
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_like;
+
+    #[test]
+    fn directory_names_that_read_like_files() {
+        for f in ["setup.md", "notes.txt", "data.json", "a.toml"] {
+            assert!(file_like(f), "{f}");
+        }
+        for d in ["conf.d", "v1.2", ".config", "build", "site.", "x.1ab"] {
+            assert!(!file_like(d), "{d}");
+        }
+    }
 }

@@ -25,6 +25,9 @@ struct ReadFileOutput {
     /// Size of the whole file in bytes.
     size: u64,
     offset: u64,
+    /// Lines in the returned content (a last line without a newline
+    /// counts).
+    lines: usize,
     /// True when the file continues past the returned content.
     truncated: bool,
     /// True when the bytes were not valid UTF-8 (invalid sequences replaced).
@@ -37,7 +40,8 @@ pub fn read_file_tool() -> Tool {
     tool(
         "read_file",
         "Read a text file from the workspace. Paths are relative to the workspace. \
-         Returns the content (UTF-8), the file size and whether it was truncated; \
+         Returns the content (UTF-8), the file size, its number of lines and whether it \
+         was truncated; \
          use offset/max_bytes to page through large files.",
         serde_json::json!({
             "type": "object",
@@ -91,6 +95,7 @@ pub fn read_file(ws: &Workspace, input: ReadFileInput) -> ToolResult {
     };
     output(&ReadFileOutput {
         path: ws.display(&path),
+        lines: content.lines().count(),
         content,
         size,
         offset: input.offset,

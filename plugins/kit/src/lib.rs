@@ -3,8 +3,9 @@
 //! It owns the guest bindings of the `camina:skill` world (see `wit/`), so a
 //! skill crate only implements [`Guest`] and calls [`export_skill!`]. It also
 //! holds what the skills share: JSON input/output helpers, the mapping from
-//! I/O errors to `tool-error` kinds, workspace path resolution and the
-//! `read_file` tool used by both Belters and Drummers.
+//! I/O errors to `tool-error` kinds, workspace path resolution, the
+//! `read_file` tool used by both Belters and Drummers and (feature
+//! `search`) the `find_files` and `grep` tools.
 //!
 //! What it deliberately does not do: enforce anything. A skill is untrusted;
 //! the host's sandbox decides what a path or URL may reach. The kit only turns
@@ -22,12 +23,16 @@ pub mod bindings {
 
 mod files;
 mod paths;
+#[cfg(feature = "search")]
+mod search;
 
 pub use bindings::camina::skill::host::{Level, log};
 pub use bindings::camina::skill::types::{Effect, Manifest, Tool, ToolError};
 pub use bindings::{Guest, export_skill};
 pub use files::{ReadFileInput, read_file, read_file_tool};
 pub use paths::Workspace;
+#[cfg(feature = "search")]
+pub use search::{call_search, search_tools};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
