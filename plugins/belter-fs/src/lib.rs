@@ -335,7 +335,13 @@ fn edit_file(ws: &Workspace, input: EditInput) -> ToolResult {
     }
     check_size(&input.new_text)?;
     let path = ws.resolve(&input.path)?;
-    let text = fs::read_to_string(&path).map_err(|e| io_error("edit", &input.path, &e))?;
+    let text = fs::read_to_string(&path).map_err(|e| match io_error("edit", &input.path, &e) {
+        // edit_file changes what is there; a file to make is write_file's.
+        ToolError::NotFound(m) => ToolError::NotFound(format!(
+            "{m} (edit_file changes an existing file; to create it, use write_file)"
+        )),
+        other => other,
+    })?;
     let count = text.matches(&input.old_text).count();
     let edited = match count {
         0 => {
