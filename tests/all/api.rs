@@ -362,13 +362,16 @@ async fn a_task_runs_to_completion_and_its_details_and_lists_show_it() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 
-    // A second task, then the list: newest first, filters, pages.
+    // A second task, then the list: newest first, filters, pages. It
+    // gets a fresh workspace: in `proj` todo.md now exists, and the script
+    // would overwrite it unread, which the agent refuses.
+    project(&a.root().join("proj2"));
     let (_, v2) = call(
         &a,
         "POST",
         "/v1/tasks",
         None,
-        Some(json!({"prompt": "again", "workspace": "proj"})),
+        Some(json!({"prompt": "again", "workspace": "proj2"})),
     )
     .await;
     let id2 = v2["id"].as_str().unwrap().to_owned();

@@ -48,6 +48,36 @@ fn offers(req: &Value, tool: &str) -> bool {
         .is_some_and(|t| t.iter().any(|t| t["function"]["name"] == tool))
 }
 
+/// A drummer's turn (belters grep too, but only drummers find files by
+/// name).
+fn is_drummer(req: &Value) -> bool {
+    offers(req, "find_files")
+}
+
+/// The coordinator's triage: does the task ask for changes?
+fn is_triage(req: &Value) -> bool {
+    req["model"] == COORDINATOR && req["format"].to_string().contains("changes_files")
+}
+
+/// The coordinator's final answer.
+fn is_answer(req: &Value) -> bool {
+    req["model"] == COORDINATOR
+        && req["format"].to_string().contains("\"done\"")
+        && !req["format"].to_string().contains("oneOf")
+}
+
+/// `src/x.rs:3: text` lines (grep's matches as the drummer reported them).
+fn match_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("src/")
+                && l.split(':')
+                    .nth(1)
+                    .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect()
+}
+
 /// The scripted models of the sample task: collect the TODO lines under
 /// src/ into todo.md and note it in log.txt (a side-effecting append).
 pub fn todo_script(req: &Value) -> Reply {
@@ -59,6 +89,11 @@ pub fn todo_script(req: &Value) -> Reply {
             "The task needs a search and a write.",
             "A drummer should grep for TODO in src/, then a belter writes todo.md.",
         );
+    }
+    if is_triage(req) {
+        // A question asks for no change.
+        let question = last_user(req).trim_end().ends_with('?');
+        return Reply::text(&json!({"changes_files": !question}).to_string());
     }
     if model == COORDINATOR && format.contains("oneOf") {
         return Reply::text(
@@ -72,7 +107,7 @@ pub fn todo_script(req: &Value) -> Reply {
     if model == COORDINATOR {
         return Reply::text(&json!({"answer": "The TODO lines are in todo.md."}).to_string());
     }
-    if offers(req, "grep") {
+    if is_drummer(req) {
         return match turn.last() {
             None => Reply::tool_call("grep", json!({"pattern": "TODO", "path": "src"})),
             Some(result) => {
@@ -100,7 +135,7 @@ pub fn todo_script(req: &Value) -> Reply {
         return match calls {
             0 => {
                 let user = last_user(req);
-                let lines: Vec<&str> = user.lines().filter(|l| l.starts_with("src/")).collect();
+                let lines = match_lines(&user);
                 Reply::tool_call(
                     "write_file",
                     json!({"path": "todo.md", "content": format!("{}\n", lines.join("\n"))}),
@@ -251,11 +286,17 @@ async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
     );
     let belter = chats.iter().find(|c| offers(c, "write_file")).unwrap();
     assert!(
-        offers(belter, "append_file") && !offers(belter, "grep"),
+        offers(belter, "append_file") && offers(belter, "grep") && !offers(belter, "http_get"),
         "belters get belter tools only"
     );
-    let drummer = chats.iter().find(|c| offers(c, "grep")).unwrap();
+    let drummer = chats.iter().find(|c| is_drummer(c)).unwrap();
     assert!(offers(drummer, "http_get") && !offers(drummer, "write_file"));
+    // Every crew turn may end the step with the host's finish tool, except
+    // the first (Ollama cannot be held to it; the request says so).
+    assert!(offers(belter, "finish") && offers(drummer, "finish"));
+    // The belter was shown the directory the task names (listed for it
+    // before its first turn, as a call of its step).
+    assert!(last_user(belter).contains("[src]"), "{}", last_user(belter));
     // A step sees the results of the steps before it.
     let belter_user = last_user(belter);
     assert!(
@@ -277,6 +318,7 @@ async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
         "tool_intent",
         "tool_result",
         "step_finished",
+        "triage",
         "answer",
     ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
@@ -287,8 +329,8 @@ async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
         .unwrap();
     assert_eq!(intent.data["effect"], "side-effecting");
     // The idempotency key is `task:step:n`: the append is the second
-    // plan step's second call (after write_file).
-    assert_eq!(intent.data["key"], format!("{}:1:1", task.id));
+    // plan step's third call (after the listing of src/ and write_file).
+    assert_eq!(intent.data["key"], format!("{}:1:2", task.id));
     assert!(
         intent.data["digest"]
             .as_str()
@@ -390,7 +432,7 @@ async fn invalid_plan_json_gets_a_correction_then_fails_with_a_reason() {
 async fn unknown_tools_are_corrected_and_bounded() {
     // Once wrong, then right: the correction works.
     let fake = FakeOllama::start(models(), |req| {
-        if offers(req, "grep") {
+        if is_drummer(req) {
             match since_user(req).len() {
                 0 => return Reply::tool_call("rm_rf", json!({"path": "/"})),
                 // Told the tool does not exist: the real search.
@@ -422,7 +464,7 @@ async fn unknown_tools_are_corrected_and_bounded() {
     // Always wrong: after the bound the task fails, naming the tool and
     // the real ones.
     let stubborn = FakeOllama::start(models(), |req| {
-        if offers(req, "grep") {
+        if is_drummer(req) {
             return Reply::tool_call("rm_rf", json!({"path": "/"}));
         }
         todo_script(req)
@@ -498,10 +540,7 @@ async fn a_model_error_mid_task_fails_it_and_resume_does_not_reask() {
     let broken = Arc::new(Mutex::new(true));
     let flag = broken.clone();
     let fake = FakeOllama::start(models(), move |req| {
-        if req["model"] == COORDINATOR
-            && !req["format"].to_string().contains("oneOf")
-            && *flag.lock().unwrap()
-        {
+        if is_answer(req) && *flag.lock().unwrap() {
             return Reply::status(500, "llama runner process has terminated: signal: killed");
         }
         todo_script(req)
@@ -548,7 +587,7 @@ async fn a_failed_step_ends_the_plan_and_the_later_steps_do_not_run() {
     // build on the search, must not happen, and the task ends failed
     // naming the step, without asking for an answer.
     let fake = FakeOllama::start(models(), |req| {
-        if offers(req, "grep") {
+        if is_drummer(req) {
             return Reply::text("I would rather not search.");
         }
         todo_script(req)
@@ -577,10 +616,7 @@ async fn a_failed_step_ends_the_plan_and_the_later_steps_do_not_run() {
         "no belter was asked"
     );
     assert!(
-        !fake
-            .chats()
-            .iter()
-            .any(|c| c["model"] == COORDINATOR && !c["format"].to_string().contains("oneOf")),
+        !fake.chats().iter().any(is_answer),
         "no answer was asked for: the failure is the answer"
     );
 }
@@ -606,9 +642,11 @@ async fn budgets_stop_a_task() {
     );
     assert_eq!(fake.chats().len(), 4);
 
-    // Turns per step: a crew that never stops calling tools ends its step.
+    // Turns per step: a crew that never stops calling tools ends its step,
+    // which is then judged on what its calls did (lookups that succeeded:
+    // complete, its results passed on).
     let looping = FakeOllama::start(models(), |req| {
-        if offers(req, "grep") {
+        if is_drummer(req) {
             let n = since_user(req)
                 .iter()
                 .filter(|m| m["role"] == "tool")
@@ -626,19 +664,55 @@ async fn budgets_stop_a_task() {
     s.engine.run(&t.id, RunOptions::default()).await.unwrap();
     let records = s.engine.journal().records(&t.id).unwrap();
     let finished = records.iter().find(|r| r.kind == "step_finished").unwrap();
-    assert_eq!(finished.data["complete"], false);
+    assert_eq!(finished.data["complete"], true, "{}", finished.data);
     assert!(
         finished.data["result"]
             .as_str()
             .unwrap()
             .contains("stopped after 3 turns")
     );
+    let searches = records
+        .iter()
+        .filter(|r| r.kind == "tool_intent" && r.data["tool"] == "find_files")
+        .count();
+    assert_eq!(searches, 3, "one call a turn, three turns");
+}
+
+#[tokio::test]
+async fn a_change_task_out_of_turns_with_nothing_changed_fails() {
+    let fake = FakeOllama::start(
+        models(),
+        one_step_script("belter", true, |_, made| {
+            Reply::tool_call("list_dir", json!({"path": "src", "max_entries": made + 1}))
+        }),
+    );
+    let s = setup(&fake).await;
+    let budgets = Budgets {
+        max_turns: 3,
+        ..Budgets::default()
+    };
+    let t = s
+        .engine
+        .submit("Write the TODO lines to todo.md", &s.ws, budgets)
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Failed);
+    assert!(
+        done.error
+            .as_deref()
+            .unwrap()
+            .contains("stopped after 3 turns without a final report"),
+        "{:?}",
+        done.error
+    );
+    assert!(!s.ws.join("todo.md").exists());
 }
 
 #[tokio::test]
 async fn cancel_mid_step_stops_the_task() {
     let fake = FakeOllama::start(models(), |req| {
-        if offers(req, "grep") {
+        if is_drummer(req) {
             return Reply::Delayed {
                 ms: 5_000,
                 reply: Box::new(todo_script(req)),
@@ -690,10 +764,7 @@ async fn a_changed_plugin_blocks_resume_unless_allowed() {
     let broken = Arc::new(Mutex::new(true));
     let flag = broken.clone();
     let fake = FakeOllama::start(models(), move |req| {
-        if req["model"] == COORDINATOR
-            && !req["format"].to_string().contains("oneOf")
-            && *flag.lock().unwrap()
-        {
+        if is_answer(req) && *flag.lock().unwrap() {
             return Reply::status(500, "down");
         }
         todo_script(req)
@@ -831,6 +902,284 @@ async fn an_interrupted_side_effecting_call_needs_review() {
         .iter()
         .find(|r| r.kind == "tool_result" && r.data["error"][0] == "skipped");
     assert!(skipped.is_some(), "the model was told the call was skipped");
+}
+
+/// A one-step plan for `crew`, a triage answer, a final answer, and the
+/// crew's turns from `turns` (given the request and how many of its own
+/// calls the crew has made since the user turn).
+fn one_step_script(
+    crew: &'static str,
+    changes_files: bool,
+    turns: impl Fn(&Value, usize) -> Reply + Send + 'static,
+) -> impl FnMut(&Value) -> Reply + Send + 'static {
+    move |req: &Value| {
+        if is_triage(req) {
+            return Reply::text(&json!({"changes_files": changes_files}).to_string());
+        }
+        if req["model"] == COORDINATOR && req["format"].to_string().contains("oneOf") {
+            return Reply::text(
+                &json!({"steps": [{"crew": crew, "instruction": "Do the task."}]}).to_string(),
+            );
+        }
+        if is_answer(req) {
+            return Reply::text(&json!({"answer": "Done.", "done": true}).to_string());
+        }
+        if req["model"] == REASONER {
+            return Reply::thinking("t", "Do it.");
+        }
+        let made = since_user(req)
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .count();
+        turns(req, made)
+    }
+}
+
+/// Whether a tool result the crew saw says `text`.
+fn told(fake: &FakeOllama, text: &str) -> bool {
+    fake.chats().iter().any(|c| {
+        since_user(c)
+            .iter()
+            .any(|m| m["role"] == "tool" && m["content"].as_str().unwrap_or("").contains(text))
+    })
+}
+
+fn finish(report: &str) -> Reply {
+    Reply::tool_call("finish", json!({"report": report}))
+}
+
+#[tokio::test]
+async fn a_question_cannot_change_files() {
+    // The triage says the task only asks; the belter tries to "tidy up"
+    // anyway: refused before it runs, and the answer still comes.
+    let fake = FakeOllama::start(
+        models(),
+        one_step_script("belter", false, |_, made| match made {
+            0 => Reply::tool_call(
+                "write_file",
+                json!({"path": "src/main.rs", "content": "", "overwrite": true}),
+            ),
+            _ => finish("src/main.rs has one TODO."),
+        }),
+    );
+    let s = setup(&fake).await;
+    let before = std::fs::read_to_string(s.ws.join("src/main.rs")).unwrap();
+    let t = s
+        .engine
+        .submit(
+            "How many TODO lines does src/main.rs have?",
+            &s.ws,
+            Budgets::default(),
+        )
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("src/main.rs")).unwrap(),
+        before
+    );
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let intents: Vec<&str> = records
+        .iter()
+        .filter(|r| r.kind == "tool_intent")
+        .map(|r| r.data["tool"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        intents,
+        ["read_file"],
+        "only the read made for the crew ran"
+    );
+    let refused = records.iter().find(|r| r.kind == "tool_refused").unwrap();
+    assert_eq!(refused.data["question"], true);
+    // The crew was shown the file the task names before its first turn.
+    let first = fake
+        .chats()
+        .into_iter()
+        .find(|c| offers(c, "write_file"))
+        .unwrap();
+    assert!(
+        last_user(&first).contains("[src/main.rs]")
+            && last_user(&first).contains("TODO: parse args"),
+        "{}",
+        last_user(&first)
+    );
+}
+
+#[tokio::test]
+async fn an_agent_cannot_edit_the_file_it_copies_from() {
+    // "Copy … of src/lib.rs into notes.md": src/lib.rs is the source. A
+    // belter that edits it is refused; the copy it then writes is done.
+    let fake = FakeOllama::start(
+        models(),
+        one_step_script("belter", true, |_, made| match made {
+            0 => Reply::tool_call(
+                "edit_file",
+                json!({"path": "src/lib.rs", "old_text": "TODO", "new_text": "DONE"}),
+            ),
+            1 => Reply::tool_call(
+                "write_file",
+                json!({"path": "notes.md", "content": "// TODO: write docs\n"}),
+            ),
+            _ => finish("Copied."),
+        }),
+    );
+    let s = setup(&fake).await;
+    let before = std::fs::read_to_string(s.ws.join("src/lib.rs")).unwrap();
+    let t = s
+        .engine
+        .submit(
+            "Copy the first line of src/lib.rs into notes.md",
+            &s.ws,
+            Budgets::default(),
+        )
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("src/lib.rs")).unwrap(),
+        before
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("notes.md")).unwrap(),
+        "// TODO: write docs\n"
+    );
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let refused = records.iter().find(|r| r.kind == "tool_refused").unwrap();
+    assert_eq!(refused.data["source"], true, "{}", refused.data);
+    assert!(
+        told(&fake, "the task reads from src/lib.rs"),
+        "the crew was told why"
+    );
+}
+
+#[tokio::test]
+async fn overwriting_a_file_the_task_says_to_keep_is_refused() {
+    // "… unless it already exists": it exists. The belter overwrites it
+    // anyway (as a small model does after write_file's "pass overwrite");
+    // refused, and leaving it as it is is what the task asked for.
+    let fake = FakeOllama::start(
+        models(),
+        one_step_script("belter", true, |_, made| match made {
+            0 => Reply::tool_call(
+                "write_file",
+                json!({"path": "hello.txt", "content": "Hello", "overwrite": true}),
+            ),
+            _ => finish("Left hello.txt as it is."),
+        }),
+    );
+    let s = setup(&fake).await;
+    std::fs::write(s.ws.join("hello.txt"), "Bonjour\n").unwrap();
+    let t = s
+        .engine
+        .submit(
+            "Create hello.txt containing Hello, unless it already exists.",
+            &s.ws,
+            Budgets::default(),
+        )
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("hello.txt")).unwrap(),
+        "Bonjour\n"
+    );
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let refused = records.iter().find(|r| r.kind == "tool_refused").unwrap();
+    assert_eq!(refused.data["kept"], true, "{}", refused.data);
+    assert!(
+        told(&fake, "the task says to leave it as it is"),
+        "the crew was told why"
+    );
+}
+
+#[tokio::test]
+async fn a_change_task_that_changes_nothing_is_not_done() {
+    // The belter only reads and claims success; it is told once that
+    // nothing changed, claims again: the task ends failed, not succeeded.
+    let fake = FakeOllama::start(
+        models(),
+        one_step_script("belter", true, |_, made| match made {
+            0 => Reply::tool_call("read_file", json!({"path": "src/lib.rs"})),
+            _ => finish("I changed TODO to DONE in src/lib.rs."),
+        }),
+    );
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(
+            "In src/lib.rs, change TODO to DONE",
+            &s.ws,
+            Budgets::default(),
+        )
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Failed);
+    assert!(
+        done.error
+            .as_deref()
+            .unwrap()
+            .contains("the task asks for changes to files, and no tool call made one"),
+        "{:?}",
+        done.error
+    );
+    let objected = fake.chats().iter().any(|c| {
+        c["messages"].as_array().unwrap().iter().any(|m| {
+            m["role"] == "user"
+                && m["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Not finished: no file has been changed yet")
+        })
+    });
+    assert!(objected, "the crew was told nothing changed");
+}
+
+#[tokio::test]
+async fn a_blind_overwrite_is_refused_until_the_file_is_read() {
+    // The task names no file, so nothing is read for the crew: its edit of
+    // an existing file it never read is refused; after reading, it runs.
+    let fake = FakeOllama::start(
+        models(),
+        one_step_script("belter", true, |_, made| match made {
+            0 => Reply::tool_call(
+                "edit_file",
+                json!({"path": "src/lib.rs", "old_text": "TODO", "new_text": "DONE"}),
+            ),
+            1 => Reply::tool_call("read_file", json!({"path": "src/lib.rs"})),
+            2 => Reply::tool_call(
+                "edit_file",
+                json!({"path": "src/lib.rs", "old_text": "TODO: write docs", "new_text": "DONE: write docs"}),
+            ),
+            _ => finish("Marked the TODO done."),
+        }),
+    );
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(
+            "Mark the documentation TODO as done",
+            &s.ws,
+            Budgets::default(),
+        )
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("src/lib.rs")).unwrap(),
+        "// DONE: write docs\npub fn f() {}\n"
+    );
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r.kind == "tool_refused")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].data["not_read"], true);
 }
 
 /// The README's sample task with every role on the default embedded model

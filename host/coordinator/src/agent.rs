@@ -59,6 +59,15 @@ pub struct Agent<'e> {
     /// Paths successful calls of this task changed (from the replayed or
     /// live results, so decisions made from it replay the same).
     pub touched: Vec<String>,
+    /// Paths successful read-only calls of this task looked at (likewise
+    /// from the replayed or live results).
+    pub read: Vec<String>,
+    /// The triage: whether the task asks for changes (`None`: unknown).
+    pub changes_files: Option<bool>,
+    /// Whether a call was refused because the task says to leave its path
+    /// as it is: the task's condition held, so no change is the outcome it
+    /// asked for.
+    pub kept: bool,
 }
 
 impl Agent<'_> {
@@ -452,6 +461,13 @@ impl Agent<'_> {
                         &task,
                         std::path::Path::new(&workspace),
                     ),
+                    // Measured on the embedded default (1.5B): its plans
+                    // for one-crew tasks (verification steps, a drummer
+                    // "fetching web pages" for a local search, one file per
+                    // step) were the first cause of failure on tasks the
+                    // prompts were not tuned on; the task in the user's
+                    // own words to one crew did better. Ollama models plan.
+                    plans: coordinator.backend != "embedded",
                 };
                 self.d
                     .record("setup", "setup", &setup, Durability::Buffered)
@@ -488,14 +504,39 @@ impl Agent<'_> {
             String::new()
         };
 
+        // 1b. The triage: does the task ask for changes? A question is
+        // answered without changing anything (its crews' changes are
+        // refused), and a change asked for must have been made.
+        let reply = self
+            .model("triage", ModelRole::Coordinator, prompts::triage(&task))
+            .await?;
+        let triage = Triage {
+            changes_files: prompts::parse_triage(&reply.message.content),
+        };
+        let triage: Triage = self.d.run("triage", "triage", async { Ok(triage) }).await?;
+        self.changes_files = triage.changes_files;
+
         // 2. The plan.
         let max_steps = self.submitted.budgets.max_steps;
-        let req = prompts::plan(&task, &setup.files, &advice, &crews, max_steps);
-        let plan = self
-            .decide("plan", ModelRole::Coordinator, req, |c| {
-                prompts::parse_plan(c, &crews, max_steps)
-            })
-            .await?;
+        let alone = if setup.plans {
+            None
+        } else {
+            prompts::one_crew(&task, self.changes_files, &crews)
+        };
+        let plan = match alone {
+            Some(step) => Plan {
+                steps: vec![step],
+                answer: None,
+                done: None,
+            },
+            None => {
+                let req = prompts::plan(&task, &setup.files, &advice, &crews, max_steps);
+                self.decide("plan", ModelRole::Coordinator, req, |c| {
+                    prompts::parse_plan(c, &crews, max_steps)
+                })
+                .await?
+            }
+        };
         let plan: Plan = self.d.run("plan", "plan", async { Ok(plan) }).await?;
         if let Some(answer) = plan.answer {
             let done = plan.done.unwrap_or(true);
@@ -521,22 +562,22 @@ impl Agent<'_> {
                     s.crew
                 )));
             };
+            // A plan of one step hands the crew the whole task: the user's
+            // own words are its job (a paraphrase can only lose something).
+            let instruction = if plan.steps.len() == 1 {
+                task.as_str()
+            } else {
+                s.instruction.as_str()
+            };
             let finished = self
-                .crew_step(
-                    i,
-                    crew,
-                    &task,
-                    &s.instruction,
-                    &results,
-                    i + 1 == plan.steps.len(),
-                )
+                .crew_step(i, crew, &task, instruction, &setup.files, &results)
                 .await?;
             let finished: StepFinished = self
                 .d
                 .run(&step, "step_finished", async { Ok(finished) })
                 .await?;
             let failed = !finished.complete;
-            results.push((s.instruction.clone(), finished));
+            results.push((instruction.to_owned(), finished));
             // A failed step ends the plan: the steps after it build on its
             // work (a belter writing what a failed search did not find
             // damages files), and the task was not done.
@@ -569,11 +610,12 @@ impl Agent<'_> {
             }
             return self.finish(answer, false).await;
         }
+        let question = self.changes_files == Some(false);
         let (answer, done) = self
             .decide(
                 "answer",
                 ModelRole::Coordinator,
-                prompts::answer(&task, &results),
+                prompts::answer(&task, &results, question),
                 prompts::parse_answer,
             )
             .await?;
@@ -591,12 +633,25 @@ impl Agent<'_> {
             let missing = crate::scope::missing(
                 &self.outputs,
                 std::path::Path::new(&self.submitted.workspace),
+                &self.touched,
             );
             let a = if done && !missing.is_empty() {
                 Answer {
                     text: format!(
                         "{answer}\n(Not done: the task names {}, which does not exist.)",
                         missing.join(", ")
+                    ),
+                    done: false,
+                }
+            } else if done
+                && self.changes_files == Some(true)
+                && self.touched.is_empty()
+                && !self.kept
+            {
+                Answer {
+                    text: format!(
+                        "{answer}\n(Not done: the task asks for changes to files, and no tool \
+                         call made one.)"
                     ),
                     done: false,
                 }
@@ -648,20 +703,22 @@ impl Agent<'_> {
         })
     }
 
-    /// The path `call` would change although the task does not name it (it
-    /// is then refused, not run). Decided once and recorded, so a resumed
+    /// Whether `call` is refused before it runs: it would change a path
+    /// the task does not name, or rewrite an existing file nobody in this
+    /// task has read (its change would be written blind: small models
+    /// "edit" text they never saw). Decided once and recorded, so a resumed
     /// task replays the same refusals whatever the workspace holds by then.
-    async fn out_of_scope(
+    async fn refused(
         &mut self,
         step: &str,
         crew: &Crew,
         call: &ToolCall,
         scope: &crate::scope::Scope,
-    ) -> Flow<Option<String>> {
+    ) -> Flow<Option<ToolRefused>> {
         match self.d.peek_kind(step) {
             Some("tool_refused") => {
                 if let Some(r) = self.d.take_kind(step, "tool_refused")? {
-                    return Ok(Some(decode::<ToolRefused>(&r)?.path));
+                    return Ok(Some(decode::<ToolRefused>(&r)?));
                 }
             }
             Some(_) => return Ok(None),
@@ -679,28 +736,139 @@ impl Agent<'_> {
             return Ok(None);
         }
         let workspace = std::path::Path::new(&self.submitted.workspace);
+        let mut refusal = None;
+        if self.changes_files == Some(false) {
+            let path = ["path", "from", "to"]
+                .iter()
+                .find_map(|k| call.arguments.get(*k).and_then(serde_json::Value::as_str))
+                .unwrap_or_default();
+            refusal = Some(ToolRefused {
+                tool: call.name.clone(),
+                path: path.to_owned(),
+                question: true,
+                ..ToolRefused::default()
+            });
+        }
         for key in ["path", "from", "to"] {
+            if refusal.is_some() {
+                break;
+            }
             let Some(path) = call.arguments.get(key).and_then(serde_json::Value::as_str) else {
                 continue;
             };
-            let exists = workspace.join(crate::scope::normal(path)).exists();
-            if !scope.allows(path, exists) {
-                let refused = ToolRefused {
-                    tool: call.name.clone(),
-                    path: path.to_owned(),
-                };
-                self.d
-                    .record(step, "tool_refused", &refused, Durability::Buffered)
-                    .await?;
-                return Ok(Some(refused.path));
+            let at = workspace.join(crate::scope::normal(path));
+            let base = ToolRefused {
+                tool: call.name.clone(),
+                path: path.to_owned(),
+                ..ToolRefused::default()
+            };
+            let why = if scope.keeps(path) {
+                Some(ToolRefused { kept: true, ..base })
+            } else if key != "to" && scope.protects(path, key == "from") {
+                Some(ToolRefused {
+                    source: true,
+                    ..base
+                })
+            } else if !scope.allows(path, at.exists()) {
+                Some(base)
+            } else if key == "path" && ct.writes_content() && at.is_file() && !self.knows(path) {
+                Some(ToolRefused {
+                    not_read: true,
+                    ..base
+                })
+            } else {
+                None
+            };
+            if why.is_some() {
+                refusal = why;
+                break;
             }
         }
-        Ok(None)
+        if let Some(r) = &refusal {
+            self.d
+                .record(step, "tool_refused", r, Durability::Buffered)
+                .await?;
+        }
+        Ok(refusal)
     }
 
-    /// Notes the paths a successful change made.
+    /// Files that match a pattern the task names ("every .tmp file") and
+    /// that no call changed, while calls of the task did change others that
+    /// match it: the job was done for some and not all. Only files under
+    /// the directories the task names, if it names any; from the listing
+    /// of the task's start.
+    fn left_out(&self, scope: &crate::scope::Scope, task: &str, files: &[String]) -> Vec<String> {
+        let changed = |f: &str| self.touched.iter().any(|t| t == f);
+        if !self.touched.iter().any(|t| scope.matches_pattern(t)) {
+            return Vec::new();
+        }
+        let (_, dirs) = crate::scope::named_existing(task, files);
+        files
+            .iter()
+            .filter(|f| !f.ends_with('/') && *f != "…")
+            .filter(|f| scope.matches_pattern(f) && !changed(f))
+            .filter(|f| {
+                dirs.is_empty()
+                    || dirs
+                        .iter()
+                        .any(|d| std::path::Path::new(f.as_str()).starts_with(d))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The reads (and listings) made for a crew before its first turn: the
+    /// files and directories the task names that existed when it started
+    /// (from the task's recorded setup, so a resume makes the same calls),
+    /// through the crew's own read-only `read_file` / `list_dir` tools.
+    fn prefetch_calls(&self, crew: &Crew, task: &str, files: &[String]) -> Vec<ToolCall> {
+        const MAX_FILES: usize = 4;
+        const MAX_DIRS: usize = 2;
+        let read_only = |name: &str| {
+            crew.tools.iter().find(|t| {
+                t.tool == name
+                    && self.registry.get(&t.plugin).ok().is_some_and(|p| {
+                        p.record.tool(&t.tool).map(|x| x.effect.as_str()) == Some("read-only")
+                    })
+            })
+        };
+        let (named_files, named_dirs) = crate::scope::named_existing(task, files);
+        let mut calls = Vec::new();
+        if let Some(read) = read_only("read_file") {
+            calls.extend(named_files.iter().take(MAX_FILES).map(|f| ToolCall {
+                name: read.function.clone(),
+                arguments: serde_json::json!({"path": f}),
+            }));
+        }
+        if let Some(list) = read_only("list_dir") {
+            calls.extend(named_dirs.iter().take(MAX_DIRS).map(|d| ToolCall {
+                name: list.function.clone(),
+                arguments: serde_json::json!({"path": d, "recursive": true}),
+            }));
+        }
+        calls
+    }
+
+    /// Whether a call of this task has read or written `path`.
+    fn knows(&self, path: &str) -> bool {
+        let path = crate::scope::normal(path);
+        self.read.iter().chain(&self.touched).any(|p| p == path)
+    }
+
+    /// Notes the path a successful read-only call looked at.
+    fn saw(&mut self, call: &ToolCall) {
+        if let Some(p) = call
+            .arguments
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+        {
+            self.read.push(crate::scope::normal(p).to_owned());
+        }
+    }
+
+    /// Notes the paths a successful change made (a move's both ends).
     fn touch(&mut self, call: &ToolCall) {
-        for key in ["path", "to"] {
+        for key in ["path", "from", "to"] {
             if let Some(p) = call.arguments.get(key).and_then(serde_json::Value::as_str) {
                 self.touched.push(crate::scope::normal(p).to_owned());
             }
@@ -712,10 +880,11 @@ impl Agent<'_> {
         self.outputs
             .iter()
             .filter(|o| {
-                !self
-                    .touched
-                    .iter()
-                    .any(|t| t == *o || std::path::Path::new(t).starts_with(o.as_str()))
+                !self.touched.iter().any(|t| {
+                    t == *o
+                        || std::path::Path::new(t).starts_with(o.as_str())
+                        || (!o.contains('/') && t.ends_with(&format!("/{o}")))
+                })
             })
             .cloned()
             .collect()
@@ -727,26 +896,27 @@ impl Agent<'_> {
         crew: &Crew,
         task: &str,
         instruction: &str,
+        files: &[String],
         results: &[(String, StepFinished)],
-        last: bool,
     ) -> Flow<StepFinished> {
         let role = match crew.name.as_str() {
             "belter" => ModelRole::Belter,
             _ => ModelRole::Drummer,
         };
-        let mut messages = prompts::crew_messages(crew, task, instruction, results);
+        let finish = crew.finish_name();
         // The last tool error not followed by a successful call, and
         // whether it was a change (a write, a move, a refusal): a step whose
-        // changes ended in an error failed, whatever its report says. A
-        // failed lookup is a finding (the file is not there), not a failure.
+        // changes ended in an error failed, whatever its report says.
         let mut unresolved: Option<(String, bool)> = None;
         let mut succeeded = 0usize;
-        // Calls that ran, successful or not; whether one tried a change.
+        // Calls that ran, successful or not.
         let mut ran = 0usize;
-        let mut tried_change = false;
         let mut changes: Vec<String> = Vec::new();
-        let (mut nudged_idle, mut nudged_error, mut nudged_outputs) = (false, false, false);
-        let scope = crate::scope::Scope::of_task(task);
+        let (mut nudged_idle, mut nudged_error, mut nudged_outputs, mut nudged_pattern) =
+            (false, false, false, false);
+        let mut nudged_unchanged = false;
+        let scope =
+            crate::scope::Scope::of_task(task, std::path::Path::new(&self.submitted.workspace));
         let mut evidence: Vec<String> = Vec::new();
         let mut invalid = 0;
         let mut repeats = 0;
@@ -756,56 +926,38 @@ impl Agent<'_> {
         let max_turns = self.submitted.budgets.max_turns;
         // Calls run in this step so far: the `n` of the key `task:step:n`.
         let mut calls = 0usize;
-        let mut must_call = true;
+        // The files and directories the task names are read (listed) for
+        // the crew before its first turn, as calls of the step, and shown
+        // in its opening turn: it starts from their real content instead
+        // of guessing it or having to think of looking.
+        let prefetch = self.prefetch_calls(crew, task, files);
+        let mut attached: Vec<(String, String)> = Vec::new();
+        for (k, call) in prefetch.iter().enumerate() {
+            let step = format!("step/{i}/prefetch/{k}");
+            let key = format!("{}:{i}:{calls}", self.d.task);
+            calls += 1;
+            let result = self.tool(&step, key, crew, call).await?;
+            ran += 1;
+            if result.error.is_none() {
+                succeeded += 1;
+                self.saw(call);
+            }
+            done.push((call.name.clone(), call.arguments.clone()));
+            evidence.push(prompts::evidence(
+                &call.name,
+                &call.arguments,
+                &result.for_model(1500),
+            ));
+            let path = call.arguments["path"].as_str().unwrap_or_default();
+            attached.push((path.to_owned(), result.for_model(8000)));
+        }
+        let mut messages =
+            prompts::crew_messages(crew, task, instruction, files, &attached, results);
         for turn in 0..max_turns {
-            let req = prompts::crew_request(messages.clone(), crew, must_call);
-            must_call = false;
+            let req = prompts::crew_request(messages.clone(), crew, turn == 0);
             let reply = self
                 .model(&format!("step/{i}/turn/{turn}"), role, req)
                 .await?;
-            // A crew that stops with nothing done, or right after a failed
-            // call, is told so once each: small models give up early.
-            if reply.message.tool_calls.is_empty() && turn + 1 < max_turns {
-                let nudge = if succeeded == 0 && unresolved.is_none() && !nudged_idle {
-                    nudged_idle = true;
-                    Some(prompts::use_your_tools())
-                } else if let Some((error, _)) = unresolved.as_ref().filter(|_| !nudged_error) {
-                    nudged_error = true;
-                    Some(prompts::put_it_right(error))
-                } else if let Some(missing) = (crew.changes_files() && !nudged_outputs)
-                    .then(|| self.not_made())
-                    .filter(|m| !m.is_empty())
-                {
-                    // A belter that stops before making what the task
-                    // names is reminded once (it may be a later step's job;
-                    // in the last step it must act).
-                    nudged_outputs = true;
-                    must_call = last;
-                    Some(prompts::not_made_yet(&missing))
-                } else {
-                    None
-                };
-                if let Some(nudge) = nudge {
-                    messages.push(Message::assistant(reply.message.content.clone()));
-                    messages.push(nudge);
-                    continue;
-                }
-            }
-            if reply.message.tool_calls.is_empty() {
-                let report = if reply.message.content.trim().is_empty() {
-                    "(no report)".to_owned()
-                } else {
-                    reply.message.content.trim().to_owned()
-                };
-                let failure = step_failure(&unresolved, succeeded, ran, tried_change);
-                return Ok(StepFinished {
-                    index: i,
-                    result: prompts::compose(&report, &evidence),
-                    complete: failure.is_none(),
-                    failure,
-                    changes,
-                });
-            }
             messages.push(Message {
                 role: Role::Assistant,
                 content: reply.message.content.clone(),
@@ -813,7 +965,27 @@ impl Agent<'_> {
                 tool_calls: reply.message.tool_calls.clone(),
                 tool_name: None,
             });
+            // The report, when this turn ends the step: a finish call, or a
+            // reply in text (backends that cannot force a call).
+            let mut report: Option<String> = None;
+            if reply.message.tool_calls.is_empty() {
+                report = Some(reply.message.content.trim().to_owned());
+            }
             for (k, call) in reply.message.tool_calls.iter().enumerate() {
+                if call.name == finish {
+                    let text = call
+                        .arguments
+                        .get("report")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default();
+                    let text = if text.trim().is_empty() {
+                        reply.message.content.trim()
+                    } else {
+                        text.trim()
+                    };
+                    report = Some(text.to_owned());
+                    break;
+                }
                 // The same call again: the model is looping. Say so instead
                 // of running it; a model that keeps at it ends the step.
                 let fingerprint = (call.name.clone(), call.arguments.clone());
@@ -822,13 +994,11 @@ impl Agent<'_> {
                     if repeats > self.submitted.budgets.max_invalid_retries {
                         // The call it keeps asking for has been made: the
                         // step is judged on what its calls did, as if it
-                        // had stopped.
-                        let failure = step_failure(&unresolved, succeeded, ran, tried_change)
-                            .or_else(|| {
-                                (succeeded == 0).then(|| {
-                                    "the crew kept repeating the same tool call".to_owned()
-                                })
-                            });
+                        // had finished.
+                        let failure = step_failure(&unresolved, succeeded).or_else(|| {
+                            (succeeded == 0)
+                                .then(|| "the crew kept repeating the same tool call".to_owned())
+                        });
                         return Ok(StepFinished {
                             index: i,
                             result: prompts::compose(
@@ -842,9 +1012,11 @@ impl Agent<'_> {
                     }
                     messages.push(Message::tool(
                         call.name.clone(),
-                        "error: you already made exactly this call and its result is above; do not repeat it. \
-                         Make a different call, or reply with your report."
-                            .to_owned(),
+                        format!(
+                            "error: you already made exactly this call and its result is above; \
+                             do not repeat it. Make the next call your part needs, or call {finish} \
+                             with your report."
+                        ),
                     ));
                     continue;
                 }
@@ -860,7 +1032,7 @@ impl Agent<'_> {
                     messages.push(Message::tool(
                         call.name.clone(),
                         format!(
-                            "error: there is no tool named `{}`; your tools are: {}",
+                            "error: there is no tool named `{}`; your tools are: {}, {finish}",
                             call.name,
                             crew.functions().join(", ")
                         ),
@@ -868,16 +1040,27 @@ impl Agent<'_> {
                     continue;
                 }
                 let step = format!("step/{i}/turn/{turn}/call/{k}");
-                if let Some(path) = self.out_of_scope(&step, crew, call, &scope).await? {
-                    let refusal = scope.refusal(&path);
-                    unresolved = Some((format!("{} refused: {refusal}", call.name), true));
-                    tried_change = true;
+                if let Some(r) = self.refused(&step, crew, call, &scope).await? {
+                    let refusal = if r.question {
+                        prompts::only_a_question()
+                    } else if r.kept {
+                        self.kept = true;
+                        prompts::kept(&r.path)
+                    } else if r.source {
+                        prompts::a_source(&r.path, &self.outputs)
+                    } else if r.not_read {
+                        prompts::read_first(&r.path)
+                    } else {
+                        scope.refusal(&r.path)
+                    };
+                    // A refused call changed nothing: not a failure of
+                    // the step (what the task asked for is judged on what
+                    // the other calls did), and no objection. Nor is it
+                    // evidence for later steps and the answer: it did not
+                    // happen (the answer model took a refused delete of a
+                    // file the task did not name for a part left undone).
+                    unresolved = Some((format!("{} refused: {refusal}", call.name), false));
                     done.push(fingerprint);
-                    evidence.push(prompts::evidence(
-                        &call.name,
-                        &call.arguments,
-                        &format!("error ({refusal})"),
-                    ));
                     messages.push(Message::tool(
                         call.name.clone(),
                         format!("error ({refusal})"),
@@ -889,7 +1072,6 @@ impl Agent<'_> {
                 let result = self.tool(&step, key, crew, call).await?;
                 ran += 1;
                 let change = self.change_of(crew, call);
-                tried_change |= change.is_some();
                 match &result.error {
                     // A reviewer's skip of an interrupted call: their call,
                     // not a failure of the step (and its paths count as made:
@@ -902,7 +1084,7 @@ impl Agent<'_> {
                     Some((kind, message)) => {
                         unresolved = Some((
                             format!("{} failed ({kind}): {message}", call.name),
-                            change.is_some(),
+                            change.is_some() || kind == "denied",
                         ));
                     }
                     None => {
@@ -911,6 +1093,8 @@ impl Agent<'_> {
                         if let Some(change) = change {
                             changes.push(change);
                             self.touch(call);
+                        } else {
+                            self.saw(call);
                         }
                     }
                 }
@@ -920,37 +1104,117 @@ impl Agent<'_> {
                     &call.arguments,
                     &result.for_model(1500),
                 ));
-                messages.push(Message::tool(call.name.clone(), result.for_model(8000)));
+                let mut shown = result.for_model(8000);
+                if let Some((kind, _)) = &result.error
+                    && kind == "not-found"
+                    && let Some(hint) = call.arguments["path"]
+                        .as_str()
+                        .and_then(|p| prompts::elsewhere(p, files))
+                {
+                    shown.push_str(&hint);
+                }
+                messages.push(Message::tool(call.name.clone(), shown));
             }
+            let Some(report) = report else {
+                continue;
+            };
+            // A finish is sent back once for each reason: nothing done yet,
+            // a failed call not put right, a path the task names still not
+            // made (small models stop early). The reason is the finish
+            // call's result, or a user turn after a text reply.
+            let objection = if ran == 0 && !nudged_idle {
+                nudged_idle = true;
+                Some(prompts::use_your_tools())
+            } else if let Some((error, _)) = unresolved
+                .as_ref()
+                .filter(|(_, change)| *change && !nudged_error)
+            {
+                // Only a failed change: a failed lookup is a finding.
+                nudged_error = true;
+                Some(prompts::put_it_right(error))
+            } else if crew.changes_files()
+                && self.changes_files == Some(true)
+                && self.touched.is_empty()
+                && !self.kept
+                && !nudged_unchanged
+            {
+                nudged_unchanged = true;
+                Some(prompts::nothing_changed())
+            } else if let Some(missing) = (crew.changes_files() && !nudged_outputs)
+                .then(|| self.not_made())
+                .filter(|m| !m.is_empty())
+            {
+                nudged_outputs = true;
+                Some(prompts::not_made_yet(&missing))
+            } else if let Some(left) = (crew.changes_files() && !nudged_pattern)
+                .then(|| self.left_out(&scope, task, files))
+                .filter(|l| !l.is_empty())
+            {
+                nudged_pattern = true;
+                Some(prompts::left_out(&left))
+            } else {
+                None
+            };
+            if let Some(objection) = objection
+                && turn + 1 < max_turns
+            {
+                // The finish call leaves the conversation (a model that
+                // sees its own report repeats it); the objection follows
+                // the last results as a user turn.
+                if let Some(last) = messages.last_mut()
+                    && last.role == Role::Assistant
+                {
+                    last.tool_calls.retain(|c| c.name != finish);
+                    if last.tool_calls.is_empty() {
+                        messages.pop();
+                    }
+                }
+                messages.push(Message::user(objection));
+                continue;
+            }
+            let report = if report.is_empty() {
+                "(no report)".to_owned()
+            } else {
+                report
+            };
+            let failure = step_failure(&unresolved, succeeded);
+            return Ok(StepFinished {
+                index: i,
+                result: prompts::compose(&report, &evidence),
+                complete: failure.is_none(),
+                failure,
+                changes,
+            });
         }
+        // Out of turns: judged on what its calls did, like a step ended
+        // for repeating itself (the checks at the end of the task still
+        // apply), not failed for a missing report.
+        let failure = step_failure(&unresolved, succeeded).or_else(|| {
+            (changes.is_empty() && crew.changes_files() && self.changes_files == Some(true))
+                .then(|| format!("stopped after {max_turns} turns without a final report"))
+        });
         Ok(StepFinished {
             index: i,
             result: prompts::compose(
                 &format!("(stopped after {max_turns} turns without a final report)"),
                 &evidence,
             ),
-            complete: false,
-            failure: Some(format!(
-                "stopped after {max_turns} turns without a final report"
-            )),
+            complete: failure.is_none(),
+            failure,
             changes,
         })
     }
 }
 
-/// Why a crew's step failed, from what its calls did: its last change
-/// ended in an error that was not put right, or it changed nothing it
-/// tried to change, or it did not even look. Lookups that failed are
-/// findings for the answer, not failures.
-fn step_failure(
-    unresolved: &Option<(String, bool)>,
-    succeeded: usize,
-    ran: usize,
-    tried_change: bool,
-) -> Option<String> {
+/// Why a crew's step failed, from what its calls did: its last change (or
+/// a call the sandbox denied) ended in an error that was not put right, or
+/// no call of the step succeeded (it got nothing done and learnt nothing).
+/// A lookup that failed after others succeeded is a finding for the
+/// answer, not a failure.
+fn step_failure(unresolved: &Option<(String, bool)>, succeeded: usize) -> Option<String> {
     match (unresolved, succeeded) {
         (Some((e, true)), _) => Some(e.clone()),
-        (_, 0) if tried_change || ran == 0 => Some(match unresolved {
+        (_, 0) => Some(match unresolved {
             Some((e, _)) => e.clone(),
             None => "the crew made no successful tool call".to_owned(),
         }),

@@ -95,14 +95,42 @@ pub struct Setup {
     /// [`crate::scope`]): a task ending with one missing was not done.
     #[serde(default)]
     pub outputs: Vec<String>,
+    /// Whether the coordinator plans a task that one crew can do alone
+    /// (see [`crate::prompts::one_crew`]); tasks recorded before this
+    /// field were always planned.
+    #[serde(default = "yes")]
+    pub plans: bool,
+}
+
+/// What kind of task it is (the coordinator's triage): whether it asks
+/// for changes to files. `None`: the model did not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Triage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes_files: Option<bool>,
 }
 
 /// A call refused before it ran: it would change `path`, which the task
-/// does not name (see [`crate::scope`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// does not name (see [`crate::scope`]), or only reads from; or rewrite it
+/// unread; or change anything in a task that only asks a question.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolRefused {
     pub tool: String,
     pub path: String,
+    /// Refused because it would rewrite an existing file no call of the
+    /// task had read (else: the task does not name the path).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_read: bool,
+    /// Refused because the task only asks a question (its triage).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub question: bool,
+    /// Refused because the path is one the task reads from.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source: bool,
+    /// Refused because the task says to leave the path as it is when it
+    /// exists, and it does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 fn yes() -> bool {
@@ -170,10 +198,12 @@ pub struct ToolResult {
 }
 
 impl ToolResult {
-    /// The text the model sees.
+    /// The text the model sees: the output's JSON, with its multi-line
+    /// strings (a file's content) pulled out below it as plain text, so
+    /// the model reads lines, not `\n` escapes.
     pub fn for_model(&self, cap: usize) -> String {
         let mut text = match (&self.output, &self.error) {
-            (Some(o), _) => o.clone(),
+            (Some(o), _) => readable(o),
             (None, Some((kind, msg))) => format!("error ({kind}): {msg}"),
             (None, None) => "(no output)".into(),
         };
@@ -188,6 +218,29 @@ impl ToolResult {
         }
         text
     }
+}
+
+/// A tool's JSON output with each top-level string that spans lines moved
+/// out of the object and shown after it as `field:` and its text.
+fn readable(output: &str) -> String {
+    let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(output) else {
+        return output.to_owned();
+    };
+    let long: Vec<String> = map
+        .iter()
+        .filter(|(_, v)| v.as_str().is_some_and(|t| t.contains('\n')))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if long.is_empty() {
+        return output.to_owned();
+    }
+    let mut blocks = String::new();
+    for k in long {
+        if let Some(serde_json::Value::String(t)) = map.remove(&k) {
+            blocks.push_str(&format!("\n{k}:\n{t}"));
+        }
+    }
+    format!("{}{blocks}", serde_json::Value::Object(map))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,6 +303,7 @@ pub const REPLAYED: &[&str] = &[
     "model_request",
     "model_reply",
     "advice",
+    "triage",
     "plan",
     "step_started",
     "tool_intent",
@@ -257,3 +311,36 @@ pub const REPLAYED: &[&str] = &[
     "step_finished",
     "answer",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(output: &str) -> ToolResult {
+        ToolResult {
+            key: "k".into(),
+            output: Some(output.into()),
+            error: None,
+            elapsed_ms: 0,
+            denials: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_file_read_shows_its_lines_not_escapes() {
+        let r = ok(r#"{"path":"a.txt","content":"one\ntwo\n","lines":2}"#);
+        assert_eq!(
+            r.for_model(1000),
+            "{\"path\":\"a.txt\",\"lines\":2}\ncontent:\none\ntwo\n"
+        );
+        // Single-line strings, arrays and non-JSON stay as they are.
+        let flat = r#"{"path":"a.txt","content":"one"}"#;
+        assert_eq!(ok(flat).for_model(1000), flat);
+        assert_eq!(ok("plain").for_model(1000), "plain");
+        let cut = ok(r#"{"content":"abcdef\nghijkl"}"#).for_model(10);
+        assert!(
+            cut.starts_with("{}\nconte") && cut.contains("truncated"),
+            "{cut}"
+        );
+    }
+}

@@ -339,6 +339,9 @@ impl Engine {
             model_calls: 0,
             outputs: Vec::new(),
             touched: Vec::new(),
+            read: Vec::new(),
+            changes_files: None,
+            kept: false,
         };
         let outcome = agent.drive().await;
         watcher.abort();

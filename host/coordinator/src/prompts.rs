@@ -9,9 +9,9 @@
 //! role, its crews or tools, the reply format), so a backend that caches
 //! prompt prefixes evaluates them once; the task comes in the user turn.
 
-use crate::events::{Plan, StepFinished};
+use crate::events::{Plan, PlanStep, StepFinished};
 use crate::toolbox::Crew;
-use camina_model::{ChatRequest, Message, Options, ToolChoice};
+use camina_model::{ChatRequest, Message, Options, ToolChoice, ToolSpec};
 use serde_json::{Value, json};
 
 /// Longest instruction and answer the schemas allow.
@@ -29,25 +29,14 @@ fn deterministic(num_predict: u32) -> Options {
     }
 }
 
-/// The crews as the reasoner and the planner see them: what each can do,
-/// in words. The tools' function names are the crews' business; a planner
-/// shown them writes its instructions as calls.
+/// The crews as the reasoner and the planner see them: what each is for,
+/// in words. Neither the tools' function names nor their descriptions: a
+/// planner shown them writes its instructions as calls, or copies the
+/// descriptions in place of the job.
 fn crew_lines(crews: &[Crew]) -> String {
     crews
         .iter()
-        .map(|c| {
-            let tools: Vec<String> = c
-                .tools
-                .iter()
-                .map(|t| first_sentence(&t.description).to_lowercase())
-                .collect();
-            format!(
-                "- {} ({}). It can: {}",
-                c.name,
-                c.purpose(),
-                tools.join("; ")
-            )
-        })
+        .map(|c| format!("- {}: {}", c.name, c.purpose()))
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -66,14 +55,6 @@ fn tool_call_in(instruction: &str, crews: &[Crew]) -> Option<String> {
                 .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'));
             starts || text.contains(&format!("{f}("))
         })
-}
-
-fn first_sentence(s: &str) -> &str {
-    s.split_inclusive(". ")
-        .next()
-        .unwrap_or(s)
-        .trim_end_matches(". ")
-        .trim_end_matches('.')
 }
 
 /// Step 1: the reasoner's advice (thinking on where the model can).
@@ -96,6 +77,39 @@ pub fn reasoner(task: &str, workspace: &str, crews: &[Crew], think: bool) -> Cha
         options: deterministic(if think { 2048 } else { 300 }),
         ..Default::default()
     }
+}
+
+/// Step 1b: what kind of task it is. Asked on its own because a small
+/// model answers this one question reliably where it cannot judge, after
+/// the work, whether the work was done.
+pub fn triage(task: &str) -> ChatRequest {
+    ChatRequest {
+        messages: vec![
+            Message::system(
+                "Classify the user's task. Reply with JSON only: {\"changes_files\": true} when \
+                 the task asks to create, write, change, append to, copy into, move, rename or \
+                 delete files or directories; {\"changes_files\": false} when it only asks a \
+                 question or asks for information.",
+            ),
+            Message::user(format!("Task: {task}")),
+        ],
+        format: Some(json!({
+            "type": "object",
+            "properties": {"changes_files": {"type": "boolean"}},
+            "required": ["changes_files"]
+        })),
+        options: deterministic(24),
+        ..Default::default()
+    }
+}
+
+/// The triage's answer; `None` when the reply does not say (the task is
+/// then treated as before triage existed: changes allowed, none required).
+pub fn parse_triage(content: &str) -> Option<bool> {
+    serde_json::from_str::<Value>(content.trim())
+        .ok()?
+        .get("changes_files")?
+        .as_bool()
 }
 
 /// The plan's JSON schema: steps for the installed crews, or an answer.
@@ -139,15 +153,17 @@ pub fn plan(
         "You are Caminaå, the coordinator of worker crews. The user's task is about the files \
          of a workspace; you cannot see or change them yourself: your crews do the work with \
          their tools.\nCrews:\n{}\n\nPlan the task. Reply with JSON only:\n\
-         {{\"steps\": [{{\"crew\": \"<crew>\", \"instruction\": \"<what to do>\"}}]}}: the jobs, \
-         in the order they must happen. Use as few steps as the task needs (usually one): a \
-         crew does a whole job with several tool calls, and each step sees the results of the \
-         steps before it. Only belters change files. An instruction is an English sentence \
-         addressed to the crew, not code and not a tool call: it says what to do, with every \
-         file name, text and value of the task copied exactly, and what to report back.\n\
-         Or {{\"answer\": \"<text>\", \"done\": true}} only when the task needs no file, search \
-         or web page at all. A question about the workspace's files needs steps: never answer \
-         it from memory.",
+         {{\"steps\": [{{\"crew\": \"<crew>\", \"instruction\": \"<the job>\"}}]}}\n\
+         A crew does a whole job with many tool calls, so most tasks are one step: a task that \
+         changes files goes to the crew that makes changes, a question to a crew that changes \
+         nothing. Use more steps only when one crew needs something that only another crew can \
+         get first, in the order they must happen; each step sees the results of the steps \
+         before it. Never add a step only to check or verify: crews check their own work. An \
+         instruction is an English sentence addressed to the crew, not code and not a tool \
+         call: the job, with every file name, text and value copied exactly from the task.\n\
+         Reply {{\"answer\": \"<text>\", \"done\": true}} instead only when the task needs \
+         no file, search or web page at all. A question about the workspace's files needs \
+         steps: never answer it from memory.",
         crew_lines(crews)
     );
     let mut user = String::new();
@@ -172,6 +188,27 @@ pub fn plan(
 
 /// Checks a plan reply against the schema's rules; the reason is shown to
 /// the model on retry.
+/// The one step of a task one crew can do alone, without a plan: a task
+/// that names no URL (only drummers reach the web), handed in the user's
+/// own words to the belters when it asks for changes, to the drummers when
+/// it only asks about paths it names. `None`: the coordinator plans (a
+/// URL, an unknown triage, or a question about nothing in the workspace,
+/// which the coordinator may answer itself).
+pub fn one_crew(task: &str, changes_files: Option<bool>, crews: &[Crew]) -> Option<PlanStep> {
+    if task.contains("://") {
+        return None;
+    }
+    let crew = match changes_files? {
+        true => "belter",
+        false if crate::scope::names_paths(task) => "drummer",
+        false => return None,
+    };
+    crews.iter().any(|c| c.name == crew).then(|| PlanStep {
+        crew: crew.to_owned(),
+        instruction: task.to_owned(),
+    })
+}
+
 pub fn parse_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan, String> {
     let value: Value =
         serde_json::from_str(content.trim()).map_err(|e| format!("not JSON ({e})"))?;
@@ -207,7 +244,34 @@ pub fn parse_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan,
             ));
         }
     }
-    Ok(plan)
+    Ok(merge_steps(plan))
+}
+
+/// Consecutive steps of one crew become one step: a crew does a whole job
+/// in one conversation, and a job cut into steps loses what the crew saw
+/// in the earlier ones (small planners cut "edit the file" into "read it",
+/// "change it", "save it").
+fn merge_steps(mut plan: Plan) -> Plan {
+    let mut merged: Vec<crate::events::PlanStep> = Vec::new();
+    for step in plan.steps.drain(..) {
+        match merged.last_mut() {
+            Some(last) if last.crew == step.crew => {
+                let sep = if last.instruction.trim_end().ends_with(['.', '!', '?']) {
+                    " Then "
+                } else {
+                    ". Then "
+                };
+                last.instruction = format!(
+                    "{}{sep}{}",
+                    last.instruction.trim_end(),
+                    step.instruction.trim()
+                );
+            }
+            _ => merged.push(step),
+        }
+    }
+    plan.steps = merged;
+    plan
 }
 
 /// The corrective turn after invalid output.
@@ -231,7 +295,7 @@ fn earlier(results: &[(String, StepFinished)]) -> String {
                 None => String::new(),
             };
             format!(
-                "Step {} ({instruction}){status}:\n{}",
+                "Step {} ({instruction}){status}:\nReport: {}",
                 r.index + 1,
                 r.result
             )
@@ -268,50 +332,94 @@ pub fn evidence(function: &str, arguments: &Value, output: &str) -> String {
 }
 
 /// Step 3: a crew's opening messages. The system turn is the same for
-/// every task of the crew; the task, earlier results and the instruction
-/// come in the user turn.
+/// every task of the crew; the workspace's files, earlier results, the
+/// task and the instruction come in the user turn (the instruction last).
 pub fn crew_messages(
     crew: &Crew,
     task: &str,
     instruction: &str,
+    files: &[String],
+    attached: &[(String, String)],
     results: &[(String, StepFinished)],
 ) -> Vec<Message> {
     let system = format!(
-        "You are a {} of Caminaå's crew: {}. Carry out your instruction \
-         (your part of the user's task) with your tools: one call at a time, reading each result before the next call. \
-         Paths are relative to the workspace. Work only on the files the task names, and write \
-         exactly the text it asks for, nothing more. Do not guess what a file holds: read it. \
-         Once the work is done, or cannot be done, stop calling tools and reply in plain \
-         words: what you did, what you found (quote the exact text later steps need), and \
-         anything that could not be done, with the reason.",
+        "You are a {} of Caminaå's crew: {}. You do your part of the user's task with tool \
+         calls, one call at a time, reading each result before the next call. Paths are \
+         relative to the workspace.\n\
+         - Look before you act: read a file before you change it or quote it, and search or \
+         list before you say what exists.\n\
+         - Change only what the task asks to change, and write exactly the text it asks for.\n\
+         - When your part is done, or cannot be done, call {} with your report: what you did \
+         and what you found, quoting the exact text (lines, paths, values) the task asks for.",
         crew.member(),
-        crew.purpose()
+        crew.purpose(),
+        crew.finish_name(),
     );
     let mut user = String::new();
+    if !files.is_empty() {
+        user.push_str(&format!(
+            "Files in the workspace when the task started:\n{}\n\n",
+            files.join("\n")
+        ));
+    }
+    if !attached.is_empty() {
+        user.push_str("The files the task names, as they are now (read for you):\n");
+        for (path, text) in attached {
+            // A file's own last newline ends its last line: no blank line
+            // is shown that the file does not have.
+            let nl = if text.ends_with('\n') { "" } else { "\n" };
+            user.push_str(&format!("[{path}]\n{text}{nl}[end of {path}]\n"));
+        }
+        user.push('\n');
+    }
     if !results.is_empty() {
         user.push_str(&format!(
             "Results of earlier steps:\n{}\n\n",
             earlier(results)
         ));
     }
-    user.push_str(&format!(
-        "The user's task: {task}\n\nYour instruction from the coordinator (your part of that \
-         task): {instruction}"
-    ));
+    user.push_str(&format!("The user's task: {task}\n"));
+    if instruction.trim() != task.trim() {
+        user.push_str(&format!("Your part, from the coordinator: {instruction}\n"));
+    }
     vec![Message::system(system), Message::user(user)]
 }
 
-/// A crew's turn. `must_call`: the reply has to be a tool call (a crew's
-/// first turn, and the turn after it was told it had done nothing: a step
-/// without a call did nothing, whatever its text says).
-pub fn crew_request(messages: Vec<Message>, crew: &Crew, must_call: bool) -> ChatRequest {
+/// The tool that ends a crew's step (the host's, not a plugin's): every
+/// turn of a crew is a call, and the last one carries the report, so a
+/// model never describes work in prose instead of doing it.
+pub fn finish_spec(crew: &Crew) -> ToolSpec {
+    ToolSpec {
+        name: crew.finish_name().to_owned(),
+        description: "End your step: call this once your part of the task is done, or cannot \
+                      be done. The report says what you did and what you found, with the exact \
+                      facts (paths, lines, values)."
+            .into(),
+        parameters: json!({
+            "type": "object",
+            "properties": {
+                "report": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER}
+            },
+            "required": ["report"]
+        }),
+    }
+}
+
+/// A crew's turn: always a call (one of its tools, or the finish tool;
+/// on the first turn only its tools: a step starts by doing something).
+/// Backends that cannot force a call (Ollama) may still reply in text,
+/// which counts as the report.
+pub fn crew_request(messages: Vec<Message>, crew: &Crew, first: bool) -> ChatRequest {
+    let mut tools = crew.specs();
+    tools.push(finish_spec(crew));
     ChatRequest {
         messages,
-        tools: crew.specs(),
-        tool_choice: if must_call {
-            ToolChoice::Required
+        tools,
+        tool_choice: ToolChoice::Required,
+        unavailable: if first {
+            vec![crew.finish_name().to_owned()]
         } else {
-            ToolChoice::Auto
+            Vec::new()
         },
         options: deterministic(1024),
         ..Default::default()
@@ -347,59 +455,139 @@ fn changes(results: &[(String, StepFinished)]) -> String {
     }
 }
 
-/// The corrective turn for a crew that answered without using its tools:
-/// a step with no tool call did nothing.
-pub fn use_your_tools() -> Message {
-    Message::user(
-        "You have not called any tool, so nothing was done yet. Do the instruction now with \
-         your tools (one call), or, if it truly cannot be done with them, say why.",
+/// The answer to a change in a task that only asks a question.
+pub fn only_a_question() -> String {
+    "not run: the task only asks for information, so nothing may be changed; answer it from \
+     what you read and found"
+        .to_owned()
+}
+
+/// The answer to a change of a path the task reads from.
+pub fn a_source(path: &str, outputs: &[String]) -> String {
+    let makes = if outputs.is_empty() {
+        String::new()
+    } else {
+        format!("; it asks you to make {}", outputs.join(", "))
+    };
+    format!("not run: the task reads from {path} and does not ask to change it{makes}")
+}
+
+/// The answer to a change of a path the task says to leave as it is.
+pub fn kept(path: &str) -> String {
+    format!(
+        "not run: {path} exists, and the task says to leave it as it is in that case; it \
+         needs no change, so finish and say that it was left as it is"
     )
 }
 
-/// The reminder for a belter that stops while paths the task names are
-/// still not made.
-pub fn not_made_yet(paths: &[String]) -> Message {
+/// The answer to a call that would rewrite a file nobody read.
+pub fn read_first(path: &str) -> String {
+    format!(
+        "not run: {path} exists and you have not read it; read it first, then make the change \
+         from its real content"
+    )
+}
+
+/// Why a finish is sent back: the crew did nothing yet.
+pub fn use_your_tools() -> String {
+    "Nothing has been done yet: no tool was used. Do the task with your tools now.".to_owned()
+}
+
+/// Why a finish is sent back: paths the task names are still not made.
+pub fn not_made_yet(paths: &[String]) -> String {
     let names: Vec<String> = paths
         .iter()
         .map(|p| {
             if crate::scope::has_extension(p) {
-                format!("the file {p}, which has not been written yet")
+                format!("the file {p} does not exist yet")
             } else {
-                format!("{p}, which does not exist yet")
+                format!("{p} does not exist yet")
             }
         })
         .collect();
-    Message::user(format!(
-        "The task names {}. If making it is part of your instruction, do that now with \
-         your tools; otherwise reply with your report.",
-        names.join("; ")
-    ))
+    format!(
+        "Not finished: {}. Make it now if the task asks you to.",
+        names.join(", ")
+    )
 }
 
-/// The corrective turn for a crew that stopped right after a failed call.
-pub fn put_it_right(error: &str) -> Message {
-    Message::user(format!(
-        "Your last tool call failed: {error}. The work is not done. Put it right with your \
-         tools if you can (check the real names and paths first), or, if it truly cannot be \
-         done, say why."
-    ))
+/// Why a finish is sent back: the task asks for a change and none was made.
+pub fn nothing_changed() -> String {
+    "Not finished: no file has been changed yet; reading is not changing. Make the change the \
+     task asks for now with your tools."
+        .to_owned()
 }
 
-/// Step 4: the final answer, and whether the task was done.
-pub fn answer(task: &str, results: &[(String, StepFinished)]) -> ChatRequest {
-    let system = "You are Caminaå, the coordinator. Your crews have worked on the user's task; \
-        their reports and tool calls are below. Write the final answer for the user from them: \
-        what was done, and what was found, with the exact facts the results show (never \
-        invented ones). Reply with JSON only: {\"answer\": \"<text>\", \"done\": <true|false>}. \
-        \"done\" is true only when the results show that everything the task asked for was \
-        carried out; when a step failed, a tool reported an error that was not put right, or \
-        something the task asked for is missing, \"done\" is false and the answer says what \
-        is missing.";
+/// Why a finish is sent back: files matching the task's pattern were left.
+pub fn left_out(paths: &[String]) -> String {
+    let (these, verb) = if paths.len() == 1 {
+        ("this path", "matches")
+    } else {
+        ("these paths", "match")
+    };
+    format!(
+        "Not finished: {these} (relative to the workspace) also {verb} what the task asks for \
+         and {} not changed: {}. Do the same for {} now if the task asks you to.",
+        if paths.len() == 1 { "was" } else { "were" },
+        paths.join(", "),
+        if paths.len() == 1 { "it" } else { "them" },
+    )
+}
+
+/// A hint after a `not-found` error: the workspace's paths (as listed
+/// when the task started) with the same last component as `path`, which
+/// the model most likely meant (it often puts a file in the directory it
+/// just looked at).
+pub fn elsewhere(path: &str, files: &[String]) -> Option<String> {
+    let path = path.trim_start_matches("./").trim_end_matches('/');
+    let name = path.rsplit('/').next().filter(|n| !n.is_empty())?;
+    let found: Vec<&str> = files
+        .iter()
+        .map(|f| f.trim_end_matches('/'))
+        .filter(|f| *f != path && f.rsplit('/').next() == Some(name))
+        .take(5)
+        .collect();
+    (!found.is_empty()).then(|| {
+        format!(
+            "\n(There is no {path}; the workspace has {}.)",
+            found.join(", ")
+        )
+    })
+}
+
+/// Why a finish is sent back: the last call failed.
+pub fn put_it_right(error: &str) -> String {
+    format!(
+        "Not finished: your last call failed ({error}). Put it right with your tools if you \
+         can; if it cannot be done, finish and say why."
+    )
+}
+
+/// Step 4: the final answer, and whether the task was done. `question`:
+/// the triage found the task asks only for information.
+pub fn answer(task: &str, results: &[(String, StepFinished)], question: bool) -> ChatRequest {
+    let system = if question {
+        "You are Caminaå, the coordinator. The user asked a question about the workspace; \
+         your crews looked it up, and their reports and tool calls are below. Answer the \
+         question for the user with the exact facts the results show (never invented ones). \
+         Reply with JSON only: {\"answer\": \"<text>\", \"done\": <true|false>}. \"done\" is \
+         true when the results answer the question, also when the answer is that nothing \
+         matches or none; false only when the information could not be read, and then the \
+         answer says what is missing."
+    } else {
+        "You are Caminaå, the coordinator. Your crews have worked on the user's task; below \
+         are their reports, their tool calls and the changes the host saw them make. Write \
+         the final answer for the user: what was done and what was found, with the exact facts \
+         the results show (never invented ones). Reply with JSON only: {\"answer\": \
+         \"<text>\", \"done\": <true|false>}. \"done\" is true when the results show that the \
+         task was carried out; false when a step failed or something the task asked for is \
+         missing, and then the answer says what is missing."
+    };
     ChatRequest {
         messages: vec![
             Message::system(system),
             Message::user(format!(
-                "Task: {task}\n\nStep results:\n{}\n\n{}",
+                "{}\n\n{}\n\nThe user's task: {task}",
                 earlier(results),
                 changes(results)
             )),
@@ -495,16 +683,93 @@ mod tests {
             let plan = json!({"steps": [{"crew": "belter", "instruction": good}]}).to_string();
             assert!(parse_plan(&plan, &c, 8).is_ok(), "{good}");
         }
-        // The planner is told what the crews can do, not their function names.
+        // The planner is told what the crews are for, neither their
+        // function names nor their tools' descriptions (it copies those).
         let req = plan_request_text(&c);
         assert!(
-            req.contains("read a text file") && !req.contains("read_file"),
+            req.contains("- belter: makes the changes")
+                && !req.contains("read_file")
+                && !req.contains("Read a text file"),
             "{req}"
         );
     }
 
     fn plan_request_text(c: &[Crew]) -> String {
         plan("t", &[], "", c, 8).messages[0].content.clone()
+    }
+
+    #[test]
+    fn consecutive_steps_of_one_crew_are_one_step() {
+        let c = crews();
+        let plan = parse_plan(
+            r#"{"steps":[
+                {"crew":"belter","instruction":"Read config.py"},
+                {"crew":"belter","instruction":"change MAX_USERS to 25."},
+                {"crew":"drummer","instruction":"Check the result"},
+                {"crew":"belter","instruction":"Report"}]}"#,
+            &c,
+            8,
+        )
+        .unwrap();
+        let steps: Vec<(&str, &str)> = plan
+            .steps
+            .iter()
+            .map(|s| (s.crew.as_str(), s.instruction.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("belter", "Read config.py. Then change MAX_USERS to 25."),
+                ("drummer", "Check the result"),
+                ("belter", "Report"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_crew_sees_the_named_files_the_task_and_its_part() {
+        let c = crews();
+        let attached = vec![(
+            "notes.txt".to_owned(),
+            "{\"size\":3}\ncontent:\nhi\n".to_owned(),
+        )];
+        let m = crew_messages(
+            &c[0],
+            "Fix notes.txt",
+            "Fix notes.txt",
+            &["notes.txt".into()],
+            &attached,
+            &[],
+        );
+        let user = &m[1].content;
+        assert!(
+            user.contains("Files in the workspace when the task started:\nnotes.txt"),
+            "{user}"
+        );
+        assert!(
+            user.contains("[notes.txt]\n{\"size\":3}\ncontent:\nhi\n[end of notes.txt]"),
+            "{user}"
+        );
+        // The task last; the instruction only when it says something else.
+        assert!(user.ends_with("The user's task: Fix notes.txt\n"), "{user}");
+        let m = crew_messages(&c[0], "Fix notes.txt", "Read notes.txt", &[], &[], &[]);
+        assert!(
+            m[1].content
+                .ends_with("Your part, from the coordinator: Read notes.txt\n")
+        );
+    }
+
+    #[test]
+    fn every_crew_turn_is_a_call_and_the_first_cannot_finish() {
+        let c = crews();
+        let first = crew_request(Vec::new(), &c[0], true);
+        assert_eq!(first.tool_choice, ToolChoice::Required);
+        assert_eq!(first.unavailable, ["finish"]);
+        assert!(first.tools.iter().any(|t| t.name == "finish"));
+        let later = crew_request(Vec::new(), &c[0], false);
+        assert!(later.unavailable.is_empty());
+        // Declared the same way on every turn: one cached prefix.
+        assert_eq!(first.tools, later.tools);
     }
 
     #[test]
@@ -533,12 +798,12 @@ mod tests {
             [Role::System, Role::User]
         );
         assert!(a.messages[1].content.contains("Create a.txt"));
-        let x = crew_messages(&c[0], "t1", "i1", &[]);
-        let y = crew_messages(&c[0], "t2", "i2", &[]);
+        let x = crew_messages(&c[0], "t1", "i1", &[], &[], &[]);
+        let y = crew_messages(&c[0], "t2", "i2", &["a.txt".into()], &[], &[]);
         assert_eq!(x[0], y[0]);
         assert!(y[1].content.contains("t2") && y[1].content.contains("i2"));
-        let p = answer("t", &[]);
-        let q = answer("u", &[]);
+        let p = answer("t", &[], false);
+        let q = answer("u", &[], false);
         assert_eq!(p.messages[0], q.messages[0]);
     }
 
@@ -554,7 +819,7 @@ mod tests {
                 changes: Vec::new(),
             },
         )];
-        let req = answer("Rename a.txt to b.txt", &results);
+        let req = answer("Rename a.txt to b.txt", &results, false);
         assert!(
             req.messages[1]
                 .content
@@ -563,11 +828,70 @@ mod tests {
             req.messages[1].content
         );
         assert!(
-            req.messages[1]
-                .content
-                .ends_with("Changes made to the workspace (from the tool calls): none."),
+            req.messages[1].content.ends_with(
+                "Changes made to the workspace (from the tool calls): none.\n\nThe user's \
+                 task: Rename a.txt to b.txt"
+            ),
             "{}",
             req.messages[1].content
+        );
+    }
+
+    #[test]
+    fn a_missing_path_points_at_the_file_of_that_name() {
+        let files: Vec<String> = ["app.py", "logs/", "server.log", "logs/error.log"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            elsewhere("logs/server.log", &files).as_deref(),
+            Some("\n(There is no logs/server.log; the workspace has server.log.)")
+        );
+        assert_eq!(
+            elsewhere("./error.log", &files).as_deref(),
+            Some("\n(There is no error.log; the workspace has logs/error.log.)")
+        );
+        // Nothing of that name, or the path itself: no hint.
+        assert_eq!(elsewhere("notes.txt", &files), None);
+        assert_eq!(elsewhere("server.log", &files), None);
+        assert_eq!(elsewhere("", &files), None);
+        assert_eq!(
+            left_out(&["server.log".into()]),
+            "Not finished: this path (relative to the workspace) also matches what the task \
+             asks for and was not changed: server.log. Do the same for it now if the task \
+             asks you to."
+        );
+    }
+
+    #[test]
+    fn a_task_for_one_crew_needs_no_plan() {
+        let c = crews();
+        let step = |t: &str, change: Option<bool>| one_crew(t, change, &c).map(|s| s.crew);
+        assert_eq!(
+            step("Delete the .tmp files.", Some(true)).as_deref(),
+            Some("belter")
+        );
+        assert_eq!(
+            one_crew("Delete the .tmp files.", Some(true), &c)
+                .unwrap()
+                .instruction,
+            "Delete the .tmp files."
+        );
+        assert_eq!(
+            step("How many lines does crew.txt have?", Some(false)).as_deref(),
+            Some("drummer")
+        );
+        // The web needs a drummer, files a belter: planned.
+        assert_eq!(
+            step("Download https://example.com/a.csv into a.csv", Some(true)),
+            None
+        );
+        // A question about nothing in the workspace, or an unknown triage.
+        assert_eq!(step("What is 12 times 12?", Some(false)), None);
+        assert_eq!(step("Tidy up", None), None);
+        // No crew of that kind installed.
+        assert_eq!(
+            one_crew("Delete a.tmp", Some(true), &[Crew::empty("drummer")]),
+            None
         );
     }
 }

@@ -17,6 +17,21 @@ pub struct CrewTool {
     pub parameters: Value,
 }
 
+impl CrewTool {
+    /// Whether the tool writes text into the file at `path`: its input
+    /// has a `path` and another string (content, old and new text). Such
+    /// a call on an existing file is only made once the file was read.
+    pub fn writes_content(&self) -> bool {
+        let Some(props) = self.parameters.get("properties").and_then(Value::as_object) else {
+            return false;
+        };
+        props.contains_key("path")
+            && props.iter().any(|(name, schema)| {
+                name != "path" && schema.get("type").and_then(Value::as_str) == Some("string")
+            })
+    }
+}
+
 /// A crew: Belters or Drummers, with every tool of every plugin whose
 /// policy names the crew.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -37,12 +52,12 @@ impl Crew {
     pub fn purpose(&self) -> &'static str {
         match self.name.as_str() {
             "belter" => {
-                "file work: reads, creates, changes, moves and deletes files and directories \
-                 in the workspace"
+                "makes the changes: creates, writes, edits, moves, renames and deletes files \
+                 and directories, reading and searching them as it goes"
             }
             "drummer" => {
-                "information gathering: searches file names and file contents in the \
-                 workspace, fetches web pages; changes nothing"
+                "finds things out: reads and searches the files, fetches web pages; changes \
+                 nothing"
             }
             _ => "work with its tools",
         }
@@ -71,14 +86,24 @@ impl Crew {
         self.tools.iter().find(|t| t.function == function)
     }
 
-    /// Function names, for corrective messages.
     /// Whether this crew changes files (the belters).
     pub fn changes_files(&self) -> bool {
         self.name == "belter"
     }
 
+    /// Function names, for corrective messages.
     pub fn functions(&self) -> Vec<&str> {
         self.tools.iter().map(|t| t.function.as_str()).collect()
+    }
+
+    /// The name of the host's tool that ends a step: `finish`, unless a
+    /// plugin of the crew has a tool of that name.
+    pub fn finish_name(&self) -> &'static str {
+        if self.find("finish").is_some() {
+            "finish_step"
+        } else {
+            "finish"
+        }
     }
 }
 
@@ -160,4 +185,38 @@ pub fn crews(records: &[PluginRecord]) -> Vec<Crew> {
             Crew { name, tools }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tool(parameters: Value) -> CrewTool {
+        CrewTool {
+            function: "f".into(),
+            plugin: "p".into(),
+            tool: "f".into(),
+            description: String::new(),
+            parameters,
+        }
+    }
+
+    #[test]
+    fn tools_that_write_text_into_a_path_are_told_apart() {
+        let write = tool(
+            json!({"properties": {"path": {"type": "string"}, "content": {"type": "string"}}}),
+        );
+        let edit = tool(
+            json!({"properties": {"path": {"type": "string"}, "old_text": {"type": "string"}, "new_text": {"type": "string"}}}),
+        );
+        let delete = tool(
+            json!({"properties": {"path": {"type": "string"}, "recursive": {"type": "boolean"}}}),
+        );
+        let mv =
+            tool(json!({"properties": {"from": {"type": "string"}, "to": {"type": "string"}}}));
+        assert!(write.writes_content() && edit.writes_content());
+        assert!(!delete.writes_content() && !mv.writes_content());
+        assert!(!tool(json!({"type": "object"})).writes_content());
+    }
 }
