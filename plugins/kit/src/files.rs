@@ -73,7 +73,7 @@ pub fn read_file(ws: &Workspace, input: ReadFileInput) -> ToolResult {
         .map_err(|e| io_error("read", &input.path, &e))?;
     if meta.is_dir() {
         return Err(ToolError::InvalidInput(format!(
-            "read {}: is a directory (use list_dir)",
+            "read {}: is a directory (list_dir lists it; grep searches the text of its files)",
             input.path
         )));
     }
