@@ -935,6 +935,15 @@ fn one_step_script(
     }
 }
 
+/// The task's first refused call carries `flag`, and the crew was told
+/// why (a tool result saying `why`).
+fn refused_and_told(engine: &Engine, task: &str, fake: &FakeOllama, flag: &str, why: &str) {
+    let records = engine.journal().records(task).unwrap();
+    let refused = records.iter().find(|r| r.kind == "tool_refused").unwrap();
+    assert_eq!(refused.data[flag], true, "{}", refused.data);
+    assert!(told(fake, why), "the crew was told why");
+}
+
 /// Whether a tool result the crew saw says `text`.
 fn told(fake: &FakeOllama, text: &str) -> bool {
     fake.chats().iter().any(|c| {
@@ -1045,12 +1054,12 @@ async fn an_agent_cannot_edit_the_file_it_copies_from() {
         std::fs::read_to_string(s.ws.join("notes.md")).unwrap(),
         "// TODO: write docs\n"
     );
-    let records = s.engine.journal().records(&t.id).unwrap();
-    let refused = records.iter().find(|r| r.kind == "tool_refused").unwrap();
-    assert_eq!(refused.data["source"], true, "{}", refused.data);
-    assert!(
-        told(&fake, "the task reads from src/lib.rs"),
-        "the crew was told why"
+    refused_and_told(
+        &s.engine,
+        &t.id,
+        &fake,
+        "source",
+        "the task reads from src/lib.rs",
     );
 }
 
@@ -1086,12 +1095,12 @@ async fn overwriting_a_file_the_task_says_to_keep_is_refused() {
         std::fs::read_to_string(s.ws.join("hello.txt")).unwrap(),
         "Bonjour\n"
     );
-    let records = s.engine.journal().records(&t.id).unwrap();
-    let refused = records.iter().find(|r| r.kind == "tool_refused").unwrap();
-    assert_eq!(refused.data["kept"], true, "{}", refused.data);
-    assert!(
-        told(&fake, "the task says to leave it as it is"),
-        "the crew was told why"
+    refused_and_told(
+        &s.engine,
+        &t.id,
+        &fake,
+        "kept",
+        "the task says to leave it as it is",
     );
 }
 

@@ -539,11 +539,11 @@ pub fn left_out(paths: &[String]) -> String {
 /// the model most likely meant (it often puts a file in the directory it
 /// just looked at).
 pub fn elsewhere(path: &str, files: &[String]) -> Option<String> {
-    let path = path.trim_start_matches("./").trim_end_matches('/');
+    let path = crate::scope::normal(path);
     let name = path.rsplit('/').next().filter(|n| !n.is_empty())?;
     let found: Vec<&str> = files
         .iter()
-        .map(|f| f.trim_end_matches('/'))
+        .map(|f| crate::scope::normal(f))
         .filter(|f| *f != path && f.rsplit('/').next() == Some(name))
         .take(5)
         .collect();
