@@ -957,6 +957,89 @@ fn finish(report: &str) -> Reply {
     Reply::tool_call("finish", json!({"report": report}))
 }
 
+/// A belter that writes a to-do list of its own instead of the lines the
+/// task asks it to collect, and then (`then_search`) greps for them.
+fn inventing_belter(then_search: bool) -> impl Fn(&Value, usize) -> Reply + Send + 'static {
+    move |req, made| match made {
+        0 => Reply::tool_call(
+            "write_file",
+            json!({"path": "todo.md", "content": "- [ ] Implement feature A\n- [ ] Fix bug B\n"}),
+        ),
+        1 if then_search => Reply::tool_call("grep", json!({"pattern": "TODO", "path": "src"})),
+        2 if then_search => {
+            let found = since_user(req)
+                .iter()
+                .rev()
+                .find(|m| m["role"] == "tool")
+                .and_then(|m| serde_json::from_str::<Value>(m["content"].as_str()?).ok())
+                .unwrap_or_default();
+            let lines: Vec<&str> = found["matches"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["text"].as_str())
+                .map(str::trim)
+                .collect();
+            Reply::tool_call(
+                "write_file",
+                json!({"path": "todo.md", "content": format!("{}\n", lines.join("\n"))}),
+            )
+        }
+        _ => finish("Collected the TODO lines into todo.md."),
+    }
+}
+
+#[tokio::test]
+async fn text_made_up_instead_of_read_is_not_written() {
+    // Refused before it runs, with the lines named; a crew that then looks
+    // inside writes the real lines, one that does not leaves the task
+    // failed (and no file behind).
+    let prompt = "Collect every TODO line under src/ into todo.md";
+    for then_search in [false, true] {
+        let fake = FakeOllama::start(
+            models(),
+            one_step_script("belter", true, inventing_belter(then_search)),
+        );
+        let s = setup(&fake).await;
+        let t = s
+            .engine
+            .submit(prompt, &s.ws, Budgets::default())
+            .await
+            .unwrap();
+        let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+        let records = s.engine.journal().records(&t.id).unwrap();
+        let refused = records.iter().find(|r| r.kind == "tool_refused").unwrap();
+        assert_eq!(
+            refused.data["invented"],
+            json!(["- [ ] Implement feature A", "- [ ] Fix bug B"]),
+            "{}",
+            refused.data
+        );
+        assert!(told(
+            &fake,
+            "this text is not in the task or in anything you have read"
+        ));
+        if then_search {
+            assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+            assert_eq!(
+                std::fs::read_to_string(s.ws.join("todo.md")).unwrap(),
+                "// TODO: write docs\n// TODO: parse args\n"
+            );
+        } else {
+            assert_eq!(done.status, Status::Failed);
+            assert!(
+                done.error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("todo.md"),
+                "{:?}",
+                done.error
+            );
+            assert!(!s.ws.join("todo.md").exists());
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_question_cannot_change_files() {
     // The triage says the task only asks; the belter tries to "tidy up"

@@ -68,6 +68,10 @@ pub struct Agent<'e> {
     /// as it is: the task's condition held, so no change is the outcome it
     /// asked for.
     pub kept: bool,
+    /// The words of every successful result the task's calls returned
+    /// (replayed or live) and of earlier steps' reports: what text written
+    /// for the task must come from (see [`crate::ground`]).
+    pub seen: crate::ground::Seen,
 }
 
 impl Agent<'_> {
@@ -714,6 +718,7 @@ impl Agent<'_> {
         crew: &Crew,
         call: &ToolCall,
         scope: &crate::scope::Scope,
+        sources: &[String],
     ) -> Flow<Option<ToolRefused>> {
         match self.d.peek_kind(step) {
             Some("tool_refused") => {
@@ -782,6 +787,36 @@ impl Agent<'_> {
             if why.is_some() {
                 refusal = why;
                 break;
+            }
+        }
+        // Text for a task that takes its content from other paths it names
+        // must come from somewhere (see `crate::ground`).
+        let target = call
+            .arguments
+            .get("path")
+            .and_then(serde_json::Value::as_str)
+            .map(crate::scope::normal);
+        if refusal.is_none()
+            && ct.writes_content()
+            && let Some(target) = target
+            && sources.iter().any(|s| s != target)
+        {
+            let text: Vec<&str> = call
+                .arguments
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !matches!(k.as_str(), "path" | "from" | "to" | "old_text"))
+                .filter_map(|(_, v)| v.as_str())
+                .collect();
+            let invented = self.seen.invented(&text.join("\n"));
+            if !invented.is_empty() {
+                refusal = Some(ToolRefused {
+                    tool: call.name.clone(),
+                    path: target.to_owned(),
+                    invented,
+                    ..ToolRefused::default()
+                });
             }
         }
         if let Some(r) = &refusal {
@@ -915,6 +950,9 @@ impl Agent<'_> {
         let (mut nudged_idle, mut nudged_error, mut nudged_outputs, mut nudged_pattern) =
             (false, false, false, false);
         let mut nudged_unchanged = false;
+        // Whether a read-only call of the crew's own succeeded (not the
+        // host's prefetch).
+        let mut looked = false;
         let scope =
             crate::scope::Scope::of_task(task, std::path::Path::new(&self.submitted.workspace));
         let mut evidence: Vec<String> = Vec::new();
@@ -931,6 +969,27 @@ impl Agent<'_> {
         // in its opening turn: it starts from their real content instead
         // of guessing it or having to think of looking.
         let prefetch = self.prefetch_calls(crew, task, files);
+        // Earlier steps' results (with their calls' outputs) are what this
+        // step builds on, also when they were replayed rather than run.
+        for (_, r) in results {
+            self.seen.add(&r.result);
+        }
+        // Text the task gives, and the coordinator's own words for the step.
+        self.seen.add(&crate::ground::given(task));
+        if instruction.trim() != task.trim() {
+            self.seen.add(instruction);
+        }
+        let (sources, look_first) = {
+            let (named_files, named_dirs) = crate::scope::named_existing(task, files);
+            let look = !named_dirs.is_empty() && !self.outputs.is_empty();
+            (
+                named_files
+                    .into_iter()
+                    .chain(named_dirs)
+                    .collect::<Vec<_>>(),
+                look,
+            )
+        };
         let mut attached: Vec<(String, String)> = Vec::new();
         for (k, call) in prefetch.iter().enumerate() {
             let step = format!("step/{i}/prefetch/{k}");
@@ -941,6 +1000,7 @@ impl Agent<'_> {
             if result.error.is_none() {
                 succeeded += 1;
                 self.saw(call);
+                self.seen.add(&result.for_model(8000));
             }
             done.push((call.name.clone(), call.arguments.clone()));
             evidence.push(prompts::evidence(
@@ -1040,7 +1100,7 @@ impl Agent<'_> {
                     continue;
                 }
                 let step = format!("step/{i}/turn/{turn}/call/{k}");
-                if let Some(r) = self.refused(&step, crew, call, &scope).await? {
+                if let Some(r) = self.refused(&step, crew, call, &scope, &sources).await? {
                     let refusal = if r.question {
                         prompts::only_a_question()
                     } else if r.kept {
@@ -1050,6 +1110,8 @@ impl Agent<'_> {
                         prompts::a_source(&r.path, &self.outputs)
                     } else if r.not_read {
                         prompts::read_first(&r.path)
+                    } else if !r.invented.is_empty() {
+                        prompts::invented(&r.invented, &sources)
                     } else {
                         scope.refusal(&r.path)
                     };
@@ -1090,10 +1152,12 @@ impl Agent<'_> {
                     None => {
                         unresolved = None;
                         succeeded += 1;
+                        self.seen.add(&result.for_model(8000));
                         if let Some(change) = change {
                             changes.push(change);
                             self.touch(call);
                         } else {
+                            looked = true;
                             self.saw(call);
                         }
                     }
@@ -1109,7 +1173,7 @@ impl Agent<'_> {
                     && kind == "not-found"
                     && let Some(hint) = call.arguments["path"]
                         .as_str()
-                        .and_then(|p| prompts::elsewhere(p, files))
+                        .and_then(|p| prompts::elsewhere(p, files, &self.outputs))
                 {
                     shown.push_str(&hint);
                 }
@@ -1139,7 +1203,11 @@ impl Agent<'_> {
                 && !nudged_unchanged
             {
                 nudged_unchanged = true;
-                Some(prompts::nothing_changed())
+                Some(prompts::nothing_changed(if look_first && !looked {
+                    &sources
+                } else {
+                    &[]
+                }))
             } else if let Some(missing) = (crew.changes_files() && !nudged_outputs)
                 .then(|| self.not_made())
                 .filter(|m| !m.is_empty())

@@ -131,6 +131,11 @@ pub struct ToolRefused {
     /// exists, and it does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub kept: bool,
+    /// Refused because most lines of the text it would write come from
+    /// neither the task nor any result its calls returned (these lines):
+    /// see [`crate::ground`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invented: Vec<String>,
 }
 
 fn yes() -> bool {

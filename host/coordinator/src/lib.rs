@@ -31,6 +31,7 @@
 pub mod agent;
 pub mod durable;
 pub mod events;
+pub mod ground;
 pub mod prompts;
 pub mod replay;
 pub mod scope;
@@ -342,6 +343,7 @@ impl Engine {
             read: Vec::new(),
             changes_files: None,
             kept: false,
+            seen: ground::Seen::default(),
         };
         let outcome = agent.drive().await;
         watcher.abort();

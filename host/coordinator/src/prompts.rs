@@ -488,6 +488,23 @@ pub fn read_first(path: &str) -> String {
     )
 }
 
+/// How a crew sees what files hold (belter-fs and drummer tools).
+const LOOK_INSIDE: &str =
+    "read_file reads a file; grep finds the matching lines in every file under a directory";
+
+/// The answer to a write of text that comes from neither the task nor
+/// anything read (see [`crate::ground`]).
+pub fn invented(lines: &[String], sources: &[String]) -> String {
+    let shown: Vec<String> = lines.iter().take(3).map(|l| format!("\"{l}\"")).collect();
+    format!(
+        "not run: this text is not in the task or in anything you have read ({}). The task \
+         takes its content from {}: look inside first ({LOOK_INSIDE}), then write what is \
+         really there",
+        shown.join(", "),
+        sources.join(", ")
+    )
+}
+
 /// Why a finish is sent back: the crew did nothing yet.
 pub fn use_your_tools() -> String {
     "Nothing has been done yet: no tool was used. Do the task with your tools now.".to_owned()
@@ -512,10 +529,18 @@ pub fn not_made_yet(paths: &[String]) -> String {
 }
 
 /// Why a finish is sent back: the task asks for a change and none was made.
-pub fn nothing_changed() -> String {
-    "Not finished: no file has been changed yet; reading is not changing. Make the change the \
-     task asks for now with your tools."
-        .to_owned()
+pub fn nothing_changed(unread: &[String]) -> String {
+    if unread.is_empty() {
+        "Not finished: no file has been changed yet; reading is not changing. Make the change \
+         the task asks for now with your tools."
+            .to_owned()
+    } else {
+        format!(
+            "Not finished: no file has been changed yet. The task takes its content from {}: \
+             look inside first ({LOOK_INSIDE}), then make the change the task asks for.",
+            unread.join(", ")
+        )
+    }
 }
 
 /// Why a finish is sent back: files matching the task's pattern were left.
@@ -538,7 +563,7 @@ pub fn left_out(paths: &[String]) -> String {
 /// when the task started) with the same last component as `path`, which
 /// the model most likely meant (it often puts a file in the directory it
 /// just looked at).
-pub fn elsewhere(path: &str, files: &[String]) -> Option<String> {
+pub fn elsewhere(path: &str, files: &[String], outputs: &[String]) -> Option<String> {
     let path = crate::scope::normal(path);
     let name = path.rsplit('/').next().filter(|n| !n.is_empty())?;
     let found: Vec<&str> = files
@@ -547,12 +572,21 @@ pub fn elsewhere(path: &str, files: &[String]) -> Option<String> {
         .filter(|f| *f != path && f.rsplit('/').next() == Some(name))
         .take(5)
         .collect();
-    (!found.is_empty()).then(|| {
-        format!(
+    if !found.is_empty() {
+        return Some(format!(
             "\n(There is no {path}; the workspace has {}.)",
             found.join(", ")
-        )
-    })
+        ));
+    }
+    // A path the task names but that is not there yet, looked for in
+    // another directory.
+    let output = outputs
+        .iter()
+        .map(|o| crate::scope::normal(o))
+        .find(|o| *o != path && o.rsplit('/').next() == Some(name))?;
+    Some(format!(
+        "\n(There is no {path}; the task names {output}, which does not exist yet.)"
+    ))
 }
 
 /// Why a finish is sent back: the last call failed.
@@ -843,17 +877,24 @@ mod tests {
             .map(String::from)
             .to_vec();
         assert_eq!(
-            elsewhere("logs/server.log", &files).as_deref(),
+            elsewhere("logs/server.log", &files, &[]).as_deref(),
             Some("\n(There is no logs/server.log; the workspace has server.log.)")
         );
         assert_eq!(
-            elsewhere("./error.log", &files).as_deref(),
+            elsewhere("./error.log", &files, &[]).as_deref(),
             Some("\n(There is no error.log; the workspace has logs/error.log.)")
         );
         // Nothing of that name, or the path itself: no hint.
-        assert_eq!(elsewhere("notes.txt", &files), None);
-        assert_eq!(elsewhere("server.log", &files), None);
-        assert_eq!(elsewhere("", &files), None);
+        assert_eq!(elsewhere("notes.txt", &files, &[]), None);
+        assert_eq!(elsewhere("server.log", &files, &[]), None);
+        assert_eq!(elsewhere("", &files, &[]), None);
+        // A file the task is to make, looked for in another directory.
+        let outputs = ["todo.md".to_owned()];
+        assert_eq!(
+            elsewhere("logs/todo.md", &files, &outputs).as_deref(),
+            Some("\n(There is no logs/todo.md; the task names todo.md, which does not exist yet.)")
+        );
+        assert_eq!(elsewhere("todo.md", &files, &outputs), None);
         assert_eq!(
             left_out(&["server.log".into()]),
             "Not finished: this path (relative to the workspace) also matches what the task \
