@@ -7,6 +7,7 @@
 mod config;
 mod eval;
 mod home;
+mod mcp;
 mod model;
 mod plugin;
 mod policy;
@@ -60,6 +61,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Serve the HTTP API (tasks, events, plugins, audit).
     Serve(serve::ServeArgs),
+    /// Serve the installed skills to MCP clients (Model Context Protocol,
+    /// JSON-RPC on stdin/stdout; logs on stderr).
+    Mcp(mcp::McpArgs),
     /// Audit and approve plugin policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -190,6 +194,7 @@ fn main() -> ExitCode {
             Command::Task(cmd) => task::task(&cx, cmd).await,
             Command::Eval(args) => eval::eval(&cx, args).await,
             Command::Serve(args) => serve::serve(&cx, args).await,
+            Command::Mcp(args) => mcp::mcp(&cx, args).await,
             Command::Policy(cmd) => policy::policy(&cx, cmd).await,
             Command::Audit(cmd) => policy::audit(&cx, cmd).await,
             Command::Key(cmd) => policy::key(&cx, cmd).await,

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod engine;
 mod install;
+mod mcp;
 mod models;
 mod net_support;
 mod security;

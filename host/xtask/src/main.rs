@@ -142,6 +142,25 @@ fn setup() -> Result {
     run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
 }
 
+/// A Python virtual environment under target/py with the official MCP SDK
+/// (PyPI `mcp`, 1.x) for the MCP client test; returns its interpreter.
+fn python_with_mcp() -> Result<PathBuf> {
+    let venv = root().join("target/py");
+    let python = venv.join("bin/python");
+    let has_sdk = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import mcp"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if has_sdk(&python) {
+        return Ok(python);
+    }
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "mcp>=1.0,<2"]))?;
+    Ok(python)
+}
+
 /// Builds the bundled skills; returns their paths under target/plugins/.
 fn plugins() -> Result<Vec<(PathBuf, &'static str)>> {
     let root = root();
@@ -332,11 +351,14 @@ fn test(extra: &[String]) -> Result {
         .args(["test", "--workspace", "--no-run"]))?;
     // The embedded-model tests need the default GGUF (cached downloads).
     let gguf = fetch_model_with(Command::new(root.join("target/debug/camina")))?;
+    // The MCP test drives `camina mcp` with the official Python SDK.
+    let python = python_with_mcp()?;
     run(cargo()
         .current_dir(&root)
         .args(["test", "--workspace"])
         .args(extra)
-        .env("CAMINA_TEST_GGUF", &gguf))?;
+        .env("CAMINA_TEST_GGUF", &gguf)
+        .env("CAMINA_TEST_PYTHON", &python))?;
     // A few eval cases on the real default model (the whole suite is
     // `cargo xtask eval`): the agent end to end, scored on end states.
     let skills = plugins()?;

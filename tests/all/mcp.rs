@@ -1,0 +1,331 @@
+//! `camina mcp` driven by the official MCP SDK's client (rmcp) over stdio,
+//! as an MCP client (Claude Desktop, Cursor…) runs it: initialize, the
+//! tool list, calls, error results, list changes, the journal's
+//! one-process rule.
+
+use crate::engine::install_skills;
+use crate::support::{artifacts, sandbox};
+use camina_journal::{DecisionFilter, Journal};
+use camina_registry::Registry;
+use rmcp::model::{CallToolRequestParams, CallToolResult, Tool};
+use rmcp::service::{NotificationContext, RoleClient, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientHandler, ServiceExt};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// A client that notes `notifications/tools/list_changed`.
+#[derive(Debug, Clone, Default)]
+struct Client {
+    changed: Arc<Notify>,
+}
+
+impl ClientHandler for Client {
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.changed.notify_one();
+    }
+}
+
+fn command(home: &Path, ws: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_camina"));
+    cmd.arg("--home")
+        .arg(home)
+        .arg("mcp")
+        .arg("--workspace")
+        .arg(ws)
+        .env_remove("CAMINA_HOME")
+        .env("CAMINA_LOG", "warn")
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
+async fn connect(home: &Path, ws: &Path, client: Client) -> RunningService<RoleClient, Client> {
+    let transport = TokioChildProcess::new(command(home, ws)).unwrap();
+    client.serve(transport).await.unwrap()
+}
+
+async fn call(c: &RunningService<RoleClient, Client>, name: &str, args: Value) -> CallToolResult {
+    let Value::Object(args) = args else {
+        panic!("arguments are an object")
+    };
+    c.call_tool(CallToolRequestParams::new(name.to_owned()).with_arguments(args))
+        .await
+        .unwrap()
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+fn tool<'a>(tools: &'a [Tool], name: &str) -> &'a Tool {
+    tools
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no tool {name}"))
+}
+
+async fn home_with_skills() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let registry = Registry::open(home.path(), sandbox()).unwrap();
+    install_skills(&registry).await;
+    home
+}
+
+#[tokio::test]
+async fn mcp_offers_every_installed_tool_with_its_schema_and_hints() {
+    let home = home_with_skills().await;
+    let ws = tempfile::tempdir().unwrap();
+    let c = connect(home.path(), ws.path(), Client::default()).await;
+    let info = c.peer_info().unwrap();
+    assert_eq!(info.server_info.as_ref().unwrap().name, "camina");
+    assert!(info.capabilities.tools.as_ref().unwrap().list_changed == Some(true));
+    let tools = c.list_all_tools().await.unwrap();
+    // belter-fs and drummer-search both have read_file and grep: those are
+    // offered under the plugin's name; the others under their own.
+    for clash in [
+        "belter-fs__read_file",
+        "drummer-search__read_file",
+        "belter-fs__grep",
+        "drummer-search__grep",
+    ] {
+        tool(&tools, clash);
+    }
+    assert!(!tools.iter().any(|t| t.name == "read_file"));
+    let registry = Registry::open(home.path(), sandbox()).unwrap();
+    let write = registry.get("belter-fs").unwrap();
+    let manifest = write.record.tools.iter().find(|t| t.name == "write_file");
+    let w = tool(&tools, "write_file");
+    assert_eq!(
+        Value::Object((*w.input_schema).clone()),
+        manifest.unwrap().input_schema,
+        "the manifest's schema, as declared"
+    );
+    assert_eq!(
+        w.description.as_deref(),
+        Some(manifest.unwrap().description.as_str())
+    );
+    // Hints from the declared effects.
+    let hints = |name: &str| tool(&tools, name).annotations.clone().unwrap();
+    assert_eq!(hints("belter-fs__read_file").read_only_hint, Some(true));
+    assert_eq!(hints("write_file").idempotent_hint, Some(true));
+    assert_eq!(hints("write_file").read_only_hint, Some(false));
+    assert_eq!(hints("append_file").destructive_hint, Some(true));
+    assert_eq!(hints("append_file").idempotent_hint, Some(false));
+    c.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn mcp_calls_run_sandboxed_and_every_failure_is_an_error_result() {
+    let home = home_with_skills().await;
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("notes.txt"), "hello\n").unwrap();
+    let c = connect(home.path(), ws.path(), Client::default()).await;
+
+    let read = call(&c, "belter-fs__read_file", json!({"path": "notes.txt"})).await;
+    assert_eq!(read.is_error, Some(false), "{}", text(&read));
+    assert_eq!(
+        read.structured_content.as_ref().unwrap()["content"],
+        "hello\n"
+    );
+    let wrote = call(
+        &c,
+        "write_file",
+        json!({"path": "out/new.txt", "content": "made"}),
+    )
+    .await;
+    assert_eq!(wrote.is_error, Some(false), "{}", text(&wrote));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("out/new.txt")).unwrap(),
+        "made",
+        "the call ran in the server's workspace"
+    );
+
+    // The skill's own error, a path out of the workspace, input against
+    // the schema, a network call the policy does not allow, a tool that
+    // does not exist: results with isError, and the server carries on.
+    let cases = [
+        (
+            "belter-fs__read_file",
+            json!({"path": "missing.txt"}),
+            "not-found",
+        ),
+        (
+            "belter-fs__read_file",
+            json!({"path": "../../etc/passwd"}),
+            "denied",
+        ),
+        ("write_file", json!({"path": "x.txt"}), "invalid-input"),
+        ("http_get", json!({"url": "https://example.com/"}), "denied"),
+        ("no_such_tool", json!({}), "no tool named `no_such_tool`"),
+    ];
+    for (name, args, says) in cases {
+        let r = call(&c, name, args).await;
+        assert_eq!(r.is_error, Some(true), "{name}: {}", text(&r));
+        assert!(text(&r).contains(says), "{name}: {}", text(&r));
+    }
+    assert!(!ws.path().join("x.txt").exists());
+    let again = call(&c, "belter-fs__read_file", json!({"path": "notes.txt"})).await;
+    assert_eq!(again.is_error, Some(false), "still serving");
+    c.cancel().await.unwrap();
+
+    // Logged as `camina tool call` logs: the denied network request is in
+    // the decision log once the server is gone.
+    let journal = {
+        let mut tries = 0;
+        loop {
+            match Journal::open(&home.path().join("journal")) {
+                Ok((j, _)) => break j,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let denied = journal
+        .decisions(&DecisionFilter {
+            denied_only: true,
+            ..DecisionFilter::default()
+        })
+        .unwrap();
+    assert!(
+        denied
+            .iter()
+            .any(|d| d.plugin == "drummer-web" && d.target.contains("example.com")),
+        "{denied:?}"
+    );
+}
+
+#[tokio::test]
+async fn mcp_tool_list_follows_installs_and_removals() {
+    let home = tempfile::tempdir().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let client = Client::default();
+    let changed = client.changed.clone();
+    let c = connect(home.path(), ws.path(), client).await;
+    assert!(c.list_all_tools().await.unwrap().is_empty());
+
+    let registry = Registry::open(home.path(), sandbox()).unwrap();
+    let policy = camina_registry::PolicySource {
+        text: crate::support::shipped_policy("drummer-search"),
+        name: "policies/drummer-search.toml".into(),
+    };
+    registry
+        .install(
+            &std::fs::read(artifacts::DRUMMER_SEARCH).unwrap(),
+            Some(&policy),
+            None,
+            "drummer-search",
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), changed.notified())
+        .await
+        .expect("list_changed after an install");
+    let tools = c.list_all_tools().await.unwrap();
+    tool(&tools, "find_files");
+
+    registry.remove("drummer-search").unwrap();
+    tokio::time::timeout(Duration::from_secs(20), changed.notified())
+        .await
+        .expect("list_changed after a removal");
+    assert!(c.list_all_tools().await.unwrap().is_empty());
+    c.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn mcp_says_so_when_another_camina_holds_the_journal() {
+    let home = tempfile::tempdir().unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let (_held, _) = Journal::open(&home.path().join("journal")).unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        command(home.path(), ws.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output(),
+    )
+    .await
+    .expect("it does not hang")
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another camina process"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing but JSON-RPC on stdout");
+}
+
+/// The Python with the official MCP SDK that `cargo xtask test` installs
+/// (`target/py`, PyPI `mcp` 1.x), or `$CAMINA_TEST_PYTHON`.
+fn python_with_mcp() -> std::path::PathBuf {
+    let python = std::env::var_os("CAMINA_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(artifacts::ROOT).join("target/py/bin/python"));
+    let has_sdk = std::process::Command::new(&python)
+        .args(["-c", "import mcp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_sdk,
+        "{} with the `mcp` package is missing: run the tests with `cargo xtask test`, which \
+         installs it",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn mcp_works_with_the_official_python_sdk_client() {
+    let python = python_with_mcp();
+    let home = home_with_skills().await;
+    let ws = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python)
+            .arg(Path::new(artifacts::ROOT).join("tests/mcp/python_client.py"))
+            .arg(env!("CARGO_BIN_EXE_camina"))
+            .arg(home.path())
+            .arg(ws.path())
+            .output(),
+    )
+    .await
+    .expect("the Python client finishes")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["server"], "camina");
+    assert_eq!(seen["tools"]["belter-fs__read_file"]["readOnlyHint"], true);
+    assert_eq!(
+        seen["tools"]["write_file"]["required"],
+        json!(["path", "content"])
+    );
+    assert_eq!(seen["ok"]["isError"], false, "{seen}");
+    assert_eq!(seen["ok"]["structured"]["bytes_written"], 17);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("from-python.txt")).unwrap(),
+        "hello from python"
+    );
+    assert_eq!(seen["bad"]["isError"], true);
+    assert!(
+        seen["bad"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid-input:"),
+        "{seen}"
+    );
+}
