@@ -13,6 +13,11 @@ pub struct McpArgs {
     /// the current directory).
     #[arg(long, value_name = "DIR")]
     workspace: Option<PathBuf>,
+    /// Serve the Streamable HTTP transport at http://ADDR/mcp instead of
+    /// stdio (bearer tokens as for `camina serve`: $CAMINA_API_TOKEN or
+    /// [server] tokens; required off loopback).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
 }
 
 pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
@@ -37,11 +42,47 @@ pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
         .context("camina mcp records every call's sandbox decisions in the journal")?;
     let _ = journal.set_retention(cx.config.audit.retention());
     let server = camina_mcp::McpServer::new(registry, workspace.clone(), Some(Arc::new(journal)));
+    if let Some(text) = args.http {
+        return http(cx, server, &text).await;
+    }
     tracing::info!(workspace = %workspace.display(), "MCP server on stdio");
     let running = server
         .serve(rmcp::transport::stdio())
         .await
         .context("the MCP client did not complete the initialization")?;
     running.waiting().await.context("the MCP server stopped")?;
+    Ok(())
+}
+
+async fn http(
+    cx: &crate::Context,
+    server: camina_mcp::McpServer,
+    text: &str,
+) -> anyhow::Result<()> {
+    use rmcp::transport::streamable_http_server::tower::StreamableHttpServerConfig;
+    let listen: std::net::SocketAddr = text
+        .parse()
+        .map_err(|e| UsageError(format!("--http `{text}`: {e} (e.g. 127.0.0.1:7701)")))?;
+    let tokens: Vec<String> = crate::serve::tokens(cx, listen)?
+        .into_iter()
+        .map(|t| t.token)
+        .collect();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    // The address itself is a valid Host (clients that connect by IP).
+    let hosts = vec![local.ip().to_string(), local.to_string()];
+    let config = StreamableHttpServerConfig::default();
+    let stop = config.cancellation_token.clone();
+    let app = camina_mcp::http_router(server, tokens, hosts, config);
+    eprintln!("MCP (Streamable HTTP) on http://{local}/mcp");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            crate::serve::shutdown_signal().await;
+            stop.cancel();
+        })
+        .await
+        .context("serving MCP over HTTP")?;
     Ok(())
 }

@@ -24,25 +24,7 @@ pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     let listen: SocketAddr = text
         .parse()
         .map_err(|e| UsageError(format!("--listen `{text}`: {e} (e.g. 127.0.0.1:7700)")))?;
-    let mut tokens = s.tokens.clone();
-    if let Ok(t) = std::env::var("CAMINA_API_TOKEN")
-        && !t.trim().is_empty()
-    {
-        tokens.push(Token {
-            token: t.trim().to_owned(),
-            scopes: vec![Scope::Tasks, Scope::Admin],
-        });
-    }
-    if tokens.iter().any(|t| t.token.len() < 16) {
-        return Err(UsageError("API tokens must be at least 16 characters".into()).into());
-    }
-    if !listen.ip().is_loopback() && tokens.is_empty() {
-        return Err(UsageError(format!(
-            "refusing to listen on {listen} without a token: set CAMINA_API_TOKEN or [server] tokens \
-             (without tokens the API is open, which is only allowed on loopback)"
-        ))
-        .into());
-    }
+    let tokens = tokens(cx, listen)?;
     let workspace_root = cx.workspace_root();
     let settings = Settings {
         tokens,
@@ -83,7 +65,33 @@ pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// The API's bearer tokens: `[server] tokens` and `$CAMINA_API_TOKEN`
+/// (every scope). Each at least 16 characters; none at all (an open API)
+/// only on a loopback address.
+pub fn tokens(cx: &Context, listen: SocketAddr) -> anyhow::Result<Vec<Token>> {
+    let mut tokens = cx.config.server.tokens.clone();
+    if let Ok(t) = std::env::var("CAMINA_API_TOKEN")
+        && !t.trim().is_empty()
+    {
+        tokens.push(Token {
+            token: t.trim().to_owned(),
+            scopes: vec![Scope::Tasks, Scope::Admin],
+        });
+    }
+    if tokens.iter().any(|t| t.token.len() < 16) {
+        return Err(UsageError("API tokens must be at least 16 characters".into()).into());
+    }
+    if !listen.ip().is_loopback() && tokens.is_empty() {
+        return Err(UsageError(format!(
+            "refusing to listen on {listen} without a token: set CAMINA_API_TOKEN or [server] tokens \
+             (without tokens the API is open, which is only allowed on loopback)"
+        ))
+        .into());
+    }
+    Ok(tokens)
+}
+
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     tokio::select! {

@@ -294,6 +294,7 @@ async fn mcp_works_with_the_official_python_sdk_client() {
         Duration::from_secs(120),
         tokio::process::Command::new(python)
             .arg(Path::new(artifacts::ROOT).join("tests/mcp/python_client.py"))
+            .arg("stdio")
             .arg(env!("CARGO_BIN_EXE_camina"))
             .arg(home.path())
             .arg(ws.path())
@@ -328,4 +329,119 @@ async fn mcp_works_with_the_official_python_sdk_client() {
             .starts_with("invalid-input:"),
         "{seen}"
     );
+}
+
+const TOKEN: &str = "mcp-test-token-0123456789";
+
+/// `camina mcp --http 127.0.0.1:0` with `$CAMINA_API_TOKEN` set; returns
+/// the child (killed on drop) and the `/mcp` URL it printed.
+async fn http_server(home: &Path, ws: &Path) -> (tokio::process::Child, String) {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_camina"))
+        .arg("--home")
+        .arg(home)
+        .args(["mcp", "--http", "127.0.0.1:0", "--workspace"])
+        .arg(ws)
+        .env_remove("CAMINA_HOME")
+        .env("CAMINA_API_TOKEN", TOKEN)
+        .env("CAMINA_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("MCP (Streamable HTTP) on ") {
+                return url.to_owned();
+            }
+        }
+        panic!("camina mcp --http stopped before listening")
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, url)
+}
+
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}})
+}
+
+#[tokio::test]
+async fn mcp_http_refuses_missing_tokens_foreign_origins_and_dns_rebinding() {
+    let home = home_with_skills().await;
+    let ws = tempfile::tempdir().unwrap();
+    let (_child, url) = http_server(home.path(), ws.path()).await;
+    let http = reqwest::Client::new();
+    let post = |token: Option<&str>| {
+        let mut r = http
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .json(&initialize());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r
+    };
+    for token in [None, Some("wrong-token-0123456789")] {
+        let r = post(token).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{token:?}");
+        assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    }
+    // A page on another site (its own Origin), or one that rebinds its own
+    // name to 127.0.0.1 (a foreign Host): refused even with the token.
+    let r = post(Some(TOKEN))
+        .header("origin", "http://attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = post(Some(TOKEN))
+        .header("host", "attacker.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // The token, from a local page or no browser at all: served.
+    let r = post(Some(TOKEN))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("\"serverInfo\""));
+}
+
+#[tokio::test]
+async fn mcp_http_works_with_the_official_python_sdk_client() {
+    let python = python_with_mcp();
+    let home = home_with_skills().await;
+    let ws = tempfile::tempdir().unwrap();
+    let (_child, url) = http_server(home.path(), ws.path()).await;
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(python)
+            .arg(Path::new(artifacts::ROOT).join("tests/mcp/python_client.py"))
+            .args(["http", &url, TOKEN])
+            .output(),
+    )
+    .await
+    .expect("the Python client finishes")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["server"], "camina");
+    assert_eq!(seen["ok"]["isError"], false, "{seen}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("from-python.txt")).unwrap(),
+        "hello from python"
+    );
+    assert_eq!(seen["bad"]["isError"], true);
 }

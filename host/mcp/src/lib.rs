@@ -273,3 +273,85 @@ impl ServerHandler for McpServer {
         });
     }
 }
+
+/// The Streamable HTTP transport: `/mcp` on an axum router, each client
+/// session served by a clone of `server`; `config` carries the shutdown
+/// token (its hosts and origins are set here).
+///
+/// - **Tokens.** With `tokens` set, every request needs `Authorization:
+///   Bearer <one of them>` (compared in constant time), else 401 with
+///   `WWW-Authenticate: Bearer`. No tokens: open (the caller allows that
+///   on loopback only, as `camina serve` does).
+/// - **DNS rebinding.** The `Host` must be a loopback name or one of
+///   `extra_hosts` (the address listened on), and a browser's `Origin`, when
+///   present, must be a loopback origin: a page elsewhere that resolves its
+///   own name to 127.0.0.1 cannot reach the server.
+pub fn http_router(
+    server: McpServer,
+    tokens: Vec<String>,
+    extra_hosts: Vec<String>,
+    config: rmcp::transport::streamable_http_server::tower::StreamableHttpServerConfig,
+) -> axum::Router {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpService, session::local::LocalSessionManager,
+    };
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1", "[::1]"]
+        .map(String::from)
+        .to_vec();
+    hosts.extend(extra_hosts);
+    let config = config.with_allowed_hosts(hosts).with_allowed_origins([
+        "http://localhost:*",
+        "http://127.0.0.1:*",
+        "http://[::1]:*",
+    ]);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let tokens = Arc::new(tokens);
+    axum::Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let tokens = tokens.clone();
+                async move {
+                    if !tokens.is_empty() && !presents_token(&req, &tokens) {
+                        return unauthorized();
+                    }
+                    next.run(req).await
+                }
+            },
+        ))
+}
+
+fn presents_token(req: &axum::extract::Request, tokens: &[String]) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    presented.is_some_and(|p| {
+        tokens
+            .iter()
+            .any(|t| bool::from(t.as_bytes().ct_eq(p.as_bytes())))
+    })
+}
+
+fn unauthorized() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(serde_json::json!({
+            "error": "unauthorized",
+            "message": "missing or unknown bearer token (Authorization: Bearer $CAMINA_API_TOKEN)"
+        })),
+    )
+        .into_response()
+}
