@@ -35,13 +35,12 @@ pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let registry = Arc::new(cx.registry()?);
-    // The decision log lives in the journal, which one process holds at a
-    // time: say so at once rather than serve calls that cannot be logged.
-    let (journal, _) = camina_journal::Journal::open(&cx.home.join("journal"))
-        .context("camina mcp records every call's sandbox decisions in the journal")?;
-    let _ = journal.set_retention(cx.config.audit.retention());
-    let server = camina_mcp::McpServer::new(registry, workspace.clone(), Some(Arc::new(journal)));
+    // The journal (decision log, tasks) is one process's at a time: say so
+    // at once rather than serve calls that cannot be logged.
+    let engine = crate::task::engine(cx, None)
+        .await
+        .context("camina mcp records calls and tasks in the journal")?;
+    let server = camina_mcp::McpServer::new(Arc::new(engine), workspace.clone());
     if let Some(text) = args.http {
         return http(cx, server, &text).await;
     }

@@ -241,7 +241,7 @@ async fn setup_with(config: Config) -> Setup {
 
 /// Names both files the scripted belter writes (a task may change only the
 /// paths it names).
-const PROMPT: &str = "Collect every TODO line under src/ into todo.md and note it in log.txt";
+pub const PROMPT: &str = "Collect every TODO line under src/ into todo.md and note it in log.txt";
 
 #[tokio::test]
 async fn a_multi_step_task_produces_the_workspace_and_the_answer() {

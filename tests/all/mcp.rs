@@ -17,15 +17,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// A client that notes `notifications/tools/list_changed`.
+/// A client that notes `notifications/tools/list_changed` and progress
+/// messages.
 #[derive(Debug, Clone, Default)]
 struct Client {
     changed: Arc<Notify>,
+    progress: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl ClientHandler for Client {
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
         self.changed.notify_one();
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .unwrap()
+            .push(params.message.unwrap_or_default());
     }
 }
 
@@ -211,7 +224,17 @@ async fn mcp_tool_list_follows_installs_and_removals() {
     let client = Client::default();
     let changed = client.changed.clone();
     let c = connect(home.path(), ws.path(), client).await;
-    assert!(c.list_all_tools().await.unwrap().is_empty());
+    let names = |tools: Vec<Tool>| {
+        tools
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    // Only the host's own tool while no plugin is installed.
+    assert_eq!(
+        names(c.list_all_tools().await.unwrap()),
+        [camina_mcp::RUN_TASK]
+    );
 
     let registry = Registry::open(home.path(), sandbox()).unwrap();
     let policy = camina_registry::PolicySource {
@@ -237,7 +260,10 @@ async fn mcp_tool_list_follows_installs_and_removals() {
     tokio::time::timeout(Duration::from_secs(20), changed.notified())
         .await
         .expect("list_changed after a removal");
-    assert!(c.list_all_tools().await.unwrap().is_empty());
+    assert_eq!(
+        names(c.list_all_tools().await.unwrap()),
+        [camina_mcp::RUN_TASK]
+    );
     c.cancel().await.unwrap();
 }
 
@@ -444,4 +470,161 @@ async fn mcp_http_works_with_the_official_python_sdk_client() {
         "hello from python"
     );
     assert_eq!(seen["bad"]["isError"], true);
+}
+
+/// A home with the skills and every role on the fake Ollama.
+async fn home_on(fake: &fake_ollama::FakeOllama) -> tempfile::TempDir {
+    use crate::engine::{COORDINATOR, REASONER, WORKER};
+    let home = home_with_skills().await;
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!(
+            "[models]\ncoordinator = \"ollama:{COORDINATOR}\"\nreasoner = \"ollama:{REASONER}\"\n\
+             belter = \"ollama:{WORKER}\"\ndrummer = \"ollama:{WORKER}\"\n[ollama]\nurl = \"{}\"\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    home
+}
+
+fn run_task_request(prompt: &str) -> rmcp::model::ClientRequest {
+    let Value::Object(args) = json!({"prompt": prompt}) else {
+        unreachable!()
+    };
+    rmcp::model::ClientRequest::CallToolRequest(rmcp::model::CallToolRequest::new(
+        CallToolRequestParams::new(camina_mcp::RUN_TASK).with_arguments(args),
+    ))
+}
+
+#[tokio::test]
+async fn mcp_run_task_runs_the_crews_with_progress_and_is_journaled() {
+    use crate::engine::{EXPECTED_TODO, PROMPT, models, project, todo_script};
+    let fake = fake_ollama::FakeOllama::start(models(), todo_script);
+    let home = home_on(&fake).await;
+    let ws = tempfile::tempdir().unwrap();
+    project(ws.path());
+    let client = Client::default();
+    let progress = client.progress.clone();
+    let c = connect(home.path(), ws.path(), client).await;
+    let tools = c.list_all_tools().await.unwrap();
+    let run = tool(&tools, camina_mcp::RUN_TASK);
+    assert_eq!(
+        run.annotations.as_ref().unwrap().destructive_hint,
+        Some(true)
+    );
+    // A request with a progress token (rmcp's cancellable requests carry
+    // one), as clients that show progress send it.
+    let handle = c
+        .peer()
+        .send_cancellable_request(
+            run_task_request(PROMPT),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let rmcp::model::ServerResult::CallToolResult(result) = handle.await_response().await.unwrap()
+    else {
+        panic!("not a tool result")
+    };
+    assert_eq!(result.is_error, Some(false), "{}", text(&result));
+    assert_eq!(text(&result), "The TODO lines are in todo.md.");
+    let structured = result.structured_content.unwrap();
+    assert_eq!(structured["status"], "succeeded");
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("todo.md")).unwrap(),
+        EXPECTED_TODO
+    );
+    let seen = progress.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|m| m.starts_with("step 1 [drummer]"))
+            && seen.iter().any(|m| m.starts_with("step 2 [belter]"))
+            && seen.iter().any(|m| m == "answered"),
+        "{seen:?}"
+    );
+    c.cancel().await.unwrap();
+
+    // Journaled like any task: `camina task list` shows it.
+    let tasks = task_list(home.path()).await;
+    assert_eq!(tasks[0]["id"], structured["task"]);
+    assert_eq!(tasks[0]["status"], "succeeded");
+}
+
+/// `camina task list --json`, once the server has let go of the journal.
+async fn task_list(home: &Path) -> Value {
+    for _ in 0..100 {
+        let listed = tokio::process::Command::new(env!("CARGO_BIN_EXE_camina"))
+            .arg("--home")
+            .arg(home)
+            .args(["task", "list", "--json"])
+            .env_remove("CAMINA_HOME")
+            .output()
+            .await
+            .unwrap();
+        if listed.status.success() {
+            return serde_json::from_slice(&listed.stdout).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the journal stayed locked")
+}
+
+#[tokio::test]
+async fn mcp_run_task_refuses_bad_input_and_a_client_cancel_cancels_the_task() {
+    use crate::engine::{models, project};
+    // The coordinator never answers within the test: the client cancels.
+    let fake = fake_ollama::FakeOllama::start(models(), |_| fake_ollama::Reply::Delayed {
+        ms: 60_000,
+        reply: Box::new(fake_ollama::Reply::text("{}")),
+    });
+    let home = home_on(&fake).await;
+    let ws = tempfile::tempdir().unwrap();
+    project(ws.path());
+    let c = connect(home.path(), ws.path(), Client::default()).await;
+    let bad = call(&c, camina_mcp::RUN_TASK, json!({"prompt": ""})).await;
+    assert_eq!(bad.is_error, Some(true));
+    assert!(text(&bad).starts_with("invalid-input:"), "{}", text(&bad));
+
+    let handle = c
+        .peer()
+        .send_cancellable_request(
+            run_task_request("Write hello into hello.txt"),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    handle
+        .cancel(Some("the user changed their mind".into()))
+        .await
+        .unwrap();
+    // The task stops as cancelled (the server is stopped a moment later to
+    // read its journal).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.cancel().await.unwrap();
+    let tasks = task_list(home.path()).await;
+    let status = tasks[0]["status"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(status, "cancelled");
+}
+
+#[tokio::test]
+async fn mcp_run_task_that_fails_is_an_error_result() {
+    use crate::engine::{models, project};
+    let fake = fake_ollama::FakeOllama::start(models(), |_| {
+        fake_ollama::Reply::status(500, "the model is on fire")
+    });
+    let home = home_on(&fake).await;
+    let ws = tempfile::tempdir().unwrap();
+    project(ws.path());
+    let c = connect(home.path(), ws.path(), Client::default()).await;
+    let r = call(
+        &c,
+        camina_mcp::RUN_TASK,
+        json!({"prompt": "Write hello into hello.txt"}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains(" failed: "), "{}", text(&r));
+    assert_eq!(r.structured_content.unwrap()["status"], "failed");
+    c.cancel().await.unwrap();
 }

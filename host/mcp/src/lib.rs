@@ -1,6 +1,7 @@
 //! Caminaå as a Model Context Protocol server: every tool of every
 //! installed plugin, for any MCP client (Claude Desktop, Cursor, VS Code,
-//! Goose, Codex CLI…), run the way `camina tool call` runs it.
+//! Goose, Codex CLI…), run the way `camina tool call` runs it, and the
+//! crews themselves as the `camina_run_task` tool.
 //!
 //! The protocol is the official SDK's (`rmcp`): this crate only maps the
 //! plugin store onto it.
@@ -19,6 +20,12 @@
 //!   never a protocol error: the client's model reads it and can react.
 //! - **Changes.** The store is watched while a client is connected; an
 //!   install, removal or reinstall sends `notifications/tools/list_changed`.
+//! - **Tasks.** `camina_run_task` submits and runs a task through the
+//!   engine (journaled and resumable like any other), reports each step as
+//!   a progress notification, returns the answer or an error result, and is
+//!   cancelled with its request.
+//! - **Transports.** stdio (`rmcp::transport::stdio`) and Streamable HTTP
+//!   ([`http_router`]: bearer tokens, Host and Origin checks).
 //!
 //! Threat model: the MCP client is the user's own agent, trusted as much
 //! as a shell the user types `camina tool call` into. What it can do is
@@ -26,8 +33,10 @@
 //! not widen a grant, pick another workspace, or reach a plugin's tools
 //! under another plugin's policy.
 
-use camina_journal::{DecisionEntry, Journal};
-use camina_registry::{PluginRecord, Registry};
+use camina_coordinator::Engine;
+use camina_coordinator::events::Budgets;
+use camina_journal::{DecisionEntry, Status};
+use camina_registry::PluginRecord;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -44,13 +53,15 @@ use std::time::Duration;
 /// a client is connected.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
-/// The server: the plugin store, the workspace calls run in, and the
-/// decision log.
+/// The host's own tool: a whole task for the crews.
+pub const RUN_TASK: &str = "camina_run_task";
+
+/// The server: the engine (its plugin store, journal and decision log) and
+/// the workspace calls and tasks run in.
 #[derive(Debug, Clone)]
 pub struct McpServer {
-    registry: Arc<Registry>,
+    engine: Arc<Engine>,
     workspace: PathBuf,
-    journal: Option<Arc<Journal>>,
 }
 
 /// One offered tool: the name the client sees, and what it calls.
@@ -62,18 +73,13 @@ struct Offered {
 }
 
 impl McpServer {
-    /// `workspace` must be an existing directory (canonical); `journal`
-    /// receives the decision log (`None`: decisions are only traced).
-    pub fn new(registry: Arc<Registry>, workspace: PathBuf, journal: Option<Arc<Journal>>) -> Self {
-        Self {
-            registry,
-            workspace,
-            journal,
-        }
+    /// `workspace` must be an existing directory (canonical).
+    pub fn new(engine: Arc<Engine>, workspace: PathBuf) -> Self {
+        Self { engine, workspace }
     }
 
     fn records(&self) -> Vec<PluginRecord> {
-        match self.registry.list() {
+        match self.engine.registry().list() {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("the plugin store cannot be read: {e}");
@@ -85,6 +91,9 @@ impl McpServer {
     /// Every tool of every installed plugin, named by the clash rule.
     fn offered(records: &[PluginRecord]) -> Vec<(Offered, &PluginRecord)> {
         let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        // The host's tool keeps its name; a plugin tool of that name is
+        // offered under its plugin's.
+        count.insert(RUN_TASK, 1);
         for r in records {
             for t in &r.tools {
                 *count.entry(t.name.as_str()).or_default() += 1;
@@ -111,37 +120,35 @@ impl McpServer {
         out
     }
 
-    /// The MCP tool list.
+    /// The MCP tool list: the crews' tool, then the plugins'.
     pub fn tools(&self) -> Vec<Tool> {
         let records = self.records();
-        Self::offered(&records)
-            .into_iter()
-            .filter_map(|(o, r)| {
-                let t = r.tools.iter().find(|t| t.name == o.tool)?;
-                let schema = match &t.input_schema {
-                    serde_json::Value::Object(m) => m.clone(),
-                    _ => serde_json::Map::new(),
-                };
-                // The effect as hints; an idempotent tool may still replace
-                // data (`write_file` with `overwrite`), so it is not said to
-                // be harmless (destructiveHint stays at the protocol's
-                // default, true).
-                let annotations = match t.effect.as_str() {
-                    "read-only" => ToolAnnotations::new().read_only(true),
-                    "idempotent" => ToolAnnotations::new().read_only(false).idempotent(true),
-                    _ => ToolAnnotations::new()
-                        .read_only(false)
-                        .idempotent(false)
-                        .destructive(true),
-                }
-                // Open world: the policy lets it reach the network.
-                .open_world(r.policy().is_ok_and(|p| !p.net.rules.is_empty()));
-                Some(
-                    Tool::new(o.name, t.description.clone(), Arc::new(schema))
-                        .with_annotations(annotations),
-                )
-            })
-            .collect()
+        let plugins = Self::offered(&records).into_iter().filter_map(|(o, r)| {
+            let t = r.tools.iter().find(|t| t.name == o.tool)?;
+            let schema = match &t.input_schema {
+                serde_json::Value::Object(m) => m.clone(),
+                _ => serde_json::Map::new(),
+            };
+            // The effect as hints; an idempotent tool may still replace
+            // data (`write_file` with `overwrite`), so it is not said to
+            // be harmless (destructiveHint stays at the protocol's
+            // default, true).
+            let annotations = match t.effect.as_str() {
+                "read-only" => ToolAnnotations::new().read_only(true),
+                "idempotent" => ToolAnnotations::new().read_only(false).idempotent(true),
+                _ => ToolAnnotations::new()
+                    .read_only(false)
+                    .idempotent(false)
+                    .destructive(true),
+            }
+            // Open world: the policy lets it reach the network.
+            .open_world(r.policy().is_ok_and(|p| !p.net.rules.is_empty()));
+            Some(
+                Tool::new(o.name, t.description.clone(), Arc::new(schema))
+                    .with_annotations(annotations),
+            )
+        });
+        std::iter::once(run_task_tool()).chain(plugins).collect()
     }
 
     /// One call by its offered name; every failure is an error result.
@@ -161,7 +168,8 @@ impl McpServer {
         };
         let input = serde_json::Value::Object(arguments.unwrap_or_default()).to_string();
         let outcome = self
-            .registry
+            .engine
+            .registry()
             .call(&target.plugin, &target.tool, &input, Some(&self.workspace))
             .await;
         let decisions: &[camina_sandbox::Decision] = match &outcome {
@@ -186,10 +194,94 @@ impl McpServer {
         }
     }
 
-    fn log(&self, plugin: &str, digest: &str, decisions: &[camina_sandbox::Decision]) {
-        let Some(journal) = &self.journal else {
-            return;
+    /// `camina_run_task`: the task through the engine in the server's
+    /// workspace (journaled, resumable, in `camina task list`), with a
+    /// progress notification per step when the client asked for progress,
+    /// and cancelled when the client cancels the request.
+    pub async fn run_task(
+        &self,
+        arguments: Option<serde_json::Map<String, serde_json::Value>>,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let (prompt, budgets) = match task_input(arguments.unwrap_or_default()) {
+            Ok(x) => x,
+            Err(e) => return error(format!("invalid-input: {e}")),
         };
+        let task = match self.engine.submit(&prompt, &self.workspace, budgets).await {
+            Ok(t) => t,
+            Err(e) => return error(format!("the task could not be submitted: {e}")),
+        };
+        let id = task.id.clone();
+        let progress = context.meta.get_progress_token().map(|token| {
+            let mut feed = self.engine.journal().subscribe();
+            let (peer, id) = (context.peer.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut n = 0.0;
+                loop {
+                    match feed.recv().await {
+                        Ok((task, rec)) if task == id => {
+                            if let Some(message) = progress_line(&rec) {
+                                n += 1.0;
+                                let note =
+                                    rmcp::model::ProgressNotificationParam::new(token.clone(), n)
+                                        .with_message(message);
+                                if peer.notify_progress(note).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        });
+        let canceller = {
+            let (engine, ct, id) = (self.engine.clone(), context.ct.clone(), id.clone());
+            tokio::spawn(async move {
+                ct.cancelled().await;
+                if let Err(e) = engine.cancel(&id, "cancelled by the MCP client").await {
+                    tracing::warn!(task = %id, "cancelling: {e}");
+                }
+            })
+        };
+        let outcome = self
+            .engine
+            .run(&id, camina_coordinator::RunOptions::default())
+            .await;
+        canceller.abort();
+        if let Some(p) = progress {
+            p.abort();
+        }
+        match outcome {
+            Ok(summary) => {
+                let structured = serde_json::json!({
+                    "task": summary.id,
+                    "status": summary.status.as_str(),
+                    "answer": summary.answer,
+                    "error": summary.error,
+                });
+                let mut result = if summary.status == Status::Succeeded {
+                    CallToolResult::success(vec![ContentBlock::text(
+                        summary.answer.clone().unwrap_or_default(),
+                    )])
+                } else {
+                    error(format!(
+                        "task {} {}: {}",
+                        summary.id,
+                        summary.status.as_str(),
+                        summary.error.as_deref().unwrap_or("no reason recorded")
+                    ))
+                };
+                result.structured_content = Some(structured);
+                result
+            }
+            Err(e) => error(format!("task {id}: {e}")),
+        }
+    }
+
+    fn log(&self, plugin: &str, digest: &str, decisions: &[camina_sandbox::Decision]) {
+        let journal = self.engine.journal();
         if decisions.is_empty() {
             return;
         }
@@ -216,6 +308,95 @@ impl McpServer {
             .map(|r| (r.name, r.digest, r.policy.hash))
             .collect()
     }
+}
+
+/// The declaration of `camina_run_task`.
+fn run_task_tool() -> Tool {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "prompt": {"type": "string", "minLength": 1, "description": "the task, in the user's words"},
+            "max_turns": {"type": "integer", "minimum": 1, "maximum": 100, "description": "model turns per step (default 8)"},
+            "max_model_calls": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "model calls in all (default 60)"},
+            "max_steps": {"type": "integer", "minimum": 1, "maximum": 50, "description": "plan steps (default 8)"},
+            "max_time_s": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "running time in seconds (default 1800)"}
+        },
+        "required": ["prompt"],
+        "additionalProperties": false
+    });
+    let serde_json::Value::Object(schema) = schema else {
+        unreachable!("a JSON object literal")
+    };
+    Tool::new(
+        RUN_TASK,
+        "Hand a whole task to Caminaå's crews (a coordinator model plans; Belters change \
+         files, Drummers look things up, each tool call sandboxed under its plugin's policy) \
+         in this server's workspace. Journaled and resumable (`camina task show ID`). Returns \
+         the answer; an error result when the task did not get done.",
+        Arc::new(schema),
+    )
+    .with_annotations(
+        ToolAnnotations::new()
+            .read_only(false)
+            .idempotent(false)
+            .destructive(true)
+            .open_world(true),
+    )
+}
+
+/// `camina_run_task`'s input: the prompt and the budgets.
+fn task_input(
+    mut args: serde_json::Map<String, serde_json::Value>,
+) -> Result<(String, Budgets), String> {
+    let prompt = match args.remove("prompt") {
+        Some(serde_json::Value::String(p)) if !p.trim().is_empty() => p,
+        Some(_) => return Err("`prompt` must be a non-empty string".into()),
+        None => return Err("`prompt` is required".into()),
+    };
+    let mut budgets = Budgets::default();
+    for (key, value) in args {
+        let n = value
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("`{key}` must be a positive integer"))?;
+        match key.as_str() {
+            "max_turns" => budgets.max_turns = n.min(100) as u32,
+            "max_model_calls" => budgets.max_model_calls = n.min(10_000) as u32,
+            "max_steps" => budgets.max_steps = n.min(50) as u32,
+            "max_time_s" => budgets.max_wall_ms = n.min(86_400) * 1000,
+            _ => return Err(format!("unknown field `{key}`")),
+        }
+    }
+    Ok((prompt, budgets))
+}
+
+/// A task record worth a progress notification.
+fn progress_line(rec: &camina_journal::Record) -> Option<String> {
+    let d = &rec.data;
+    let s = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+    Some(match rec.kind.as_str() {
+        "plan" => format!(
+            "planned {} step(s)",
+            d["steps"].as_array().map_or(0, Vec::len)
+        ),
+        "step_started" => format!(
+            "step {} [{}]: {}",
+            d["index"].as_u64().unwrap_or(0) + 1,
+            s("crew"),
+            s("instruction")
+        ),
+        "step_finished" => format!(
+            "step {} {}",
+            d["index"].as_u64().unwrap_or(0) + 1,
+            if d["failure"].is_string() {
+                "failed"
+            } else {
+                "done"
+            }
+        ),
+        "answer" => "answered".to_owned(),
+        _ => return None,
+    })
 }
 
 fn error(message: String) -> CallToolResult {
@@ -248,8 +429,11 @@ impl ServerHandler for McpServer {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == RUN_TASK {
+            return Ok(self.run_task(request.arguments, &context).await.into());
+        }
         Ok(self.call(&request.name, request.arguments).await.into())
     }
 
