@@ -220,6 +220,13 @@ impl McpServer {
                 loop {
                     match feed.recv().await {
                         Ok((task, rec)) if task == id => {
+                            // The answer is the last record worth a note (a
+                            // failure after it needs none); the others end
+                            // a run without one.
+                            let last = matches!(
+                                rec.kind.as_str(),
+                                "answer" | "failed" | "cancelled" | "paused" | "needs_review"
+                            );
                             if let Some(message) = progress_line(&rec) {
                                 n += 1.0;
                                 let note =
@@ -228,6 +235,9 @@ impl McpServer {
                                 if peer.notify_progress(note).await.is_err() {
                                     return;
                                 }
+                            }
+                            if last {
+                                return;
                             }
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -250,7 +260,14 @@ impl McpServer {
             .run(&id, camina_coordinator::RunOptions::default())
             .await;
         canceller.abort();
-        if let Some(p) = progress {
+        // The last records may still be on their way to the client: let the
+        // forwarder reach the task's end record (briefly), so every progress
+        // notification precedes the result.
+        if let Some(mut p) = progress
+            && tokio::time::timeout(Duration::from_secs(2), &mut p)
+                .await
+                .is_err()
+        {
             p.abort();
         }
         match outcome {
@@ -446,6 +463,9 @@ impl ServerHandler for McpServer {
             let mut seen = server.fingerprint();
             loop {
                 tokio::time::sleep(WATCH_EVERY).await;
+                if peer.is_transport_closed() {
+                    return; // the session ended
+                }
                 let now = server.fingerprint();
                 if now != seen {
                     seen = now;
