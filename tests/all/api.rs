@@ -858,18 +858,35 @@ async fn an_uploaded_plugin_is_used_by_a_task() {
     );
 }
 
-fn camina_serve(home: &Path, port: u16) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_camina"))
+/// `camina serve` on a port the OS picks (no port is reserved and then
+/// raced for); returns the child and its URL, read from its
+/// `listening on http://…` line.
+fn camina_serve(home: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_camina"))
         .arg("--home")
         .arg(home)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CAMINA_API_TOKEN", BOTH_TOKEN)
         .env("CAMINA_LOG", "error")
         .env_remove("OLLAMA_HOST")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("camina serve stopped before listening")
+            .unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, url)
 }
 
 async fn wait_up(url: &str) {
@@ -921,13 +938,7 @@ async fn killing_the_server_mid_task_and_restarting_finishes_the_task() {
     )
     .unwrap();
     project(&home.path().join("workspaces/proj"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = camina_serve(home.path(), port);
+    let (mut server, url) = camina_serve(home.path());
     wait_up(&url).await;
     let http = reqwest::Client::new();
     let created: Value = http
@@ -965,7 +976,7 @@ async fn killing_the_server_mid_task_and_restarting_finishes_the_task() {
     );
 
     // Restart: the interrupted task is resumed and finishes.
-    let mut server = camina_serve(home.path(), port);
+    let (mut server, url) = camina_serve(home.path());
     wait_up(&url).await;
     let mut done = Value::Null;
     for _ in 0..400 {

@@ -1,7 +1,7 @@
 //! The model bridge against a fake Ollama server speaking the real wire
 //! format, the embedded backend against the real default GGUF, and per-role
-//! routing. `CAMINA_OLLAMA_TESTS=1` also runs the Ollama checks against a
-//! real server (`OLLAMA_HOST`, default 127.0.0.1:11434).
+//! routing. `-- --ignored real_ollama` also runs the Ollama checks against
+//! a real server (`OLLAMA_HOST`, default 127.0.0.1:11434).
 
 use camina_model::config::{ModelsSection, OllamaSection};
 use camina_model::ollama::OllamaBackend;
@@ -817,15 +817,12 @@ mod embedded {
     }
 }
 
-/// The same checks against a real Ollama server, when asked for.
+/// The same checks against a real Ollama server: not run by default (it
+/// shows as ignored, not passed); `cargo test --test all -- --ignored
+/// real_ollama` with OLLAMA_HOST (and CAMINA_OLLAMA_MODEL) set runs it.
 #[tokio::test]
-async fn real_ollama_server_when_enabled() {
-    if std::env::var("CAMINA_OLLAMA_TESTS").as_deref() != Ok("1") {
-        eprintln!(
-            "skipped: set CAMINA_OLLAMA_TESTS=1 (and OLLAMA_HOST) to run against a real Ollama"
-        );
-        return;
-    }
+#[ignore = "needs a real Ollama server (OLLAMA_HOST); run with --ignored"]
+async fn real_ollama_server() {
     let home = tempfile::tempdir().unwrap();
     let bridge = Bridge::new(Config::default(), home.path()).unwrap();
     let model = std::env::var("CAMINA_OLLAMA_MODEL").unwrap_or_else(|_| "mistral:7b".into());
