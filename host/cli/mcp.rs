@@ -40,9 +40,12 @@ pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
     let engine = crate::task::engine(cx, None)
         .await
         .context("camina mcp records calls and tasks in the journal")?;
-    let server = camina_mcp::McpServer::new(Arc::new(engine), workspace.clone());
+    let engine = Arc::new(engine);
+    let server = camina_mcp::McpServer::new(engine.clone(), workspace.clone());
     if let Some(text) = args.http {
-        return http(cx, server, &text).await;
+        let served = http(cx, server, &text).await;
+        stop_tasks(&engine).await;
+        return served;
     }
     tracing::info!(workspace = %workspace.display(), "MCP server on stdio");
     let running = server
@@ -50,6 +53,9 @@ pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
         .await
         .context("the MCP client did not complete the initialization")?;
     running.waiting().await.context("the MCP server stopped")?;
+    // The client is gone: tasks it started stop at their next boundary,
+    // interrupted (resumable), and what the journal buffered is written.
+    stop_tasks(&engine).await;
     Ok(())
 }
 
@@ -62,10 +68,21 @@ async fn http(
     let listen: std::net::SocketAddr = text
         .parse()
         .map_err(|e| UsageError(format!("--http `{text}`: {e} (e.g. 127.0.0.1:7701)")))?;
-    let tokens: Vec<String> = crate::serve::tokens(cx, listen)?
+    // Tokens with the `tasks` scope, as `camina serve` asks to submit a
+    // task (an admin-only token cannot run tools or tasks here either).
+    let all = crate::serve::tokens(cx, listen)?;
+    let open = all.is_empty();
+    let tokens: Vec<String> = all
         .into_iter()
+        .filter(|t| t.scopes.contains(&camina_api::Scope::Tasks))
         .map(|t| t.token)
         .collect();
+    if !open && tokens.is_empty() {
+        return Err(UsageError(
+            "none of the API tokens has the `tasks` scope, which camina mcp --http requires".into(),
+        )
+        .into());
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -84,4 +101,17 @@ async fn http(
         .await
         .context("serving MCP over HTTP")?;
     Ok(())
+}
+
+/// Running tasks stop at their next boundary (interrupted: `camina task
+/// resume` continues them), for up to 30 s, and the journal is flushed.
+async fn stop_tasks(engine: &camina_coordinator::Engine) {
+    engine.pause_all();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !engine.running().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    if let Err(e) = engine.journal().flush().await {
+        tracing::error!("flushing the journal: {e}");
+    }
 }

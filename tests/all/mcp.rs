@@ -604,6 +604,15 @@ async fn mcp_run_task_refuses_bad_input_and_a_client_cancel_cancels_the_task() {
     c.cancel().await.unwrap();
     let tasks = task_list(home.path()).await;
     let status = tasks[0]["status"].as_str().unwrap_or_default().to_owned();
+    // Cancelled by the client's request, with its reason (a client that
+    // merely goes away leaves a task interrupted, not cancelled).
+    assert!(
+        tasks[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cancelled by the MCP client: the user changed their mind"),
+        "{tasks}"
+    );
     assert_eq!(status, "cancelled");
 }
 
@@ -627,4 +636,30 @@ async fn mcp_run_task_that_fails_is_an_error_result() {
     assert!(text(&r).contains(" failed: "), "{}", text(&r));
     assert_eq!(r.structured_content.unwrap()["status"], "failed");
     c.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn mcp_client_going_away_leaves_its_task_resumable_not_cancelled() {
+    use crate::engine::{models, project};
+    let fake = fake_ollama::FakeOllama::start(models(), |_| fake_ollama::Reply::Delayed {
+        ms: 60_000,
+        reply: Box::new(fake_ollama::Reply::text("{}")),
+    });
+    let home = home_on(&fake).await;
+    let ws = tempfile::tempdir().unwrap();
+    project(ws.path());
+    let c = connect(home.path(), ws.path(), Client::default()).await;
+    let _pending = c
+        .peer()
+        .send_cancellable_request(
+            run_task_request("Write hello into hello.txt"),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The client quits (its stdin closes) without cancelling anything.
+    c.cancel().await.unwrap();
+    let tasks = task_list(home.path()).await;
+    assert_eq!(tasks[0]["status"], "interrupted", "{tasks}");
 }

@@ -38,9 +38,9 @@ use camina_coordinator::events::Budgets;
 use camina_journal::{DecisionEntry, Status};
 use camina_registry::PluginRecord;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
-    ToolAnnotations,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotificationParam,
+    ContentBlock, Implementation, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
+    ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::{NotificationContext, RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler};
@@ -62,6 +62,11 @@ pub const RUN_TASK: &str = "camina_run_task";
 pub struct McpServer {
     engine: Arc<Engine>,
     workspace: PathBuf,
+    /// This session's running `camina_run_task` requests: request id →
+    /// task id, so a client's `notifications/cancelled` cancels the task
+    /// (and nothing else does: a client that goes away leaves its tasks
+    /// interrupted and resumable, not cancelled).
+    tasks: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
 }
 
 /// One offered tool: the name the client sees, and what it calls.
@@ -75,7 +80,16 @@ struct Offered {
 impl McpServer {
     /// `workspace` must be an existing directory (canonical).
     pub fn new(engine: Arc<Engine>, workspace: PathBuf) -> Self {
-        Self { engine, workspace }
+        Self {
+            engine,
+            workspace,
+            tasks: Arc::default(),
+        }
+    }
+
+    /// The same server for another client session (its own requests).
+    pub fn session(&self) -> Self {
+        Self::new(self.engine.clone(), self.workspace.clone())
     }
 
     fn records(&self) -> Vec<PluginRecord> {
@@ -117,6 +131,21 @@ impl McpServer {
                 ));
             }
         }
+        // A name that still clashes (a tool named `other__write_file`, or
+        // `camina_run_task`'s) is offered for neither: a call must never
+        // reach a tool the client did not mean.
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        names.insert(RUN_TASK.to_owned(), 1);
+        for (o, _) in &out {
+            *names.entry(o.name.clone()).or_default() += 1;
+        }
+        out.retain(|(o, _)| {
+            let unique = names[&o.name] == 1;
+            if !unique {
+                tracing::warn!(tool = %o.name, plugin = %o.plugin, "not offered: the name is ambiguous");
+            }
+            unique
+        });
         out
     }
 
@@ -246,27 +275,21 @@ impl McpServer {
                 }
             })
         });
-        let canceller = {
-            let (engine, ct, id) = (self.engine.clone(), context.ct.clone(), id.clone());
-            tokio::spawn(async move {
-                ct.cancelled().await;
-                if let Err(e) = engine.cancel(&id, "cancelled by the MCP client").await {
-                    tracing::warn!(task = %id, "cancelling: {e}");
-                }
-            })
-        };
+        let request = context.id.to_string();
+        self.lock_tasks().insert(request.clone(), id.clone());
         let outcome = self
             .engine
             .run(&id, camina_coordinator::RunOptions::default())
             .await;
-        canceller.abort();
+        self.lock_tasks().remove(&request);
         // The last records may still be on their way to the client: let the
         // forwarder reach the task's end record (briefly), so every progress
         // notification precedes the result.
         if let Some(mut p) = progress
-            && tokio::time::timeout(Duration::from_secs(2), &mut p)
-                .await
-                .is_err()
+            && (outcome.is_err()
+                || tokio::time::timeout(Duration::from_secs(2), &mut p)
+                    .await
+                    .is_err())
         {
             p.abort();
         }
@@ -295,6 +318,10 @@ impl McpServer {
             }
             Err(e) => error(format!("task {id}: {e}")),
         }
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn log(&self, plugin: &str, digest: &str, decisions: &[camina_sandbox::Decision]) {
@@ -454,6 +481,35 @@ impl ServerHandler for McpServer {
         Ok(self.call(&request.name, request.arguments).await.into())
     }
 
+    /// Up to 2025-11-25: the later revision drops `initialize`, and with it
+    /// the session this server's `list_changed` watch belongs to.
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(ProtocolVersion::known_up_to(&ProtocolVersion::V_2025_11_25))
+    }
+
+    async fn on_cancelled(
+        &self,
+        notification: CancelledNotificationParam,
+        _context: NotificationContext<RoleServer>,
+    ) {
+        let Some(request) = notification.request_id.map(|r| r.to_string()) else {
+            return;
+        };
+        let task = self.lock_tasks().get(&request).cloned();
+        if let Some(task) = task {
+            let reason = format!(
+                "cancelled by the MCP client{}",
+                notification
+                    .reason
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            );
+            if let Err(e) = self.engine.cancel(&task, &reason).await {
+                tracing::warn!(task = %task, "cancelling: {e}");
+            }
+        }
+    }
+
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // Watch the store for this client: installs, removals and
         // reinstalls (a new digest or policy) change the list.
@@ -509,7 +565,7 @@ pub fn http_router(
         "http://[::1]:*",
     ]);
     let service = StreamableHttpService::new(
-        move || Ok(server.clone()),
+        move || Ok(server.session()),
         Arc::new(LocalSessionManager::default()),
         config,
     );
