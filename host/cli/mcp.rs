@@ -21,20 +21,7 @@ pub struct McpArgs {
 }
 
 pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
-    let workspace = match args.workspace {
-        Some(w) => w,
-        None => std::env::current_dir().context("cannot read the current directory")?,
-    };
-    let workspace = workspace
-        .canonicalize()
-        .map_err(|e| UsageError(format!("--workspace {}: {e}", workspace.display())))?;
-    if !workspace.is_dir() {
-        return Err(UsageError(format!(
-            "--workspace {} is not a directory",
-            workspace.display()
-        ))
-        .into());
-    }
+    let workspace = crate::tool::workspace_arg(args.workspace)?;
     // The journal (decision log, tasks) is one process's at a time: say so
     // at once rather than serve calls that cannot be logged.
     let engine = crate::task::engine(cx, None)

@@ -54,20 +54,7 @@ async fn call(
     if let Err(e) = serde_json::from_str::<serde_json::Value>(&input) {
         return Err(UsageError(format!("--input is not valid JSON: {e}")).into());
     }
-    let workspace = match workspace {
-        Some(w) => w,
-        None => std::env::current_dir().context("cannot read the current directory")?,
-    };
-    let workspace = workspace
-        .canonicalize()
-        .map_err(|e| UsageError(format!("--workspace {}: {e}", workspace.display())))?;
-    if !workspace.is_dir() {
-        return Err(UsageError(format!(
-            "--workspace {} is not a directory",
-            workspace.display()
-        ))
-        .into());
-    }
+    let workspace = workspace_arg(workspace)?;
     let registry = cx.registry()?;
     let outcome = registry.call(plugin, tool, &input, Some(&workspace)).await;
     let decisions: &[camina_sandbox::Decision] = match &outcome {
@@ -107,4 +94,24 @@ async fn call(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A `--workspace DIR` argument (default: the current directory), made
+/// canonical; a missing path or a file is a usage error naming it.
+pub fn workspace_arg(workspace: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let workspace = match workspace {
+        Some(w) => w,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let canonical = workspace
+        .canonicalize()
+        .map_err(|e| UsageError(format!("--workspace {}: {e}", workspace.display())))?;
+    if !canonical.is_dir() {
+        return Err(UsageError(format!(
+            "--workspace {} is not a directory",
+            canonical.display()
+        ))
+        .into());
+    }
+    Ok(canonical)
 }
