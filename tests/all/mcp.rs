@@ -311,19 +311,13 @@ fn python_with_mcp() -> std::path::PathBuf {
     python
 }
 
-#[tokio::test]
-async fn mcp_works_with_the_official_python_sdk_client() {
-    let python = python_with_mcp();
-    let home = home_with_skills().await;
-    let ws = tempfile::tempdir().unwrap();
+/// Runs tests/mcp/python_client.py with `args`; what it saw, as JSON.
+async fn python_client(python: std::path::PathBuf, args: &[&str]) -> Value {
     let out = tokio::time::timeout(
         Duration::from_secs(120),
         tokio::process::Command::new(python)
             .arg(Path::new(artifacts::ROOT).join("tests/mcp/python_client.py"))
-            .arg("stdio")
-            .arg(env!("CARGO_BIN_EXE_camina"))
-            .arg(home.path())
-            .arg(ws.path())
+            .args(args)
             .output(),
     )
     .await
@@ -334,7 +328,20 @@ async fn mcp_works_with_the_official_python_sdk_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn mcp_works_with_the_official_python_sdk_client() {
+    let python = python_with_mcp();
+    let home = home_with_skills().await;
+    let ws = tempfile::tempdir().unwrap();
+    let camina = env!("CARGO_BIN_EXE_camina");
+    let (home_arg, ws_arg) = (
+        home.path().display().to_string(),
+        ws.path().display().to_string(),
+    );
+    let seen = python_client(python, &["stdio", camina, &home_arg, &ws_arg]).await;
     assert_eq!(seen["server"], "camina");
     assert_eq!(seen["tools"]["belter-fs__read_file"]["readOnlyHint"], true);
     assert_eq!(
@@ -447,22 +454,7 @@ async fn mcp_http_works_with_the_official_python_sdk_client() {
     let home = home_with_skills().await;
     let ws = tempfile::tempdir().unwrap();
     let (_child, url) = http_server(home.path(), ws.path()).await;
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(python)
-            .arg(Path::new(artifacts::ROOT).join("tests/mcp/python_client.py"))
-            .args(["http", &url, TOKEN])
-            .output(),
-    )
-    .await
-    .expect("the Python client finishes")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = python_client(python, &["http", &url, TOKEN]).await;
     assert_eq!(seen["server"], "camina");
     assert_eq!(seen["ok"]["isError"], false, "{seen}");
     assert_eq!(
