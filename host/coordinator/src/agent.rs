@@ -72,6 +72,9 @@ pub struct Agent<'e> {
     /// (replayed or live) and of earlier steps' reports: what text written
     /// for the task must come from (see [`crate::ground`]).
     pub seen: crate::ground::Seen,
+    /// What the task's words say its result must be, if they say it in a
+    /// form the host checks (recorded at the start; see [`crate::checks`]).
+    pub check: Option<crate::checks::Check>,
 }
 
 impl Agent<'_> {
@@ -482,6 +485,22 @@ impl Agent<'_> {
         let crews = setup.crews.clone();
         let think = setup.think;
         self.outputs = setup.outputs.clone();
+        self.check = {
+            let (files, dirs) = crate::scope::named_existing(&task, &setup.files);
+            let (outputs, ws) = (self.outputs.clone(), workspace.clone());
+            let t = task.clone();
+            self.d
+                .run("check", "check", async move {
+                    Ok(crate::checks::Check::from_task(
+                        &t,
+                        &files,
+                        &dirs,
+                        &outputs,
+                        std::path::Path::new(&ws),
+                    ))
+                })
+                .await?
+        };
 
         // 1. The reasoner.
         let advice = if setup.consult {
@@ -647,6 +666,17 @@ impl Agent<'_> {
                     ),
                     done: false,
                 }
+            } else if let Some(problems) = self
+                .check
+                .as_ref()
+                .filter(|_| done)
+                .map(|c| c.verify(std::path::Path::new(&self.submitted.workspace)))
+                .filter(|p| !p.is_empty())
+            {
+                Answer {
+                    text: format!("{answer}\n(Not done: {}.)", problems.join("; ")),
+                    done: false,
+                }
             } else if done
                 && self.changes_files == Some(true)
                 && self.touched.is_empty()
@@ -799,7 +829,7 @@ impl Agent<'_> {
         if refusal.is_none()
             && ct.writes_content()
             && let Some(target) = target
-            && sources.iter().any(|s| s != target)
+            && sources.iter().any(|s| s.trim_end_matches('/') != target)
         {
             let text: Vec<&str> = call
                 .arguments
@@ -949,7 +979,7 @@ impl Agent<'_> {
         let mut changes: Vec<String> = Vec::new();
         let (mut nudged_idle, mut nudged_error, mut nudged_outputs, mut nudged_pattern) =
             (false, false, false, false);
-        let mut nudged_unchanged = false;
+        let (mut nudged_unchanged, mut nudged_result) = (false, false);
         // Whether a read-only call of the crew's own succeeded (not the
         // host's prefetch).
         let mut looked = false;
@@ -961,6 +991,10 @@ impl Agent<'_> {
         // Calls made in this step (name, arguments): JSON equality, so the
         // same arguments in another key order are the same call.
         let mut done: Vec<(String, serde_json::Value)> = Vec::new();
+        // What the step's successful lookups returned, shown again when a
+        // lookup is repeated (after an objection a model often looks
+        // again before it puts a write right).
+        let mut looked_up: Vec<((String, serde_json::Value), String)> = Vec::new();
         let max_turns = self.submitted.budgets.max_turns;
         // Calls run in this step so far: the `n` of the key `task:step:n`.
         let mut calls = 0usize;
@@ -982,10 +1016,12 @@ impl Agent<'_> {
         let (sources, look_first) = {
             let (named_files, named_dirs) = crate::scope::named_existing(task, files);
             let look = !named_dirs.is_empty() && !self.outputs.is_empty();
+            // A directory's path ends in `/`, as in the listing, so the
+            // hints can tell the two apart.
             (
                 named_files
                     .into_iter()
-                    .chain(named_dirs)
+                    .chain(named_dirs.into_iter().map(|d| format!("{d}/")))
                     .collect::<Vec<_>>(),
                 look,
             )
@@ -1001,6 +1037,10 @@ impl Agent<'_> {
                 succeeded += 1;
                 self.saw(call);
                 self.seen.add(&result.for_model(8000));
+                looked_up.push((
+                    (call.name.clone(), call.arguments.clone()),
+                    result.for_model(8000),
+                ));
             }
             done.push((call.name.clone(), call.arguments.clone()));
             evidence.push(prompts::evidence(
@@ -1070,13 +1110,22 @@ impl Agent<'_> {
                             changes,
                         });
                     }
+                    let again = looked_up
+                        .iter()
+                        .find(|(f, _)| *f == fingerprint)
+                        .map(|(_, shown)| shown);
                     messages.push(Message::tool(
                         call.name.clone(),
-                        format!(
-                            "error: you already made exactly this call and its result is above; \
-                             do not repeat it. Make the next call your part needs, or call {finish} \
-                             with your report."
-                        ),
+                        match again {
+                            Some(shown) => {
+                                format!("(the same call as before; its result again)\n{shown}")
+                            }
+                            None => format!(
+                                "error: you already made exactly this call and its result is \
+                                 above; do not repeat it. Make the next call your part needs, \
+                                 or call {finish} with your report."
+                            ),
+                        },
                     ));
                     continue;
                 }
@@ -1159,6 +1208,7 @@ impl Agent<'_> {
                         } else {
                             looked = true;
                             self.saw(call);
+                            looked_up.push((fingerprint.clone(), result.for_model(8000)));
                         }
                     }
                 }
@@ -1222,6 +1272,26 @@ impl Agent<'_> {
                 Some(prompts::left_out(&left))
             } else {
                 None
+            };
+            let objection = match (objection, &self.check) {
+                (Some(o), _) => Some(o),
+                (None, Some(c))
+                    if crew.changes_files()
+                        && !nudged_result
+                        && self.touched.iter().any(|t| t == c.output()) =>
+                {
+                    nudged_result = true;
+                    let c = c.clone();
+                    let workspace = std::path::PathBuf::from(&self.submitted.workspace);
+                    let problems: Vec<String> = self
+                        .d
+                        .run(&format!("step/{i}/turn/{turn}/check"), "checked", async {
+                            Ok(c.verify(&workspace))
+                        })
+                        .await?;
+                    (!problems.is_empty()).then(|| prompts::result_wrong(&c, &problems))
+                }
+                (None, _) => None,
             };
             if let Some(objection) = objection
                 && turn + 1 < max_turns

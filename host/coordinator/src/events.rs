@@ -34,7 +34,7 @@ fn default_max_steps() -> u32 {
 impl Default for Budgets {
     fn default() -> Self {
         Self {
-            max_turns: 8,
+            max_turns: 12,
             max_model_calls: 60,
             max_wall_ms: 30 * 60 * 1000,
             max_invalid_retries: 2,
@@ -305,6 +305,9 @@ pub struct Review {
 /// Kinds of the deterministic history.
 pub const REPLAYED: &[&str] = &[
     "setup",
+    "check",
+    "checked",
+    "tool_refused",
     "model_request",
     "model_reply",
     "advice",

@@ -29,9 +29,11 @@
 //! sandbox (`camina-sandbox` via `camina-registry`).
 
 pub mod agent;
+pub mod checks;
 pub mod durable;
 pub mod events;
 pub mod ground;
+pub mod lines;
 pub mod prompts;
 pub mod replay;
 pub mod scope;
@@ -344,6 +346,7 @@ impl Engine {
             changes_files: None,
             kept: false,
             seen: ground::Seen::default(),
+            check: None,
         };
         let outcome = agent.drive().await;
         watcher.abort();

@@ -467,7 +467,15 @@ pub fn a_source(path: &str, outputs: &[String]) -> String {
     let makes = if outputs.is_empty() {
         String::new()
     } else {
-        format!("; it asks you to make {}", outputs.join(", "))
+        format!(
+            "; it asks you to make {} ({})",
+            outputs.join(", "),
+            outputs
+                .iter()
+                .map(|p| make_call(p))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
     };
     format!("not run: the task reads from {path} and does not ask to change it{makes}")
 }
@@ -488,9 +496,26 @@ pub fn read_first(path: &str) -> String {
     )
 }
 
-/// How a crew sees what files hold (belter-fs and drummer tools).
-const LOOK_INSIDE: &str =
-    "read_file reads a file; grep finds the matching lines in every file under a directory";
+/// How a crew sees what the task's sources hold (belter-fs and drummer
+/// tools), as the calls to make: `sources` are paths, a directory's with a
+/// trailing `/`. Small models follow a call they are shown far more often
+/// than one described in words.
+fn look_inside(sources: &[String]) -> String {
+    let dir = sources.iter().find_map(|s| s.strip_suffix('/'));
+    let file = sources.iter().find(|s| !s.ends_with('/'));
+    let mut ways = Vec::new();
+    if let Some(d) = dir {
+        ways.push(format!(
+            "grep {{\"path\": \"{d}\", \"pattern\": \"<the text to find>\"}} finds the \
+             matching lines in every file under {d}"
+        ));
+    }
+    match file {
+        Some(f) => ways.push(format!("read_file {{\"path\": \"{f}\"}} reads {f}")),
+        None => ways.push("read_file reads one file".to_owned()),
+    }
+    ways.join("; ")
+}
 
 /// The answer to a write of text that comes from neither the task nor
 /// anything read (see [`crate::ground`]).
@@ -498,10 +523,10 @@ pub fn invented(lines: &[String], sources: &[String]) -> String {
     let shown: Vec<String> = lines.iter().take(3).map(|l| format!("\"{l}\"")).collect();
     format!(
         "not run: this text is not in the task or in anything you have read ({}). The task \
-         takes its content from {}: look inside first ({LOOK_INSIDE}), then write what is \
-         really there",
+         takes its content from {}: look inside first ({}), then write what is really there",
         shown.join(", "),
-        sources.join(", ")
+        sources.join(", "),
+        look_inside(sources)
     )
 }
 
@@ -528,6 +553,16 @@ pub fn not_made_yet(paths: &[String]) -> String {
     )
 }
 
+/// The tool that makes `path`, in words (no template a model could copy
+/// as the content): a name with an extension is a file.
+fn make_call(path: &str) -> String {
+    if crate::scope::has_extension(path) {
+        format!("write_file with the path {path}")
+    } else {
+        format!("make_dir with the path {path}")
+    }
+}
+
 /// Why a finish is sent back: the task asks for a change and none was made.
 pub fn nothing_changed(unread: &[String]) -> String {
     if unread.is_empty() {
@@ -537,8 +572,9 @@ pub fn nothing_changed(unread: &[String]) -> String {
     } else {
         format!(
             "Not finished: no file has been changed yet. The task takes its content from {}: \
-             look inside first ({LOOK_INSIDE}), then make the change the task asks for.",
-            unread.join(", ")
+             look inside first ({}), then make the change the task asks for.",
+            unread.join(", "),
+            look_inside(unread)
         )
     }
 }
@@ -556,6 +592,16 @@ pub fn left_out(paths: &[String]) -> String {
         if paths.len() == 1 { "was" } else { "were" },
         paths.join(", "),
         if paths.len() == 1 { "it" } else { "them" },
+    )
+}
+
+/// Why a finish is sent back: the result is not what the task's words
+/// say it must be (see [`crate::checks`]).
+pub fn result_wrong(check: &crate::checks::Check, problems: &[String]) -> String {
+    format!(
+        "Not finished: {}. Put it right: {}.",
+        problems.join("; "),
+        check.remedy()
     )
 }
 

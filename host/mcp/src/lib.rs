@@ -360,7 +360,7 @@ fn run_task_tool() -> Tool {
         "type": "object",
         "properties": {
             "prompt": {"type": "string", "minLength": 1, "description": "the task, in the user's words"},
-            "max_turns": {"type": "integer", "minimum": 1, "maximum": 100, "description": "model turns per step (default 8)"},
+            "max_turns": {"type": "integer", "minimum": 1, "maximum": 100, "description": "model turns per step (default 12)"},
             "max_model_calls": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "model calls in all (default 60)"},
             "max_steps": {"type": "integer", "minimum": 1, "maximum": 50, "description": "plan steps (default 8)"},
             "max_time_s": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "running time in seconds (default 1800)"}

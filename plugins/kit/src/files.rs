@@ -73,7 +73,8 @@ pub fn read_file(ws: &Workspace, input: ReadFileInput) -> ToolResult {
         .map_err(|e| io_error("read", &input.path, &e))?;
     if meta.is_dir() {
         return Err(ToolError::InvalidInput(format!(
-            "read {}: is a directory (list_dir lists it; grep searches the text of its files)",
+            "read {0}: is a directory; grep {{\"path\": \"{0}\", \"pattern\": \"<the text to \
+             find>\"}} finds the matching lines in its files, and list_dir lists its entries",
             input.path
         )));
     }
