@@ -20,6 +20,44 @@ pub struct FileConfig {
     pub plugins: PluginsSection,
     #[serde(default)]
     pub audit: AuditSection,
+    #[serde(default)]
+    pub journal: JournalSection,
+}
+
+/// `[journal]`: what tasks leave behind.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalSection {
+    /// Keep a task's before-images (what `camina task undo` restores) this
+    /// long after its last change, e.g. `"30d"`; default: as long as the
+    /// task is in the journal.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub keep_undo: Option<std::time::Duration>,
+    /// Keep at most this many MiB of before-image content (oldest tasks'
+    /// images go first); default: no cap.
+    pub max_undo_mib: Option<u64>,
+}
+
+impl JournalSection {
+    pub fn undo_limits(&self) -> (Option<std::time::Duration>, Option<u64>) {
+        (self.keep_undo, self.max_undo_mib.map(|m| m << 20))
+    }
+}
+
+/// `"30d"`-style durations for an optional field.
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}`: {e} (e.g. \"30d\", \"12h\")")))
+    }
 }
 
 /// `[plugins]`

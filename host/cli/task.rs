@@ -79,6 +79,30 @@ pub enum TaskCommand {
     },
     /// Stop a task (a running one at once).
     Cancel { id: String },
+    /// What a task changed in its workspace: every path it created,
+    /// changed, moved or deleted, with unified diffs for text files.
+    Diff {
+        id: String,
+        /// Only one line per path (what changed, lines added/removed).
+        #[arg(long)]
+        stat: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put every path a task changed back as it was before the task.
+    /// Refuses, touching nothing, if a path changed after the task.
+    Undo {
+        id: String,
+        /// Restore paths that changed after the task too (their later
+        /// changes are lost).
+        #[arg(long)]
+        force: bool,
+        /// Say what would be restored; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Lists every interrupted task (other than `except`) on stderr, so a user
@@ -115,12 +139,30 @@ pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine>
         config.models = camina_model::config::ModelsSection::all(spec);
     }
     let bridge = camina_model::Bridge::new(config, &cx.home)?;
-    Ok(Engine::new(
+    let engine = Engine::new(
         Arc::new(journal),
         Arc::new(registry),
         Arc::new(bridge),
         &cx.home,
-    ))
+    );
+    // Before-images past `[journal] keep_undo` / `max_undo_mib` go now,
+    // while this process holds the journal (no task is writing images).
+    let (keep, cap) = cx.config.journal.undo_limits();
+    if keep.is_some() || cap.is_some() {
+        match engine.undo_store().prune(keep, cap) {
+            Ok(pruned) if !pruned.is_empty() => eprintln!(
+                "note: pruned the before-images of {} task(s) ([journal] keep_undo / \
+                 max_undo_mib): their changes can no longer be undone",
+                pruned.len()
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "warning: pruning before-images under {}: {e}",
+                cx.home.display()
+            ),
+        }
+    }
+    Ok(engine)
 }
 
 fn clip(s: &str, n: usize) -> String {
@@ -367,10 +409,45 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                 println!("prompt: {}", t.prompt);
                 println!("workspace: {}", t.workspace);
                 println!("created: {}  updated: {}", t.created_at, t.updated_at);
+                // The calls whose changes `task undo` can give back.
+                let images = engine.undo_store().entries(&t.id).unwrap_or_default();
+                let changed = |step: &str| -> Vec<String> {
+                    let mut paths = Vec::new();
+                    for b in images.iter().filter(|e| e.at == "before" && e.step == step) {
+                        let after = images
+                            .iter()
+                            .find(|e| e.at == "after" && e.step == step && e.path == b.path);
+                        if after.is_none_or(|a| a.state != b.state) && !paths.contains(&b.path) {
+                            paths.push(b.path.clone());
+                        }
+                    }
+                    paths
+                };
+                let mut undoable = 0;
                 for r in &records {
                     if let Some(line) = render(r) {
-                        println!("{line}");
+                        let paths = if r.kind == "tool_result" {
+                            changed(&r.step)
+                        } else {
+                            Vec::new()
+                        };
+                        if paths.is_empty() {
+                            println!("{line}");
+                        } else {
+                            undoable += paths.len();
+                            println!("{line}\n      ↶ undoable: {}", paths.join(", "));
+                        }
                     }
+                }
+                if images.iter().any(|e| e.at == "pruned") {
+                    println!(
+                        "(its before-images were pruned: its changes can no longer be undone)"
+                    );
+                } else if undoable > 0 {
+                    println!(
+                        "(review with `camina task diff {0}`, undo with `camina task undo {0}`)",
+                        t.id
+                    );
                 }
                 let calls: Vec<&Record> =
                     records.iter().filter(|r| r.kind == "model_reply").collect();
@@ -448,6 +525,75 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
             eprintln!("task {}", t.id);
             note_interrupted(&engine, &t.id);
             drive(&engine, &t.id, opts, json).await
+        }
+        TaskCommand::Diff { id, stat, json } => {
+            let engine = engine(cx, None).await?;
+            let (t, changes) = engine.diff(&id)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"task": t.id, "changes": changes}))?
+                );
+                return Ok(());
+            }
+            if changes.is_empty() {
+                println!("task {} changed nothing in {}", t.id, t.workspace);
+                return Ok(());
+            }
+            for c in &changes {
+                let what = match &c.from {
+                    Some(from) => format!("moved    {from} → {}", c.path),
+                    None => format!("{:8} {}", c.change, c.path),
+                };
+                let size = match (&c.before, &c.after) {
+                    (_, camina_coordinator::undo::State::File { size, digest, .. })
+                        if c.diff.is_none() && c.from.is_none() =>
+                    {
+                        format!("  ({size} bytes, {digest})")
+                    }
+                    _ if c.diff.is_some() => format!("  (+{} -{})", c.added, c.removed),
+                    _ => String::new(),
+                };
+                println!("{what}{size}");
+                if !stat && let Some(d) = &c.diff {
+                    print!("{d}");
+                }
+            }
+            Ok(())
+        }
+        TaskCommand::Undo {
+            id,
+            force,
+            dry_run,
+            json,
+        } => {
+            let engine = engine(cx, None).await?;
+            let (t, report) = engine.undo(&id, force, dry_run).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"task": t.id, "undo": report}))?
+                );
+                return Ok(());
+            }
+            let verb = if dry_run { "would restore" } else { "restored" };
+            for (path, what) in &report.restored {
+                println!("{verb} {path}: {what}");
+            }
+            for path in &report.lost {
+                println!(
+                    "cannot restore {path}: its content was not kept (too large or not a file)"
+                );
+            }
+            if report.restored.is_empty() && report.lost.is_empty() {
+                println!(
+                    "nothing to undo: every path task {} changed is as it was before it",
+                    t.id
+                );
+            } else if !report.already.is_empty() {
+                println!("{} path(s) already as before", report.already.len());
+            }
+            Ok(())
         }
         TaskCommand::Cancel { id } => {
             match camina_journal::Journal::open(&cx.home.join("journal")) {

@@ -152,6 +152,8 @@ async fn health_and_openapi_need_no_token_and_the_document_is_complete() {
         ("/v1/tasks/{id}/events", vec!["get"]),
         ("/v1/tasks/{id}/resume", vec!["post"]),
         ("/v1/tasks/{id}/cancel", vec!["post"]),
+        ("/v1/tasks/{id}/diff", vec!["get"]),
+        ("/v1/tasks/{id}/undo", vec!["post"]),
         ("/v1/plugins", vec!["get", "post"]),
         ("/v1/plugins/{name}", vec!["delete"]),
         ("/v1/policies/audit", vec!["get"]),
@@ -393,6 +395,76 @@ async fn a_task_runs_to_completion_and_its_details_and_lists_show_it() {
     assert_eq!(filtered["tasks"], json!([]));
     let (_, ok) = call(&a, "GET", "/v1/tasks?status=succeeded", None, None).await;
     assert_eq!(ok["tasks"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_task_is_reviewed_and_undone_over_the_api() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let a = api(&fake, false).await;
+    let ws = a.root().join("proj");
+    project(&ws);
+    let (_, v) = call(
+        &a,
+        "POST",
+        "/v1/tasks",
+        None,
+        Some(json!({"prompt": "Collect the TODOs", "workspace": "proj"})),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(wait_final(&a, &id).await["status"], "succeeded");
+
+    let (s, d) = call(&a, "GET", &format!("/v1/tasks/{id}/diff"), None, None).await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    let created = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "todo.md")
+        .expect("todo.md is in the diff");
+    assert_eq!(created["change"], "created");
+    assert!(created["diff"].as_str().unwrap().contains("+++ b/todo.md"));
+
+    // Edited since: refused with the path named, nothing restored.
+    std::fs::write(ws.join("todo.md"), "mine\n").unwrap();
+    let (s, v) = call(&a, "POST", &format!("/v1/tasks/{id}/undo"), None, None).await;
+    assert_eq!(
+        (s, kind(&v)),
+        (StatusCode::CONFLICT, "changed_since"),
+        "{v}"
+    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("todo.md"));
+    assert!(ws.join("todo.md").exists());
+    let (s, v) = call(
+        &a,
+        "POST",
+        &format!("/v1/tasks/{id}/undo"),
+        None,
+        Some(json!({"force": true, "dry_run": true})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(ws.join("todo.md").exists(), "a dry run changes nothing");
+    let (s, v) = call(
+        &a,
+        "POST",
+        &format!("/v1/tasks/{id}/undo"),
+        None,
+        Some(json!({"force": true})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["undo"]["conflicts"], json!(["todo.md"]));
+    assert!(!ws.join("todo.md").exists());
+    let (s, v) = call(
+        &a,
+        "POST",
+        &format!("/v1/tasks/{id}/undo"),
+        None,
+        Some(json!({"forse": true})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
 /// `/openapi.json` is a valid OpenAPI 3.1 document: checked against the

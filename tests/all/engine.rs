@@ -204,14 +204,14 @@ pub fn config(fake: &FakeOllama) -> Config {
     }
 }
 
-struct Setup {
-    home: tempfile::TempDir,
-    ws: PathBuf,
-    engine: Engine,
+pub(crate) struct Setup {
+    pub home: tempfile::TempDir,
+    pub ws: PathBuf,
+    pub engine: Engine,
     _ws_dir: tempfile::TempDir,
 }
 
-async fn setup(fake: &FakeOllama) -> Setup {
+pub(crate) async fn setup(fake: &FakeOllama) -> Setup {
     setup_with(config(fake)).await
 }
 
@@ -907,7 +907,7 @@ async fn an_interrupted_side_effecting_call_needs_review() {
 /// A one-step plan for `crew`, a triage answer, a final answer, and the
 /// crew's turns from `turns` (given the request and how many of its own
 /// calls the crew has made since the user turn).
-fn one_step_script(
+pub(crate) fn one_step_script(
     crew: &'static str,
     changes_files: bool,
     turns: impl Fn(&Value, usize) -> Reply + Send + 'static,
@@ -953,7 +953,7 @@ fn told(fake: &FakeOllama, text: &str) -> bool {
     })
 }
 
-fn finish(report: &str) -> Reply {
+pub(crate) fn finish(report: &str) -> Reply {
     Reply::tool_call("finish", json!({"report": report}))
 }
 

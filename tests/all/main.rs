@@ -14,3 +14,4 @@ mod net_support;
 mod security;
 mod skills;
 mod support;
+mod undo;

@@ -90,6 +90,15 @@ impl From<EngineError> for ApiError {
             | EngineError::PluginChanged { .. } => ApiError::conflict(e.to_string()),
             EngineError::Workspace { .. } => ApiError::bad_request(e.to_string()),
             EngineError::ShuttingDown => ApiError::unavailable(e.to_string()),
+            EngineError::Running(_) => ApiError::conflict(e.to_string()),
+            EngineError::Undo {
+                source: camina_coordinator::undo::UndoError::ChangedSince(_),
+                ..
+            } => ApiError::new(StatusCode::CONFLICT, "changed_since", e.to_string()),
+            EngineError::Undo {
+                source: camina_coordinator::undo::UndoError::Pruned(_),
+                ..
+            } => ApiError::new(StatusCode::GONE, "pruned", e.to_string()),
             other => ApiError::internal(other),
         }
     }

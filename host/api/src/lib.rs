@@ -293,6 +293,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(tasks::show))
         .route("/v1/tasks/{id}/resume", post(tasks::resume))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/diff", get(tasks::diff))
+        .route("/v1/tasks/{id}/undo", post(tasks::undo))
         .route("/v1/plugins", get(plugins::list))
         .layer(timeout)
         .layer(json_limit)

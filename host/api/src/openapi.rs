@@ -29,10 +29,10 @@ impl Modify for Bearer {
     info(title = "Caminaå", description = "Run tasks with LLM agents whose tools are sandboxed WebAssembly skills."),
     paths(
         health, crate::tasks::create, crate::tasks::list, crate::tasks::show, crate::tasks::events,
-        crate::tasks::resume, crate::tasks::cancel, crate::plugins::list, crate::plugins::install,
+        crate::tasks::resume, crate::tasks::cancel, crate::tasks::diff, crate::tasks::undo, crate::plugins::list, crate::plugins::install,
         crate::plugins::remove, crate::plugins::audit, crate::plugins::decisions
     ),
-    components(schemas(ErrorBody, crate::tasks::CreateTask, crate::tasks::TaskRef, crate::tasks::ResumeTask,
+    components(schemas(ErrorBody, crate::tasks::CreateTask, crate::tasks::TaskRef, crate::tasks::ResumeTask, crate::tasks::UndoTask,
         crate::tasks::TaskPage, crate::plugins::PluginView)),
     modifiers(&Bearer),
     tags((name = "tasks"), (name = "plugins"))

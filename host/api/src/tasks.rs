@@ -375,6 +375,52 @@ pub async fn cancel(
     Ok(Json(reference(&t)))
 }
 
+/// `POST /v1/tasks/{id}/undo`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UndoTask {
+    /// Restore paths that changed after the task too (their later changes
+    /// are lost).
+    #[serde(default)]
+    pub force: bool,
+    /// Say what would be restored; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[utoipa::path(get, path = "/v1/tasks/{id}/diff", tag = "tasks", params(("id" = String, Path)),
+    responses((status = 200, description = "`{\"task\": id, \"changes\": [{\"path\", \"change\": created|changed|deleted|moved, \"from\"?, \"before\", \"after\", \"diff\"? (unified, text files), \"added\", \"removed\"}]}`", body = Object),
+        (status = 404, body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn diff(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (t, changes) = state.engine.diff(&id)?;
+    Ok(Json(serde_json::json!({"task": t.id, "changes": changes})))
+}
+
+#[utoipa::path(post, path = "/v1/tasks/{id}/undo", tag = "tasks",
+    params(("id" = String, Path)), request_body(content = UndoTask, description = "Optional"),
+    responses((status = 200, description = "`{\"task\": id, \"undo\": {\"restored\": [[path, what]], \"already\", \"conflicts\", \"lost\", \"dry_run\"}}`", body = Object),
+        (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody),
+        (status = 409, description = "Paths changed after the task (nothing restored; `force` restores anyway), or the task is running", body = crate::openapi::ErrorBody)),
+    security(("bearer" = ["tasks"])))]
+pub async fn undo(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<serde_json::Value>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body: UndoTask = match body {
+        Some(Json(v)) => {
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("body: {e}")))?
+        }
+        None => UndoTask::default(),
+    };
+    let (t, report) = state.engine.undo(&id, body.force, body.dry_run).await?;
+    Ok(Json(serde_json::json!({"task": t.id, "undo": report})))
+}
+
 /// Kinds after which a task stops (for now or for good).
 fn ends_task(kind: &str) -> bool {
     matches!(

@@ -11,6 +11,7 @@ use camina_model::{Bridge, ChatReply, ChatRequest, Message, ModelRole, Role, Too
 use camina_registry::Registry;
 use camina_sandbox::CallError;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Why the loop stopped without an answer.
@@ -75,6 +76,8 @@ pub struct Agent<'e> {
     /// What the task's words say its result must be, if they say it in a
     /// form the host checks (recorded at the start; see [`crate::checks`]).
     pub check: Option<crate::checks::Check>,
+    /// Where the task's before-images go.
+    pub undo: crate::undo::Store,
 }
 
 impl Agent<'_> {
@@ -311,10 +314,30 @@ impl Agent<'_> {
         // A tool call is only abandoned when cancelled: a pause lets it
         // finish (it has its own time limit) so no side effect is left
         // half-recorded.
+        // A call that may change the workspace keeps the before-image of
+        // every path it touches first (see [`crate::undo`]).
+        let keeper = (intent.effect != "read-only").then(|| {
+            Arc::new(crate::undo::Keeper::new(
+                self.undo.clone(),
+                &self.d.task,
+                step,
+                &workspace,
+            ))
+        });
+        let preserve = keeper
+            .clone()
+            .map(|k| k as Arc<dyn camina_sandbox::Preserve>);
         let outcome = tokio::select! {
-            r = self.registry.call(&intent.plugin, &intent.tool, &input, Some(&workspace)) => r,
+            r = self.registry.call_preserving(
+                &intent.plugin, &intent.tool, &input, Some(&workspace), preserve,
+            ) => r,
             halt = Self::until_stopped(&mut cancel, false) => return Err(halt),
         };
+        if let Some(k) = keeper
+            && let Err(e) = k.after()
+        {
+            tracing::warn!(task = %self.d.task, step, "logging the state after the call: {e}");
+        }
         // Every sandbox decision goes to the decision log, with the task
         // and step it belongs to.
         let logged: &[camina_sandbox::Decision] = match &outcome {

@@ -38,6 +38,7 @@ pub mod prompts;
 pub mod replay;
 pub mod scope;
 pub mod toolbox;
+pub mod undo;
 pub mod view;
 
 use camina_journal::{Durability, Journal, Status, TaskSummary, Update};
@@ -85,6 +86,14 @@ pub enum EngineError {
     Workspace { path: String, reason: String },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error("undo of task {task}: {source}")]
+    Undo {
+        task: String,
+        #[source]
+        source: undo::UndoError,
+    },
+    #[error("task {0} is running; undo it once it has stopped")]
+    Running(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -159,6 +168,67 @@ impl Engine {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Where this home keeps before-images.
+    pub fn undo_store(&self) -> undo::Store {
+        undo::Store::new(&self.home)
+    }
+
+    /// What task `id` (or a unique prefix) changed in its workspace.
+    pub fn diff(&self, id: &str) -> Result<(TaskSummary, Vec<undo::PathChange>)> {
+        let t = self.journal.find(id)?;
+        let changes =
+            undo::diff(&self.undo_store(), &t.id, Path::new(&t.workspace)).map_err(|source| {
+                EngineError::Undo {
+                    task: t.id.clone(),
+                    source,
+                }
+            })?;
+        Ok((t, changes))
+    }
+
+    /// Restores every path task `id` changed to its state before the task
+    /// (see [`undo`]); journaled as an `undone` record unless `dry_run`.
+    pub async fn undo(
+        &self,
+        id: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<(TaskSummary, undo::UndoReport)> {
+        let t = self.journal.find(id)?;
+        // A final state is final even while the runner is still letting
+        // go of the task.
+        if t.status == Status::Running || (!t.status.is_final() && self.running().contains(&t.id)) {
+            return Err(EngineError::Running(t.id));
+        }
+        let report = undo::undo(
+            &self.undo_store(),
+            &t.id,
+            Path::new(&t.workspace),
+            force,
+            dry_run,
+        )
+        .map_err(|source| EngineError::Undo {
+            task: t.id.clone(),
+            source,
+        })?;
+        if !dry_run {
+            self.journal
+                .append(
+                    &t.id,
+                    camina_journal::NewRecord {
+                        step: "undo".into(),
+                        kind: "undone".into(),
+                        data: serde_json::to_value(&report).unwrap_or_default(),
+                        elapsed_ms: 0,
+                    },
+                    Update::default(),
+                    Durability::Flush,
+                )
+                .await?;
+        }
+        Ok((t, report))
     }
 
     pub fn journal(&self) -> &Arc<Journal> {
@@ -347,6 +417,7 @@ impl Engine {
             kept: false,
             seen: ground::Seen::default(),
             check: None,
+            undo: undo::Store::new(&self.home),
         };
         let outcome = agent.drive().await;
         watcher.abort();

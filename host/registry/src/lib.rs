@@ -511,6 +511,20 @@ impl Registry {
         input: &str,
         workspace: Option<&Path>,
     ) -> Result<Outcome> {
+        self.call_preserving(plugin, tool, input, workspace, None)
+            .await
+    }
+
+    /// [`Self::call`], handing the prior state of every path the call is
+    /// about to change to `preserve` first (see `camina_sandbox::preserve`).
+    pub async fn call_preserving(
+        &self,
+        plugin: &str,
+        tool: &str,
+        input: &str,
+        workspace: Option<&Path>,
+        preserve: Option<Arc<dyn camina_sandbox::Preserve>>,
+    ) -> Result<Outcome> {
         let plugin = self.get(plugin)?;
         let refuse = |kind, message| Outcome {
             result: Err(ToolError { kind, message }),
@@ -538,7 +552,10 @@ impl Registry {
             return Ok(refuse(ToolErrorKind::InvalidInput, message));
         }
         let grants = plugin.policy.resolve(workspace)?;
-        Ok(plugin.skill.call(&grants, tool, input).await?)
+        Ok(plugin
+            .skill
+            .call_preserving(&grants, tool, input, preserve)
+            .await?)
     }
 }
 

@@ -7,9 +7,14 @@
 //! results: it remembers the guest path behind each descriptor and records a
 //! [`Decision`] for every path operation that was refused (logged with
 //! `warn!`) or that opened or changed something (logged with `debug!`).
+//! When the caller asks for before-images, it also hands the prior state
+//! of each path a call is about to change to the caller first (see
+//! [`crate::preserve`]).
 
 use crate::audit::{Capability, Decision, Decisions};
-use std::collections::HashMap;
+use crate::preserve::{Change, Preserve};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
@@ -33,14 +38,29 @@ pub(crate) struct FsAudit {
     /// Guest path behind each live descriptor (by resource rep).
     paths: HashMap<u32, String>,
     pub decisions: Decisions,
+    /// Where before-images go, if the caller wants them.
+    preserve: Option<Arc<dyn Preserve>>,
+    /// The mounts: guest path and host directory.
+    mounts: Vec<(String, PathBuf)>,
+    /// Paths (`mount\0path`) whose prior state this call already handed
+    /// over: only the first change of a path within a call is captured.
+    preserved: HashSet<String>,
 }
 
 impl FsAudit {
-    pub(crate) fn new(plugin: Arc<str>, decisions: Decisions) -> Self {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        decisions: Decisions,
+        preserve: Option<Arc<dyn Preserve>>,
+        mounts: Vec<(String, PathBuf)>,
+    ) -> Self {
         Self {
             plugin,
             paths: HashMap::new(),
             decisions,
+            preserve,
+            mounts,
+            preserved: HashSet::new(),
         }
     }
 }
@@ -76,6 +96,94 @@ fn describe_open(oflags: types::OpenFlags, flags: types::DescriptorFlags) -> Str
 }
 
 impl FsView<'_> {
+    /// Hands the prior state of `rel` (under the directory `fd`) to the
+    /// call's [`Preserve`] before a change, once per path and call. A
+    /// failure to preserve refuses the change (the guest sees an I/O
+    /// error, the decision log says why).
+    fn preserve(&mut self, fd: &Resource<Descriptor>, rel: &str) -> FsResult<()> {
+        self.preserve_tree(fd, rel, false)
+    }
+
+    /// [`Self::preserve`]; with `tree`, a directory's whole content too (the
+    /// source of a rename takes its subtree along).
+    fn preserve_tree(&mut self, fd: &Resource<Descriptor>, rel: &str, tree: bool) -> FsResult<()> {
+        let Some(keeper) = self.audit.preserve.clone() else {
+            return Ok(());
+        };
+        let guest = self.path_of(fd, rel);
+        let Some((mount_guest, host)) = self
+            .audit
+            .mounts
+            .iter()
+            .filter(|(g, _)| {
+                let g = g.trim_end_matches('/');
+                guest == g || guest.starts_with(&format!("{g}/")) || g.is_empty()
+            })
+            .max_by_key(|(g, _)| g.len())
+            .cloned()
+        else {
+            return Ok(()); // not under a mount: the operation fails anyway
+        };
+        let within = &guest[mount_guest.trim_end_matches('/').len().min(guest.len())..];
+        let Some(path) = crate::preserve::normalise(within) else {
+            return Ok(());
+        };
+        if path.is_empty()
+            || !self
+                .audit
+                .preserved
+                .insert(format!("{mount_guest}\0{path}"))
+        {
+            return Ok(());
+        }
+        // Only a writable directory handle can change anything.
+        let dir = match self.inner.table.get(fd) {
+            Ok(Descriptor::Dir(d)) if matches!(d.perms, wasmtime_wasi::FsPerms::ReadWrite) => {
+                d.dir.clone()
+            }
+            _ => return Ok(()),
+        };
+        let kept = crate::preserve::capture(&dir, rel)
+            .map_err(|e| format!("reading its prior state: {e}"))
+            .and_then(|prior| {
+                let is_dir = matches!(prior, crate::preserve::Prior::Dir { .. });
+                keeper.before(Change {
+                    mount: &host,
+                    path: &path,
+                    prior,
+                })?;
+                if tree && is_dir {
+                    crate::preserve::capture_tree(&dir, rel, &mut |sub, prior| {
+                        let full = format!("{path}/{sub}");
+                        self.audit
+                            .preserved
+                            .insert(format!("{mount_guest}\0{full}"));
+                        keeper.before(Change {
+                            mount: &host,
+                            path: &full,
+                            prior,
+                        })
+                    })?;
+                }
+                Ok(())
+            });
+        if let Err(reason) = kept {
+            tracing::warn!(
+                plugin = %self.audit.plugin, capability = "fs", target = %guest,
+                "change refused: its before-image could not be kept: {reason}"
+            );
+            self.audit.decisions.push(Decision {
+                capability: Capability::Fs,
+                action: "preserve".into(),
+                target: guest,
+                allowed: false,
+                detail: Some(format!("the before-image could not be kept: {reason}")),
+            });
+            return Err(ErrorCode::Io.into());
+        }
+        Ok(())
+    }
+
     fn path_of(&self, fd: &Resource<Descriptor>, rel: &str) -> String {
         let base = self
             .audit
@@ -251,6 +359,7 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let target = self.path_of(&fd, &path);
+        self.preserve(&fd, &path)?;
         let r = HostDescriptor::create_directory_at(&mut self.inner, fd, path).await;
         self.note("mkdir", target, &r, true);
         r
@@ -300,6 +409,7 @@ impl HostDescriptor for FsView<'_> {
             self.path_of(&fd, &old_path),
             self.path_of(&new_descriptor, &new_path)
         );
+        self.preserve(&new_descriptor, &new_path)?;
         let r = HostDescriptor::link_at(
             &mut self.inner,
             fd,
@@ -323,6 +433,13 @@ impl HostDescriptor for FsView<'_> {
     ) -> FsResult<Resource<Descriptor>> {
         let target = self.path_of(&fd, &path);
         let action = describe_open(oflags, flags);
+        if flags.contains(types::DescriptorFlags::WRITE)
+            || flags.contains(types::DescriptorFlags::MUTATE_DIRECTORY)
+            || oflags.contains(types::OpenFlags::CREATE)
+            || oflags.contains(types::OpenFlags::TRUNCATE)
+        {
+            self.preserve(&fd, &path)?;
+        }
         let r = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await;
         self.note(&action, target.clone(), &r, true);
         if let Ok(new) = &r {
@@ -349,6 +466,7 @@ impl HostDescriptor for FsView<'_> {
         path: String,
     ) -> FsResult<()> {
         let target = self.path_of(&fd, &path);
+        self.preserve(&fd, &path)?;
         let r = HostDescriptor::remove_directory_at(&mut self.inner, fd, path).await;
         self.note("rmdir", target, &r, true);
         r
@@ -366,6 +484,8 @@ impl HostDescriptor for FsView<'_> {
             self.path_of(&fd, &old_path),
             self.path_of(&new_fd, &new_path)
         );
+        self.preserve(&new_fd, &new_path)?;
+        self.preserve_tree(&fd, &old_path, true)?;
         let r = HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await;
         self.note("rename", target, &r, true);
         r
@@ -378,6 +498,7 @@ impl HostDescriptor for FsView<'_> {
         dest_path: String,
     ) -> FsResult<()> {
         let target = format!("{} (-> {src_path})", self.path_of(&fd, &dest_path));
+        self.preserve(&fd, &dest_path)?;
         let r = HostDescriptor::symlink_at(&mut self.inner, fd, src_path, dest_path).await;
         self.note("symlink", target, &r, true);
         r
@@ -385,6 +506,7 @@ impl HostDescriptor for FsView<'_> {
 
     async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
         let target = self.path_of(&fd, &path);
+        self.preserve(&fd, &path)?;
         let r = HostDescriptor::unlink_file_at(&mut self.inner, fd, path).await;
         self.note("unlink", target, &r, true);
         r

@@ -32,12 +32,14 @@ mod audit;
 mod engine;
 mod fs;
 mod net;
+pub mod preserve;
 mod skill;
 mod state;
 mod stdio;
 
 pub use audit::{Capability, Decision};
 pub use engine::{Sandbox, SandboxOptions};
+pub use preserve::{Change, Preserve, Prior};
 pub use skill::{Skill, unsupported_imports};
 
 pub(crate) mod bindings {

@@ -118,7 +118,7 @@ impl Skill {
             limits: Limits::default(),
         };
         let (m, _) = self
-            .run(&grants, |skill, store| {
+            .run(&grants, None, |skill, store| {
                 Box::pin(async move { skill.call_describe(store).await })
             })
             .await?;
@@ -147,17 +147,29 @@ impl Skill {
     }
 
     /// Calls `tool` with `input` in a fresh sandbox under `grants`.
-    #[tracing::instrument(name = "sandbox.call", skip_all, fields(plugin = %grants.plugin, tool = %tool))]
     pub async fn call(
         &self,
         grants: &Grants,
         tool: &str,
         input: &str,
     ) -> std::result::Result<Outcome, CallError> {
+        self.call_preserving(grants, tool, input, None).await
+    }
+
+    /// [`Self::call`], handing the prior state of every path the call is
+    /// about to change to `preserve` first (see [`crate::preserve`]).
+    #[tracing::instrument(name = "sandbox.call", skip_all, fields(plugin = %grants.plugin, tool = %tool))]
+    pub async fn call_preserving(
+        &self,
+        grants: &Grants,
+        tool: &str,
+        input: &str,
+        preserve: Option<Arc<dyn crate::Preserve>>,
+    ) -> std::result::Result<Outcome, CallError> {
         let started = Instant::now();
         let (tool, input) = (tool.to_owned(), input.to_owned());
         let (answer, (decisions, stdio)) = self
-            .run(grants, move |skill, store| {
+            .run(grants, preserve, move |skill, store| {
                 Box::pin(async move { skill.call_call(store, &tool, &input).await })
             })
             .await?;
@@ -219,6 +231,7 @@ impl Skill {
     async fn run<R, F>(
         &self,
         grants: &Grants,
+        preserve: Option<Arc<dyn crate::Preserve>>,
         f: F,
     ) -> std::result::Result<(R, (Vec<crate::Decision>, String)), CallError>
     where
@@ -269,13 +282,13 @@ impl Skill {
             policy: Arc::new(grants.net.clone()),
             decisions: decisions.clone(),
         };
-        let state = State::new(
-            plugin,
-            wasi.build(),
-            net,
-            limits.memory_bytes(),
-            decisions.clone(),
-        );
+        let mounts = grants
+            .mounts
+            .iter()
+            .map(|m| (m.guest.clone(), m.host.clone()))
+            .collect();
+        let fs = crate::fs::FsAudit::new(plugin.clone(), decisions.clone(), preserve, mounts);
+        let state = State::new(plugin, wasi.build(), net, limits.memory_bytes(), fs);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         let ticks = limits.timeout_ms / EPOCH_TICK.as_millis() as u64 + 1;

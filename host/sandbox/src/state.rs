@@ -1,7 +1,6 @@
 //! What one sandboxed call's store holds, and the views wasmtime-wasi and
 //! wasi-http take of it.
 
-use crate::audit::Decisions;
 use crate::bindings::camina::skill::host::{self, Level};
 use crate::fs::FsAudit;
 use crate::net::NetGate;
@@ -33,14 +32,14 @@ impl State {
         wasi: WasiCtx,
         net: NetGate,
         memory_bytes: usize,
-        decisions: Decisions,
+        fs: FsAudit,
     ) -> Self {
         Self {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
             net,
-            fs: FsAudit::new(plugin.clone(), decisions),
+            fs,
             limiter: Limiter::new(memory_bytes),
             plugin,
             log_left: LOG_BUDGET,

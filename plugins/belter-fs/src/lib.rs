@@ -147,8 +147,9 @@ fn tools() -> Vec<Tool> {
         ),
         tool(
             "move_path",
-            "Move or rename a file or directory. Fails if the destination exists unless \
-             overwrite is true (files only).",
+            "Move or rename a file or directory; missing directories of the destination \
+             are created. Fails if the destination exists unless overwrite is true (files \
+             only).",
             json!({
                 "type": "object",
                 "properties": {
@@ -521,6 +522,14 @@ fn move_path(ws: &Workspace, input: MoveInput) -> ToolResult {
             "move {} -> {}: destination exists (set overwrite to replace a file)",
             input.from, input.to
         )));
+    }
+    // "Move a.txt into archive/": the destination's directories are made,
+    // as write_file makes a new file's.
+    if let Some(parent) = std::path::Path::new(&to).parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.exists()
+    {
+        fs::create_dir_all(parent).map_err(|e| io_error("move", &input.to, &e))?;
     }
     fs::rename(&from, &to).map_err(|e| io_error("move", &input.from, &e))?;
     output(&json!({"from": ws.display(&from), "to": ws.display(&to)}))
