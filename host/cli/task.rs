@@ -523,6 +523,16 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
             let id = id.unwrap_or_default();
             let t = engine.journal().find(&id)?;
             eprintln!("task {}", t.id);
+            // An undo a crash cut short: resuming the task finishes it.
+            if let Some(force) = engine.unfinished_undo(&t.id)? {
+                let (_, report) = engine.undo(&t.id, force, false).await?;
+                eprintln!(
+                    "finished the undo that was cut short: {} path(s) restored now, {} already",
+                    report.restored.len(),
+                    report.already.len()
+                );
+                return Ok(());
+            }
             note_interrupted(&engine, &t.id);
             drive(&engine, &t.id, opts, json).await
         }

@@ -78,6 +78,10 @@ fn every_kind_of_change(_: &serde_json::Value, made: usize) -> Reply {
         9 => call("delete_path", json!({"path": "data.bin"})),
         10 => call("make_dir", json!({"path": "newdir/sub"})),
         11 => call("delete_path", json!({"path": "empty"})),
+        12 => call(
+            "move_path",
+            json!({"from": "olddir", "to": "archive/olddir"}),
+        ),
         _ => finish("Made every change."),
     }
 }
@@ -90,6 +94,8 @@ fn seed(ws: &Path) {
     std::fs::write(ws.join("data.bin"), [0u8, 159, 146, 150, 255, 0, 7]).unwrap();
     std::fs::set_permissions(ws.join("data.bin"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::create_dir(ws.join("empty")).unwrap();
+    std::fs::create_dir_all(ws.join("olddir/deep")).unwrap();
+    std::fs::write(ws.join("olddir/deep/a.txt"), "in a moved directory\n").unwrap();
 }
 
 async fn changed_task(fake: &FakeOllama) -> (Setup, String) {
@@ -165,6 +171,7 @@ async fn undo_restores_the_exact_tree_a_task_changed() {
     assert_eq!(kind("data.bin"), "deleted");
     assert_eq!(kind("newdir/sub"), "created");
     assert_eq!(kind("empty"), "deleted");
+    assert_eq!(kind("archive/olddir/deep/a.txt"), "moved");
     let notes = changes.iter().find(|c| c.path == "notes.txt").unwrap();
     let d = notes.diff.as_deref().unwrap();
     assert!(d.contains("-old notes") && d.contains("+rewritten"), "{d}");
@@ -206,9 +213,11 @@ async fn undo_refuses_over_a_later_edit_and_force_restores_anyway() {
         one_step_script("belter", true, every_kind_of_change),
     );
     let (s, id) = changed_task(&fake).await;
-    // Someone edits two of the task's files afterwards.
+    // Someone edits two of the task's files afterwards, and puts a file
+    // of their own in a directory the task made.
     std::fs::write(s.ws.join("new.txt"), "my own edit\n").unwrap();
     std::fs::write(s.ws.join("log.txt"), "start\nmore\nmine\n").unwrap();
+    std::fs::write(s.ws.join("newdir/sub/mine.txt"), "mine\n").unwrap();
     let edited = tree(&s.ws);
     let err = s.engine.undo(&id, false, false).await.unwrap_err();
     let EngineError::Undo {
@@ -218,12 +227,15 @@ async fn undo_refuses_over_a_later_edit_and_force_restores_anyway() {
     else {
         panic!("{err}")
     };
-    assert_eq!(paths, &["new.txt".to_owned(), "log.txt".to_owned()]);
+    let mut paths = paths.clone();
+    paths.sort();
+    assert_eq!(paths, ["log.txt", "new.txt", "newdir", "newdir/sub"]);
     assert!(err.to_string().contains("--force"), "{err}");
     assert_eq!(tree(&s.ws), edited, "a refused undo touches nothing");
 
     let (_, report) = s.engine.undo(&id, true, false).await.unwrap();
-    assert_eq!(report.conflicts.len(), 2);
+    assert_eq!(report.conflicts.len(), 4);
+    assert!(!s.ws.join("newdir").exists());
     assert!(!s.ws.join("new.txt").exists());
     assert_eq!(
         std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
@@ -485,7 +497,7 @@ fn the_cli_shows_the_diff_and_undoes() {
 }
 
 #[test]
-fn an_undo_killed_half_way_is_finished_by_running_it_again() {
+fn an_undo_killed_half_way_is_finished_by_task_resume() {
     const N: usize = 300;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let fake = FakeOllama::start(
@@ -539,8 +551,32 @@ fn an_undo_killed_half_way_is_finished_by_running_it_again() {
         restored < N,
         "the undo finished before it was killed; nothing tested"
     );
-    // Run again: it finishes, no file is left half-written, nothing else
-    // (no temporary copy) is left behind.
+    // `task resume` finishes it: no file is left half-written, nothing
+    // else (no temporary copy) is left behind, and the journal says so.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_camina"))
+        .arg("--home")
+        .arg(&home)
+        .args(["task", "resume", &t.id])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(tree(&ws), before);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_camina"))
+        .arg("--home")
+        .arg(&home)
+        .args(["task", "show", &t.id, "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| k.starts_with("undo"))
+        .collect();
+    assert_eq!(kinds, ["undo_started", "undo_started", "undone"]);
+    // Running undo again has nothing left to do.
     let o = undo().output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(tree(&ws), before);

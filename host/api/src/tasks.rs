@@ -330,7 +330,10 @@ pub async fn resume(
         }
     };
     let t = state.engine.journal().find(&id)?;
-    if t.status.is_final() && t.status != Status::Failed {
+    if t.status.is_final()
+        && t.status != Status::Failed
+        && state.engine.unfinished_undo(&t.id)?.is_none()
+    {
         return Err(ApiError::conflict(format!(
             "task {} is {}; there is nothing to resume",
             t.id, t.status

@@ -202,33 +202,60 @@ impl Engine {
         if t.status == Status::Running || (!t.status.is_final() && self.running().contains(&t.id)) {
             return Err(EngineError::Running(t.id));
         }
-        let report = undo::undo(
-            &self.undo_store(),
-            &t.id,
-            Path::new(&t.workspace),
-            force,
-            dry_run,
-        )
-        .map_err(|source| EngineError::Undo {
+        let store = self.undo_store();
+        let ws = Path::new(&t.workspace);
+        let failed = |source| EngineError::Undo {
             task: t.id.clone(),
             source,
-        })?;
-        if !dry_run {
-            self.journal
-                .append(
-                    &t.id,
-                    camina_journal::NewRecord {
-                        step: "undo".into(),
-                        kind: "undone".into(),
-                        data: serde_json::to_value(&report).unwrap_or_default(),
-                        elapsed_ms: 0,
-                    },
-                    Update::default(),
-                    Durability::Flush,
-                )
-                .await?;
+        };
+        if dry_run {
+            let report = undo::undo(&store, &t.id, ws, force, true).map_err(failed)?;
+            return Ok((t, report));
         }
+        // Refusals first (nothing is touched), then `undo_started` is on
+        // disk before the first path changes: an undo cut short is found
+        // and finished by the next `run` of the task (`task resume`).
+        undo::undo(&store, &t.id, ws, force, true).map_err(failed)?;
+        self.record_undo(&t.id, "undo_started", serde_json::json!({"force": force}))
+            .await?;
+        let report = undo::undo(&store, &t.id, ws, force, false).map_err(failed)?;
+        self.record_undo(
+            &t.id,
+            "undone",
+            serde_json::to_value(&report).unwrap_or_default(),
+        )
+        .await?;
         Ok((t, report))
+    }
+
+    async fn record_undo(&self, id: &str, kind: &str, data: serde_json::Value) -> Result<()> {
+        self.journal
+            .append(
+                id,
+                camina_journal::NewRecord {
+                    step: "undo".into(),
+                    kind: kind.into(),
+                    data,
+                    elapsed_ms: 0,
+                },
+                Update::default(),
+                Durability::Flush,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Whether task `id` has an undo that started and did not finish (a
+    /// crash cut it short); `Some(force)` with the flag it ran with.
+    pub fn unfinished_undo(&self, id: &str) -> Result<Option<bool>> {
+        let records = self.journal.records(id)?;
+        let last = records
+            .iter()
+            .rev()
+            .find(|r| r.kind == "undo_started" || r.kind == "undone");
+        Ok(last
+            .filter(|r| r.kind == "undo_started")
+            .map(|r| r.data["force"].as_bool().unwrap_or(false)))
     }
 
     pub fn journal(&self) -> &Arc<Journal> {
@@ -347,6 +374,12 @@ impl Engine {
     /// or needs review; returns its summary then.
     pub async fn run(&self, id: &str, opts: RunOptions) -> Result<TaskSummary> {
         let task = self.journal.task(id)?;
+        // An undo a crash cut short is what resuming the task finishes.
+        if let Some(force) = self.unfinished_undo(id)? {
+            tracing::info!(task = id, "finishing an undo that was cut short");
+            self.undo(id, force, false).await?;
+            return Ok(self.journal.task(id)?);
+        }
         if matches!(task.status, Status::Succeeded | Status::Cancelled) {
             return Err(EngineError::Finished {
                 id: id.to_owned(),

@@ -636,8 +636,11 @@ pub fn undo(
         dry_run,
         ..Default::default()
     };
+    let spans = spans(&entries);
+    let touched: std::collections::HashSet<&str> =
+        spans.iter().map(|(p, _, _)| p.as_str()).collect();
     let mut todo: Vec<(String, State)> = Vec::new();
-    for (path, before, after) in spans(&entries) {
+    for (path, before, after) in spans.iter().cloned() {
         // A restore cut short (a crash) may have left its temporary copy.
         if !dry_run {
             let tmp = format!("{path}.camina-undo");
@@ -662,7 +665,12 @@ pub fn undo(
             continue;
         }
         let left = after.as_ref().is_none_or(|a| a.same(&now));
-        if !left {
+        // A directory that goes must hold only what the task made: a file
+        // put in it since is someone else's.
+        let foreign = matches!(now, State::Dir { .. })
+            && !matches!(before, State::Dir { .. })
+            && holds_other_than(&root, &path, &touched);
+        if !left || foreign {
             report.conflicts.push(path.clone());
         }
         todo.push((path, before));
@@ -699,6 +707,37 @@ pub fn undo(
         store.log(task, &done)?;
     }
     Ok(report)
+}
+
+/// Whether the directory `dir` holds (at any depth) an entry that is not
+/// one of the task's paths; unreadable counts as yes.
+fn holds_other_than(
+    root: &cap_std::fs::Dir,
+    dir: &str,
+    touched: &std::collections::HashSet<&str>,
+) -> bool {
+    let mut stack = vec![dir.to_owned()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = root.read_dir(&d) else {
+            return true;
+        };
+        for e in entries {
+            let Ok(e) = e else { return true };
+            seen += 1;
+            if seen > 100_000 {
+                return true;
+            }
+            let child = format!("{d}/{}", e.file_name().to_string_lossy());
+            if !touched.contains(child.as_str()) && !child.ends_with(".camina-undo") {
+                return true;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(child);
+            }
+        }
+    }
+    false
 }
 
 /// Removes every directory of `path` (not `path` itself) that is now a

@@ -101,14 +101,21 @@ impl FsView<'_> {
     /// failure to preserve refuses the change (the guest sees an I/O
     /// error, the decision log says why).
     fn preserve(&mut self, fd: &Resource<Descriptor>, rel: &str) -> FsResult<()> {
-        self.preserve_tree(fd, rel, false)
+        self.preserve_tree(fd, rel, false).map(drop)
     }
 
     /// [`Self::preserve`]; with `tree`, a directory's whole content too (the
-    /// source of a rename takes its subtree along).
-    fn preserve_tree(&mut self, fd: &Resource<Descriptor>, rel: &str, tree: bool) -> FsResult<()> {
+    /// source of a rename takes its subtree along). Returns the subtree's
+    /// paths, relative to `rel`.
+    fn preserve_tree(
+        &mut self,
+        fd: &Resource<Descriptor>,
+        rel: &str,
+        tree: bool,
+    ) -> FsResult<Vec<String>> {
+        let mut subs = Vec::new();
         let Some(keeper) = self.audit.preserve.clone() else {
-            return Ok(());
+            return Ok(subs);
         };
         let guest = self.path_of(fd, rel);
         let Some((mount_guest, host)) = self
@@ -122,11 +129,11 @@ impl FsView<'_> {
             .max_by_key(|(g, _)| g.len())
             .cloned()
         else {
-            return Ok(()); // not under a mount: the operation fails anyway
+            return Ok(subs); // not under a mount: the operation fails anyway
         };
         let within = &guest[mount_guest.trim_end_matches('/').len().min(guest.len())..];
         let Some(path) = crate::preserve::normalise(within) else {
-            return Ok(());
+            return Ok(subs);
         };
         if path.is_empty()
             || !self
@@ -134,14 +141,14 @@ impl FsView<'_> {
                 .preserved
                 .insert(format!("{mount_guest}\0{path}"))
         {
-            return Ok(());
+            return Ok(subs);
         }
         // Only a writable directory handle can change anything.
         let dir = match self.inner.table.get(fd) {
             Ok(Descriptor::Dir(d)) if matches!(d.perms, wasmtime_wasi::FsPerms::ReadWrite) => {
                 d.dir.clone()
             }
-            _ => return Ok(()),
+            _ => return Ok(subs),
         };
         let kept = crate::preserve::capture(&dir, rel)
             .map_err(|e| format!("reading its prior state: {e}"))
@@ -154,6 +161,7 @@ impl FsView<'_> {
                 })?;
                 if tree && is_dir {
                     crate::preserve::capture_tree(&dir, rel, &mut |sub, prior| {
+                        subs.push(sub.to_owned());
                         let full = format!("{path}/{sub}");
                         self.audit
                             .preserved
@@ -181,7 +189,7 @@ impl FsView<'_> {
             });
             return Err(ErrorCode::Io.into());
         }
-        Ok(())
+        Ok(subs)
     }
 
     fn path_of(&self, fd: &Resource<Descriptor>, rel: &str) -> String {
@@ -485,7 +493,12 @@ impl HostDescriptor for FsView<'_> {
             self.path_of(&new_fd, &new_path)
         );
         self.preserve(&new_fd, &new_path)?;
-        self.preserve_tree(&fd, &old_path, true)?;
+        // The subtree lands under the new name: those paths are the
+        // task's too (absent before), or undo would take them for someone
+        // else's files in a directory it made.
+        for sub in self.preserve_tree(&fd, &old_path, true)? {
+            self.preserve(&new_fd, &format!("{new_path}/{sub}"))?;
+        }
         let r = HostDescriptor::rename_at(&mut self.inner, fd, old_path, new_fd, new_path).await;
         self.note("rename", target, &r, true);
         r
