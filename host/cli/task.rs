@@ -397,11 +397,14 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
             let engine = engine(cx, None).await?;
             let t = engine.journal().find(&id)?;
             let records = engine.journal().records(&t.id)?;
+            // The calls whose changes `task undo` can give back.
+            let images = engine.undo_store().entries(&t.id).unwrap_or_default();
+            let undoable = camina_coordinator::undo::undoable(&images);
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&camina_coordinator::view::task_json(
-                        &t, &records
+                        &t, &records, &undoable
                     ))?
                 );
             } else {
@@ -409,32 +412,17 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                 println!("prompt: {}", t.prompt);
                 println!("workspace: {}", t.workspace);
                 println!("created: {}  updated: {}", t.created_at, t.updated_at);
-                // The calls whose changes `task undo` can give back.
-                let images = engine.undo_store().entries(&t.id).unwrap_or_default();
-                let changed = |step: &str| -> Vec<String> {
-                    let mut paths = Vec::new();
-                    for b in images.iter().filter(|e| e.at == "before" && e.step == step) {
-                        let after = images
-                            .iter()
-                            .find(|e| e.at == "after" && e.step == step && e.path == b.path);
-                        if after.is_none_or(|a| a.state != b.state) && !paths.contains(&b.path) {
-                            paths.push(b.path.clone());
-                        }
-                    }
-                    paths
-                };
-                let mut undoable = 0;
+                let mut marked = 0;
                 for r in &records {
                     if let Some(line) = render(r) {
-                        let paths = if r.kind == "tool_result" {
-                            changed(&r.step)
-                        } else {
-                            Vec::new()
+                        let paths = match undoable.get(&r.step) {
+                            Some(p) if r.kind == "tool_result" => p.clone(),
+                            _ => Vec::new(),
                         };
                         if paths.is_empty() {
                             println!("{line}");
                         } else {
-                            undoable += paths.len();
+                            marked += paths.len();
                             println!("{line}\n      ↶ undoable: {}", paths.join(", "));
                         }
                     }
@@ -443,7 +431,7 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                     println!(
                         "(its before-images were pruned: its changes can no longer be undone)"
                     );
-                } else if undoable > 0 {
+                } else if marked > 0 {
                     println!(
                         "(review with `camina task diff {0}`, undo with `camina task undo {0}`)",
                         t.id
@@ -500,6 +488,17 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                 allow_changed_plugins,
             };
             if all {
+                // Undos a crash cut short are finished first.
+                for t in engine.journal().list()? {
+                    if let Some(force) = engine.unfinished_undo(&t.id)? {
+                        let (_, report) = engine.undo(&t.id, force, false).await?;
+                        eprintln!(
+                            "task {}: finished the undo that was cut short ({} path(s) restored now)",
+                            t.id,
+                            report.restored.len()
+                        );
+                    }
+                }
                 let waiting: Vec<TaskSummary> = engine
                     .journal()
                     .list()?

@@ -467,6 +467,58 @@ async fn a_task_is_reviewed_and_undone_over_the_api() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
 }
 
+#[tokio::test]
+async fn the_server_finishes_an_undo_cut_short_when_it_starts() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let a = api(&fake, false).await;
+    let ws = a.root().join("proj");
+    project(&ws);
+    let (_, v) = call(
+        &a,
+        "POST",
+        "/v1/tasks",
+        None,
+        Some(json!({"prompt": "Collect the TODOs", "workspace": "proj"})),
+    )
+    .await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(wait_final(&a, &id).await["status"], "succeeded");
+    assert!(ws.join("todo.md").exists());
+    // A previous process started an undo and died before it finished.
+    a.state
+        .engine
+        .journal()
+        .append(
+            &id,
+            camina_journal::NewRecord {
+                step: "undo".into(),
+                kind: "undo_started".into(),
+                data: json!({"force": false}),
+                elapsed_ms: 0,
+            },
+            camina_journal::Update::default(),
+            camina_journal::Durability::Flush,
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.state.engine.unfinished_undo(&id).unwrap(), Some(false));
+    let resumed = a.state.resume_interrupted().await.unwrap();
+    assert_eq!(resumed, std::slice::from_ref(&id));
+    for _ in 0..200 {
+        if a.state.engine.unfinished_undo(&id).unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(a.state.engine.unfinished_undo(&id).unwrap(), None);
+    assert!(!ws.join("todo.md").exists(), "the undo was finished");
+    let (_, v) = call(&a, "GET", &format!("/v1/tasks/{id}"), None, None).await;
+    assert_eq!(
+        v["status"], "succeeded",
+        "the task itself is unchanged: {v}"
+    );
+}
+
 /// `/openapi.json` is a valid OpenAPI 3.1 document: checked against the
 /// OpenAPI Initiative's own schema (and a broken copy is not).
 #[tokio::test]

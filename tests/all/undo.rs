@@ -477,6 +477,21 @@ fn the_cli_shows_the_diff_and_undoes() {
     assert!(out.contains("moved    old.txt → moved/old.txt"), "{out}");
     assert!(out.contains("created  new.txt"), "{out}");
     assert!(!out.contains("+++"), "--stat shows no diff: {out}");
+    let o = camina(&["task", "show", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let marked: Vec<&serde_json::Value> = v["steps"][0]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["undoable"] == json!(["new.txt"]))
+        .collect();
+    assert_eq!(
+        marked.len(),
+        1,
+        "the write of new.txt is marked undoable: {v}"
+    );
+    let o = camina(&["task", "show", &id]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("↶ undoable: new.txt"));
     let o = camina(&["task", "diff", &id, "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["changes"].as_array().unwrap().len() >= 9, "{v}");

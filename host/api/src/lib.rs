@@ -175,7 +175,8 @@ impl AppState {
     }
 
     /// Resumes the tasks a previous process left interrupted or queued
-    /// (not those waiting for review).
+    /// (not those waiting for review), and finishes the undos it left cut
+    /// short.
     pub async fn resume_interrupted(&self) -> Result<Vec<String>, ApiError> {
         let mut resumed = Vec::new();
         let mut tasks = self.engine.journal().list()?;
@@ -184,7 +185,8 @@ impl AppState {
             if matches!(
                 t.status,
                 camina_journal::Status::Interrupted | camina_journal::Status::Queued
-            ) {
+            ) || self.engine.unfinished_undo(&t.id)?.is_some()
+            {
                 self.spawn(t.id.clone(), RunOptions::default()).await;
                 resumed.push(t.id);
             }

@@ -284,8 +284,12 @@ pub async fn show(
         Some(doc) => doc,
         None => {
             let records = journal.records(&t.id)?;
-            let doc = serde_json::to_vec(&camina_coordinator::view::task_json(&t, &records))
-                .map_err(|e| ApiError::internal(format!("rendering task {}: {e}", t.id)))?;
+            let images = state.engine.undo_store().entries(&t.id).unwrap_or_default();
+            let undoable = camina_coordinator::undo::undoable(&images);
+            let doc = serde_json::to_vec(&camina_coordinator::view::task_json(
+                &t, &records, &undoable,
+            ))
+            .map_err(|e| ApiError::internal(format!("rendering task {}: {e}", t.id)))?;
             let doc = axum::body::Bytes::from(doc);
             state.docs.put(&t.id, version, doc.clone());
             doc

@@ -471,6 +471,27 @@ fn spans(entries: &[Entry]) -> Vec<(String, State, Option<State>)> {
     out
 }
 
+/// For each call (its journal step), the paths it changed that `undo`
+/// would give back; empty when the images were pruned.
+pub fn undoable(entries: &[Entry]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    if pruned(entries).is_some() {
+        return out;
+    }
+    for b in entries.iter().filter(|e| e.at == "before") {
+        let after = entries
+            .iter()
+            .find(|e| e.at == "after" && e.step == b.step && e.path == b.path);
+        if after.is_none_or(|a| !a.state.same(&b.state)) {
+            let paths = out.entry(b.step.clone()).or_default();
+            if !paths.contains(&b.path) {
+                paths.push(b.path.clone());
+            }
+        }
+    }
+    out
+}
+
 /// Why a task's images are gone, if they were pruned.
 fn pruned(entries: &[Entry]) -> Option<String> {
     entries

@@ -1,14 +1,21 @@
 //! A task as one JSON document, for `camina task show --json` and
 //! `GET /v1/tasks/{id}`: the summary's fields at the top level (`id`,
 //! `status`, `created_at`, …), then the advice, the plan, the steps with
-//! their tool calls and outcomes, the model calls, and the raw records.
+//! their tool calls and outcomes (with the paths each call changed that
+//! `task undo` can give back), the model calls, and the raw records.
 
 use camina_journal::{Record, TaskSummary};
 use serde_json::{Value, json};
 
 /// `camina task show --json`: the summary fields at the top level, plus the
 /// plan, steps with their tool calls, model calls and the raw records.
-pub fn task_json(t: &TaskSummary, records: &[Record]) -> Value {
+/// `undoable`: the paths each call (by journal step) changed that undo can
+/// restore (see [`crate::undo::undoable`]).
+pub fn task_json(
+    t: &TaskSummary,
+    records: &[Record],
+    undoable: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Value {
     let mut plan = Value::Null;
     let mut steps: Vec<Value> = Vec::new();
     let mut models: Vec<Value> = Vec::new();
@@ -29,7 +36,8 @@ pub fn task_json(t: &TaskSummary, records: &[Record]) -> Value {
                     calls.push(json!({
                         "key": d["key"], "plugin": d["plugin"], "tool": d["tool"], "input": d["input"],
                         "effect": d["effect"], "digest": d["digest"], "policy_hash": d["policy_hash"],
-                        "outcome": null
+                        "outcome": null,
+                        "undoable": undoable.get(&r.step).cloned().unwrap_or_default()
                     }));
                 }
             }
