@@ -397,10 +397,10 @@ async fn a_task_runs_to_completion_and_its_details_and_lists_show_it() {
     assert_eq!(ok["tasks"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn a_task_is_reviewed_and_undone_over_the_api() {
-    let fake = FakeOllama::start(models(), todo_script);
-    let a = api(&fake, false).await;
+/// A server on `fake`, and a task of the scripted to-do job that
+/// succeeded in the workspace `proj`: `(api, workspace, task id)`.
+async fn todo_task(fake: &FakeOllama) -> (Api, PathBuf, String) {
+    let a = api(fake, false).await;
     let ws = a.root().join("proj");
     project(&ws);
     let (_, v) = call(
@@ -413,6 +413,13 @@ async fn a_task_is_reviewed_and_undone_over_the_api() {
     .await;
     let id = v["id"].as_str().unwrap().to_owned();
     assert_eq!(wait_final(&a, &id).await["status"], "succeeded");
+    (a, ws, id)
+}
+
+#[tokio::test]
+async fn a_task_is_reviewed_and_undone_over_the_api() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let (a, ws, id) = todo_task(&fake).await;
 
     let (s, d) = call(&a, "GET", &format!("/v1/tasks/{id}/diff"), None, None).await;
     assert_eq!(s, StatusCode::OK, "{d}");
@@ -470,19 +477,7 @@ async fn a_task_is_reviewed_and_undone_over_the_api() {
 #[tokio::test]
 async fn the_server_finishes_an_undo_cut_short_when_it_starts() {
     let fake = FakeOllama::start(models(), todo_script);
-    let a = api(&fake, false).await;
-    let ws = a.root().join("proj");
-    project(&ws);
-    let (_, v) = call(
-        &a,
-        "POST",
-        "/v1/tasks",
-        None,
-        Some(json!({"prompt": "Collect the TODOs", "workspace": "proj"})),
-    )
-    .await;
-    let id = v["id"].as_str().unwrap().to_owned();
-    assert_eq!(wait_final(&a, &id).await["status"], "succeeded");
+    let (a, ws, id) = todo_task(&fake).await;
     assert!(ws.join("todo.md").exists());
     // A previous process started an undo and died before it finished.
     a.state
