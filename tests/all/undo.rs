@@ -307,10 +307,7 @@ async fn a_file_written_by_another_skill_is_captured_and_undone() {
     std::fs::write(ws.join("a.txt"), "original\n").unwrap();
     let home = tempfile::tempdir().unwrap();
     let store = Store::new(home.path());
-    let g = grants(
-        "plugin = \"attacker\"\n[[fs]]\nhost = \"{workspace}\"\nguest = \"/workspace\"\naccess = \"read-write\"\n",
-        &ws,
-    );
+    let g = attacker_grants(&ws);
     let attacker = skill(artifacts::ATTACKER);
     for (step, tool, input) in [
         (
@@ -356,12 +353,17 @@ async fn a_file_written_by_another_skill_is_captured_and_undone() {
     assert!(std::fs::symlink_metadata(ws.join("c")).is_err());
 }
 
-/// Runs the attacker skill's `write` as task `task`, keeping images.
-async fn write_as(store: &Store, task: &str, ws: &Path, path: &str, content: &str) {
-    let g = grants(
+/// The attacker test skill with `ws` mounted read-write.
+fn attacker_grants(ws: &Path) -> camina_policy::Grants {
+    grants(
         "plugin = \"attacker\"\n[[fs]]\nhost = \"{workspace}\"\nguest = \"/workspace\"\naccess = \"read-write\"\n",
         ws,
-    );
+    )
+}
+
+/// Runs the attacker skill's `write` as task `task`, keeping images.
+async fn write_as(store: &Store, task: &str, ws: &Path, path: &str, content: &str) {
+    let g = attacker_grants(ws);
     let keeper = Arc::new(Keeper::new(store.clone(), task, "s/0", ws));
     let input = json!({"path": format!("/workspace/{path}"), "content": content});
     let out = skill(artifacts::ATTACKER)
@@ -426,10 +428,7 @@ async fn a_change_whose_image_cannot_be_kept_is_refused() {
     let home = tempfile::tempdir().unwrap();
     std::fs::write(home.path().join("undo"), "not a directory").unwrap();
     let keeper = Arc::new(Keeper::new(Store::new(home.path()), "t1", "s/0", &ws));
-    let g = grants(
-        "plugin = \"attacker\"\n[[fs]]\nhost = \"{workspace}\"\nguest = \"/workspace\"\naccess = \"read-write\"\n",
-        &ws,
-    );
+    let g = attacker_grants(&ws);
     let out = skill(artifacts::ATTACKER)
         .call_preserving(
             &g,

@@ -317,12 +317,7 @@ pub async fn resume(
     if state.closing() {
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    let body: ResumeTask = match body {
-        Some(Json(v)) => {
-            serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("body: {e}")))?
-        }
-        None => ResumeTask::default(),
-    };
+    let body: ResumeTask = optional_body(body)?;
     let interrupted = match body.interrupted.as_deref() {
         None => None,
         Some("retry") => Some(Decision::Retry),
@@ -382,6 +377,18 @@ pub async fn cancel(
     Ok(Json(reference(&t)))
 }
 
+/// An optional JSON body: absent is the default, present must parse.
+fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    body: Option<Json<serde_json::Value>>,
+) -> Result<T, ApiError> {
+    match body {
+        Some(Json(v)) => {
+            serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("body: {e}")))
+        }
+        None => Ok(T::default()),
+    }
+}
+
 /// `POST /v1/tasks/{id}/undo`
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -418,12 +425,7 @@ pub async fn undo(
     Path(id): Path<String>,
     body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body: UndoTask = match body {
-        Some(Json(v)) => {
-            serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("body: {e}")))?
-        }
-        None => UndoTask::default(),
-    };
+    let body: UndoTask = optional_body(body)?;
     let (t, report) = state.engine.undo(&id, body.force, body.dry_run).await?;
     Ok(Json(serde_json::json!({"task": t.id, "undo": report})))
 }

@@ -473,15 +473,7 @@ fn line_value(line: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    fn ws(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (p, text) in files {
-            let at = dir.path().join(p);
-            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
-            std::fs::write(at, text).unwrap();
-        }
-        dir
-    }
+    use crate::lines::tests::workspace as ws;
 
     fn check_of(task: &str, dir: &Path) -> Option<Check> {
         let listing = crate::toolbox::workspace_listing(dir, 60);

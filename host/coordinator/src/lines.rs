@@ -307,7 +307,7 @@ pub fn check(c: &Collect, workspace: &Path) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -341,7 +341,9 @@ mod tests {
         }
     }
 
-    fn workspace(files: &[(&str, &str)]) -> tempfile::TempDir {
+    /// A temporary workspace holding `files` (path, text); shared with
+    /// the checks' tests.
+    pub(crate) fn workspace(files: &[(&str, &str)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (p, text) in files {
             let at = dir.path().join(p);

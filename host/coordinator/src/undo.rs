@@ -24,7 +24,7 @@
 use camina_sandbox::{Change, Preserve, Prior};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -298,15 +298,12 @@ impl Store {
 
     fn state_of(&self, prior: Prior) -> std::io::Result<State> {
         Ok(match prior {
-            Prior::Absent => State::Absent,
             Prior::File { bytes, mode } => State::File {
                 size: bytes.len() as u64,
                 digest: self.put(&bytes)?,
                 mode,
             },
-            Prior::Dir { mode } => State::Dir { mode },
-            Prior::Symlink { target } => State::Symlink { target },
-            Prior::NotKept { size, reason } => State::NotKept { size, reason },
+            other => Self::peek(other),
         })
     }
 }
@@ -391,46 +388,20 @@ impl Preserve for Keeper {
     }
 }
 
-/// A path's state now, read through the workspace handle (a symlink is
-/// reported as one, never followed).
+/// A path's state now, read through the workspace handle
+/// (`camina_sandbox::preserve::read_state`); a path reached through a
+/// symlink that leads out of the workspace (cap-std refuses to follow it)
+/// is not the task's file, whatever is there.
 fn current(root: &cap_std::fs::Dir, path: &str) -> std::io::Result<Prior> {
-    use cap_std::fs::PermissionsExt;
-    let meta = match root.symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Prior::Absent),
-        // A parent that is now a file, a symlink loop …: not there.
-        Err(e) if e.raw_os_error() == Some(20) => return Ok(Prior::Absent),
-        // Reached through a symlink that leads out of the workspace (cap-std
-        // refuses to follow it): not the task's file, whatever is there.
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Ok(Prior::NotKept {
-                size: 0,
-                reason: "reached through a symlink leading outside the workspace".into(),
-            });
-        }
-        Err(e) => return Err(e),
-    };
-    let mode = meta.permissions().mode();
-    let kind = meta.file_type();
-    Ok(if kind.is_symlink() {
-        Prior::Symlink {
-            target: root
-                .read_link_contents(path)?
-                .to_string_lossy()
-                .into_owned(),
-        }
-    } else if kind.is_dir() {
-        Prior::Dir { mode }
-    } else if !kind.is_file() || meta.len() > camina_sandbox::preserve::MAX_PRESERVED_BYTES {
-        Prior::NotKept {
-            size: meta.len(),
-            reason: "not kept".into(),
-        }
-    } else {
-        let mut bytes = Vec::new();
-        root.open(path)?.read_to_end(&mut bytes)?;
-        Prior::File { bytes, mode }
-    })
+    match camina_sandbox::preserve::read_state(root, path) {
+        // A parent that is now a file: not there.
+        Err(e) if e.raw_os_error() == Some(20) => Ok(Prior::Absent),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(Prior::NotKept {
+            size: 0,
+            reason: "reached through a symlink leading outside the workspace".into(),
+        }),
+        other => other,
+    }
 }
 
 /// What a task did to one path.

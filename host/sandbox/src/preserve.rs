@@ -76,8 +76,14 @@ pub(crate) fn normalise(rel: &str) -> Option<String> {
 
 /// The prior state of `rel` under `dir` (a directory descriptor's handle).
 pub(crate) fn capture(dir: &std::fs::File, rel: &str) -> std::io::Result<Prior> {
+    read_state(&cap_std::fs::Dir::from_std_file(dir.try_clone()?), rel)
+}
+
+/// The state of `rel` under `dir`, read through the cap-std handle: a
+/// symlink is reported as one, never followed, and nothing outside `dir`
+/// is reachable.
+pub fn read_state(dir: &cap_std::fs::Dir, rel: &str) -> std::io::Result<Prior> {
     use cap_std::fs::PermissionsExt;
-    let dir = cap_std::fs::Dir::from_std_file(dir.try_clone()?);
     let rel = if rel.is_empty() { "." } else { rel };
     let meta = match dir.symlink_metadata(rel) {
         Ok(m) => m,
