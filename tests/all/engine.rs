@@ -303,6 +303,13 @@ async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
         belter_user.contains("src/main.rs:2:     // TODO: parse args"),
         "{belter_user}"
     );
+    // The task collects marked lines from src/: the belter, which writes
+    // them, is shown that search's result in its opening turn.
+    assert!(
+        belter_user.contains("[grep src for TODO]")
+            && belter_user.contains(r#""text":"    // TODO: parse args""#),
+        "{belter_user}"
+    );
 
     // The journal holds the whole story, durable tool intents included.
     let records = s.engine.journal().records(&task.id).unwrap();
@@ -329,8 +336,9 @@ async fn a_multi_step_task_produces_the_workspace_and_the_answer() {
         .unwrap();
     assert_eq!(intent.data["effect"], "side-effecting");
     // The idempotency key is `task:step:n`: the append is the second
-    // plan step's third call (after the listing of src/ and write_file).
-    assert_eq!(intent.data["key"], format!("{}:1:2", task.id));
+    // plan step's fourth call (after the listing of src/, the search for
+    // the TODO lines made for the belter, and write_file).
+    assert_eq!(intent.data["key"], format!("{}:1:3", task.id));
     assert!(
         intent.data["digest"]
             .as_str()

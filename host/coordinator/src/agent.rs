@@ -934,6 +934,24 @@ impl Agent<'_> {
                 arguments: serde_json::json!({"path": d, "recursive": true}),
             }));
         }
+        // A task that collects the lines carrying a marker from its
+        // sources (the check derived from its words says which): the
+        // search it describes, made for the crew that writes the result
+        // like the reads above (measured: the 1.5B model otherwise greps,
+        // then reads one file and copies its code).
+        if let Some(crate::checks::Check::Lines(c)) = &self.check
+            && crew.changes_files()
+            && let Some(grep) = read_only("grep")
+        {
+            calls.extend(c.sources.iter().take(MAX_DIRS).map(|s| ToolCall {
+                name: grep.function.clone(),
+                arguments: serde_json::json!({
+                    "path": s.trim_end_matches('/'),
+                    "pattern": regex_escape(&c.marker),
+                    "case_insensitive": false,
+                }),
+            }));
+        }
         calls
     }
 
@@ -1072,7 +1090,11 @@ impl Agent<'_> {
                 &result.for_model(1500),
             ));
             let path = call.arguments["path"].as_str().unwrap_or_default();
-            attached.push((path.to_owned(), result.for_model(8000)));
+            let label = match call.arguments["pattern"].as_str() {
+                Some(pattern) => format!("{} {path} for {pattern}", call.name),
+                None => path.to_owned(),
+            };
+            attached.push((label, result.for_model(8000)));
         }
         let mut messages =
             prompts::crew_messages(crew, task, instruction, files, &attached, results);
@@ -1381,4 +1403,16 @@ fn step_failure(unresolved: &Option<(String, bool)>, succeeded: usize) -> Option
         }),
         _ => None,
     }
+}
+
+/// `text` as a regular expression that matches it literally.
+fn regex_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

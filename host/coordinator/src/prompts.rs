@@ -364,6 +364,7 @@ pub fn crew_messages(
     }
     if !attached.is_empty() {
         user.push_str("The files the task names, as they are now (read for you):\n");
+        // `attached` holds (label, text): a path, or a search ("grep src for TODO").
         for (path, text) in attached {
             // A file's own last newline ends its last line: no blank line
             // is shown that the file does not have.

@@ -252,7 +252,13 @@ fn demo() -> Result {
          `ollama:` model), and inspect the run with: target/debug/camina --home {} task show <ID>",
         home.display()
     );
-    Ok(())
+    // A failed sample task fails the demo (exit 1), so a script that runs
+    // it notices.
+    if outcome.success() {
+        Ok(())
+    } else {
+        Err("the sample task failed".into())
+    }
 }
 
 /// A home under target/ with the bundled skills installed and every role
