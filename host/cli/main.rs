@@ -107,8 +107,10 @@ impl Context {
         }
         match camina_journal::Journal::open(&self.home.join("journal")) {
             Ok((j, _)) => {
-                let _ = j.set_retention(self.config.audit.retention());
-                if let Err(e) = j.record_decisions(entries) {
+                let _ = j
+                    .decision_log()
+                    .set_retention(self.config.audit.retention());
+                if let Err(e) = j.decision_log().record(entries) {
                     tracing::warn!("decision log: {e}");
                 }
             }

@@ -165,7 +165,7 @@ pub async fn policy(cx: &Context, cmd: PolicyCommand) -> anyhow::Result<()> {
 
 /// Parses `--since`: RFC 3339, or a duration back from now.
 pub fn since(text: &str) -> Result<u64, UsageError> {
-    camina_journal::parse_since(text).ok_or_else(|| {
+    camina_journal::decisions::parse_since(text).ok_or_else(|| {
         UsageError(format!(
             "--since `{text}`: give an RFC 3339 time or a duration like 1h"
         ))
@@ -183,13 +183,15 @@ pub async fn audit(cx: &Context, cmd: AuditCommand) -> anyhow::Result<()> {
     } = cmd;
     let since_unix_ms = since_text.as_deref().map(since).transpose()?;
     let (journal, _) = camina_journal::Journal::open(&cx.home.join("journal"))?;
-    let entries = journal.decisions(&camina_journal::DecisionFilter {
-        plugin,
-        task,
-        denied_only: denied,
-        since_unix_ms,
-        limit,
-    })?;
+    let entries = journal
+        .decision_log()
+        .query(&camina_journal::DecisionFilter {
+            plugin,
+            task,
+            denied_only: denied,
+            since_unix_ms,
+            limit,
+        })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());

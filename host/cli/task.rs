@@ -130,7 +130,9 @@ fn note_interrupted(engine: &Engine, except: &str) {
 pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine> {
     let path = cx.home.join("journal");
     let (journal, _) = camina_journal::Journal::open(&path)?;
-    journal.set_retention(cx.config.audit.retention())?;
+    journal
+        .decision_log()
+        .set_retention(cx.config.audit.retention())?;
     let registry = cx.registry()?;
     let mut config = cx.config.model_config();
     if let Some(spec) = model {

@@ -729,6 +729,41 @@ fn multipart(fields: &[(&str, &str, Vec<u8>)]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
+/// An unsigned upload to a host that requires signatures is refused as
+/// forbidden (403, `untrusted_signature`), not answered as a server error.
+#[tokio::test]
+async fn an_unsigned_upload_is_forbidden_where_signatures_are_required() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let a = api(&fake, true).await;
+    a.state.engine.registry().require_signatures(true);
+    let (ct, body) = multipart(&[
+        (
+            "component",
+            "b.wasm",
+            std::fs::read(artifacts::BELTER_FS).unwrap(),
+        ),
+        ("policy", "", shipped_policy("belter-fs").into_bytes()),
+    ]);
+    let req = Request::post("/v1/plugins")
+        .header(header::CONTENT_TYPE, ct)
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"))
+        .body(Body::from(body))
+        .unwrap();
+    let (s, v) = send(&a, req).await;
+    assert_eq!(
+        (s, kind(&v)),
+        (StatusCode::FORBIDDEN, "untrusted_signature"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("require_signatures"),
+        "{v}"
+    );
+}
+
 #[tokio::test]
 async fn plugins_install_list_remove_and_audit() {
     let fake = FakeOllama::start(models(), todo_script);

@@ -315,7 +315,8 @@ async fn decisions_inside_a_task_name_the_task_and_step() {
     engine.run(&t.id, Default::default()).await.unwrap();
     let entries = engine
         .journal()
-        .decisions(&camina_journal::DecisionFilter {
+        .decision_log()
+        .query(&camina_journal::DecisionFilter {
             task: Some(t.id.clone()),
             ..Default::default()
         })

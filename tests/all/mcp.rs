@@ -204,7 +204,8 @@ async fn mcp_calls_run_sandboxed_and_every_failure_is_an_error_result() {
         }
     };
     let denied = journal
-        .decisions(&DecisionFilter {
+        .decision_log()
+        .query(&DecisionFilter {
             denied_only: true,
             ..DecisionFilter::default()
         })

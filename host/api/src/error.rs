@@ -53,8 +53,16 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
-    pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!("internal error: {detail}");
+    /// A 500; the log gets the error with its causes.
+    pub fn internal(detail: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        let detail = detail.into();
+        let mut text = detail.to_string();
+        let mut cause = detail.source();
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        tracing::error!("internal error: {text}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -107,6 +115,7 @@ impl From<EngineError> for ApiError {
 impl From<camina_registry::Error> for ApiError {
     fn from(e: camina_registry::Error) -> Self {
         use camina_registry::Error as E;
+        use camina_registry::sign::SignError;
         match e {
             E::UnknownPlugin(_) => ApiError::not_found(e.to_string()),
             E::BadDigest(_) => ApiError::bad_request(e.to_string()),
@@ -120,7 +129,20 @@ impl From<camina_registry::Error> for ApiError {
                 "invalid_plugin",
                 e.to_string(),
             ),
-            other => ApiError::internal(other),
+            // No signature where one is required, or one by a key this
+            // host does not trust: refused. A signature that does not
+            // verify or match: the upload is at fault.
+            E::Signature {
+                error: SignError::Missing | SignError::Untrusted { .. },
+                ..
+            } => ApiError::new(StatusCode::FORBIDDEN, "untrusted_signature", e.to_string()),
+            E::Signature { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_signature",
+                e.to_string(),
+            ),
+            // The host's own store or a sandbox call failing: ours.
+            E::Io { .. } | E::CorruptRecord { .. } | E::Call(_) => ApiError::internal(e),
         }
     }
 }

@@ -58,8 +58,9 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<PluginView>>
 #[utoipa::path(post, path = "/v1/plugins", tag = "plugins",
     request_body(content_type = "multipart/form-data", description = "`component` (the .wasm), `policy` (TOML), optional `sha256`"),
     responses((status = 201, body = PluginView), (status = 400, body = crate::openapi::ErrorBody),
-        (status = 403, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody),
-        (status = 422, description = "Invalid component or policy, or digest mismatch", body = crate::openapi::ErrorBody)),
+        (status = 403, description = "Not an admin token, or signatures are required (`untrusted_signature`)", body = crate::openapi::ErrorBody),
+        (status = 413, body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid component or policy (`invalid_plugin`), digest mismatch, or a signature that does not verify (`invalid_signature`)", body = crate::openapi::ErrorBody)),
     security(("bearer" = ["admin"])))]
 pub async fn install(
     State(state): State<AppState>,
@@ -167,7 +168,7 @@ pub async fn decisions(
         .since
         .as_deref()
         .map(|t| {
-            camina_journal::parse_since(t).ok_or_else(|| {
+            camina_journal::decisions::parse_since(t).ok_or_else(|| {
                 ApiError::bad_request(format!(
                     "since: `{t}` is not an RFC 3339 time or a duration"
                 ))
@@ -181,7 +182,8 @@ pub async fn decisions(
     let entries = state
         .engine
         .journal()
-        .decisions(&camina_journal::DecisionFilter {
+        .decision_log()
+        .query(&camina_journal::DecisionFilter {
             plugin: q.plugin,
             task: q.task,
             denied_only: q.denied.unwrap_or(false),

@@ -157,7 +157,7 @@ fn p1(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
                 ..camina_journal::DecisionEntry::now("belter-fs", &digest)
             })
             .collect();
-        journal.record_decisions(&entries).expect("log");
+        journal.decision_log().record(&entries).expect("log");
     };
     host_read();
     let ours = sample(n, host_read);

@@ -340,7 +340,7 @@ impl McpServer {
                 ..DecisionEntry::now(plugin, digest)
             })
             .collect();
-        if let Err(e) = journal.record_decisions(&entries) {
+        if let Err(e) = journal.decision_log().record(&entries) {
             tracing::warn!("decision log: {e}");
         }
     }
