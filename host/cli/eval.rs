@@ -25,7 +25,7 @@
 
 use crate::{Context, UsageError};
 use camina_coordinator::RunOptions;
-use camina_coordinator::events::Budgets;
+use camina_coordinator::events::{Budgets, Event};
 use camina_journal::Status;
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -359,7 +359,7 @@ pub async fn eval(cx: &Context, args: EvalArgs) -> anyhow::Result<()> {
             let (status, answer, error) = match &outcome {
                 Ok(t) => (Some(t.status), t.answer.clone(), t.error.clone()),
                 Err(e) => {
-                    let t = engine.journal().task(&submitted.id).ok();
+                    let t = engine.task(&submitted.id).ok();
                     (
                         t.as_ref().map(|t| t.status),
                         t.as_ref().and_then(|t| t.answer.clone()),
@@ -367,13 +367,17 @@ pub async fn eval(cx: &Context, args: EvalArgs) -> anyhow::Result<()> {
                     )
                 }
             };
-            let records = engine.journal().records(&submitted.id).unwrap_or_default();
-            let replies: Vec<&serde_json::Value> = records
+            let records = engine.records(&submitted.id).unwrap_or_default();
+            let replies: Vec<camina_model::ChatReply> = records
                 .iter()
-                .filter(|r| r.kind == "model_reply")
-                .map(|r| &r.data["reply"])
+                .filter_map(|r| match Event::decode(r) {
+                    Ok(Event::ModelReply(m)) => Some(m.reply),
+                    _ => None,
+                })
                 .collect();
-            let sum = |k: &str| -> u64 { replies.iter().filter_map(|r| r[k].as_u64()).sum() };
+            let sum = |n: fn(&camina_model::ChatReply) -> u32| -> u64 {
+                replies.iter().map(|r| u64::from(n(r))).sum()
+            };
             let after = snapshot(&ws);
             let failures = check(case, &before, &after, status, answer.as_deref());
             let passed = failures.is_empty();
@@ -391,9 +395,9 @@ pub async fn eval(cx: &Context, args: EvalArgs) -> anyhow::Result<()> {
                 error,
                 seconds,
                 model_calls: replies.len(),
-                prompt_tokens: sum("prompt_tokens"),
-                prompt_eval_tokens: sum("prompt_eval_tokens"),
-                generated_tokens: sum("completion_tokens"),
+                prompt_tokens: sum(|r| r.prompt_tokens),
+                prompt_eval_tokens: sum(|r| r.prompt_eval_tokens.unwrap_or(0)),
+                generated_tokens: sum(|r| r.completion_tokens),
                 workspace: (!passed).then(|| ws.clone()),
             };
             if !args.json {

@@ -98,7 +98,7 @@ async fn stop_tasks(engine: &camina_coordinator::Engine) {
     while !engine.running().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    if let Err(e) = engine.journal().flush().await {
+    if let Err(e) = engine.flush().await {
         tracing::error!("flushing the journal: {e}");
     }
 }

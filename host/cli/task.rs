@@ -2,11 +2,12 @@
 
 use crate::{Context, Reported, UsageError};
 use anyhow::Context as _;
-use camina_coordinator::events::{Budgets, Decision};
+use camina_coordinator::events::{Budgets, Decision, Event, Kind, ModelReplyEvent};
 use camina_coordinator::{Engine, RunOptions};
 use camina_journal::{Record, Status, TaskSummary};
+use camina_model::ModelRole;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -108,7 +109,7 @@ pub enum TaskCommand {
 /// Lists every interrupted task (other than `except`) on stderr, so a user
 /// starting new work learns what a crash left behind.
 fn note_interrupted(engine: &Engine, except: &str) {
-    let Ok(tasks) = engine.journal().list() else {
+    let Ok(tasks) = engine.tasks() else {
         return;
     };
     let ids: Vec<&str> = tasks
@@ -178,81 +179,75 @@ fn clip(s: &str, n: usize) -> String {
 
 /// One journal record as a progress line (None: not worth a line).
 fn render(r: &Record) -> Option<String> {
-    let d = &r.data;
-    let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    Some(match r.kind.as_str() {
-        "started" => {
-            if d["resumed"] == json!(true) {
+    let event = Event::decode(r).ok()?;
+    Some(match event {
+        Event::Started(s) => {
+            if s.resumed {
                 "▶ resumed".into()
             } else {
                 "▶ started".into()
             }
         }
-        "advice" => format!("reasoner: {}", clip(&s(&d["text"]), 200)),
-        "plan" => match d["steps"].as_array() {
-            Some(steps) if !steps.is_empty() => {
-                let mut out = format!("plan: {} step(s)", steps.len());
-                for (i, st) in steps.iter().enumerate() {
-                    out.push_str(&format!(
-                        "\n  {}. [{}] {}",
-                        i + 1,
-                        s(&st["crew"]),
-                        clip(&s(&st["instruction"]), 160)
-                    ));
-                }
-                out
+        Event::Advice(a) => format!("reasoner: {}", clip(&a.text, 200)),
+        Event::Plan(p) if !p.steps.is_empty() => {
+            let mut out = format!("plan: {} step(s)", p.steps.len());
+            for (i, st) in p.steps.iter().enumerate() {
+                out.push_str(&format!(
+                    "\n  {}. [{}] {}",
+                    i + 1,
+                    st.crew,
+                    clip(&st.instruction, 160)
+                ));
             }
-            _ => "plan: answer directly".into(),
-        },
-        "step_started" => format!(
+            out
+        }
+        Event::Plan(_) => "plan: answer directly".into(),
+        Event::StepStarted(s) => format!(
             "step {} [{}]: {}",
-            d["index"].as_u64().unwrap_or(0) + 1,
-            s(&d["crew"]),
-            clip(&s(&d["instruction"]), 200)
+            s.index + 1,
+            s.crew,
+            clip(&s.instruction, 200)
         ),
-        "tool_intent" => format!(
+        Event::ToolIntent(i) => format!(
             "  → {} {} {}",
-            s(&d["plugin"]),
-            s(&d["tool"]),
-            clip(&d["input"].to_string(), 160)
+            i.plugin,
+            i.tool,
+            clip(&i.input.to_string(), 160)
         ),
-        "tool_result" => match (&d["output"], d["error"].as_array()) {
-            (Value::String(o), _) => format!("    ✓ {} ms: {}", d["elapsed_ms"], clip(o, 160)),
-            (_, Some(e)) => format!(
-                "    ✗ {}: {}",
-                e.first().and_then(Value::as_str).unwrap_or("error"),
-                clip(e.get(1).and_then(Value::as_str).unwrap_or(""), 200)
-            ),
+        Event::ToolResult(res) => match (&res.output, &res.error) {
+            (Some(o), _) => format!("    ✓ {} ms: {}", res.elapsed_ms, clip(o, 160)),
+            (_, Some((kind, message))) => format!("    ✗ {kind}: {}", clip(message, 200)),
             _ => "    ✓".into(),
         },
-        "step_finished" => {
-            if d["complete"] == json!(true) {
-                format!("  done: {}", clip(&s(&d["result"]), 200))
+        Event::StepFinished(f) => {
+            if f.complete {
+                format!("  done: {}", clip(&f.result, 200))
             } else {
-                format!("  stopped: {}", clip(&s(&d["result"]), 200))
+                format!("  stopped: {}", clip(&f.result, 200))
             }
         }
-        "model_reply" => {
-            let role = s(&d["role"]);
-            let msg = &d["reply"]["message"];
-            let content = s(&msg["content"]);
-            if (role == "belter" || role == "drummer")
-                && msg["tool_calls"].as_array().is_none_or(Vec::is_empty)
-                && !content.is_empty()
+        Event::ModelReply(m) => {
+            let msg = &m.reply.message;
+            if matches!(m.role, ModelRole::Belter | ModelRole::Drummer)
+                && msg.tool_calls.is_empty()
+                && !msg.content.is_empty()
             {
-                format!("  {role}: {}", clip(&content, 200))
+                format!("  {}: {}", m.role, clip(&msg.content, 200))
             } else {
                 return None;
             }
         }
-        "answer" => "✓ answered".into(),
-        "failed" => format!("✗ failed: {}", s(&d["reason"])),
-        "cancelled" => format!("✗ cancelled: {}", s(&d["reason"])),
-        "needs_review" => format!("⏸ needs review: {}", s(&d["reason"])),
-        "review" => format!(
+        Event::Answer(_) => "✓ answered".into(),
+        Event::Failed(r) => format!("✗ failed: {}", r.reason),
+        Event::Cancelled(r) => format!("✗ cancelled: {}", r.reason),
+        Event::NeedsReview(n) => format!("⏸ needs review: {}", n.reason),
+        Event::Review(r) => format!(
             "  review decision for {}: {}",
-            s(&d["key"]),
-            s(&d["decision"])
+            r.key,
+            match r.decision {
+                Decision::Retry => "retry",
+                Decision::Skip => "skip",
+            }
         ),
         _ => return None,
     })
@@ -260,17 +255,16 @@ fn render(r: &Record) -> Option<String> {
 
 /// Runs `id` on `engine`, printing progress to stderr.
 async fn drive(engine: &Engine, id: &str, opts: RunOptions, json_out: bool) -> anyhow::Result<()> {
-    let journal = engine.journal().clone();
-    let mut feed = journal.subscribe();
+    let mut feed = engine.subscribe();
     // The last record printed: history before this run is not. Progress
     // is printed live from the feed; whatever it missed (it lagged, or
     // the task ended first) is printed from the journal, in order.
-    let before = journal.task(id)?.events as i64 - 1;
+    let before = engine.task(id)?.events as i64 - 1;
     let printed = Arc::new(std::sync::atomic::AtomicI64::new(before));
     let catch_up = {
-        let (journal, printed, id) = (journal.clone(), printed.clone(), id.to_owned());
+        let (reader, printed, id) = (engine.reader(), printed.clone(), id.to_owned());
         move || {
-            if let Ok(records) = journal.records(&id) {
+            if let Ok(records) = reader.records(&id) {
                 for rec in records {
                     print_once(&rec, &printed);
                 }
@@ -372,8 +366,7 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                 .transpose()?;
             let engine = engine(cx, None).await?;
             let tasks: Vec<TaskSummary> = engine
-                .journal()
-                .list()?
+                .tasks()?
                 .into_iter()
                 .filter(|t| filter.is_none_or(|f| t.status == f))
                 .collect();
@@ -397,28 +390,20 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
         }
         TaskCommand::Show { id, json } => {
             let engine = engine(cx, None).await?;
-            let t = engine.journal().find(&id)?;
-            let records = engine.journal().records(&t.id)?;
-            // The calls whose changes `task undo` can give back.
-            let images = engine.undo_store().entries(&t.id).unwrap_or_default();
-            let undoable = camina_coordinator::undo::undoable(&images);
+            let view = engine.view(&id)?;
+            let (t, records, undoable) = (&view.task, &view.records, &view.undoable);
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&camina_coordinator::view::task_json(
-                        &t, &records, &undoable
-                    ))?
-                );
+                println!("{}", serde_json::to_string_pretty(&view.json())?);
             } else {
                 println!("task {}  {}", t.id, t.status);
                 println!("prompt: {}", t.prompt);
                 println!("workspace: {}", t.workspace);
                 println!("created: {}  updated: {}", t.created_at, t.updated_at);
                 let mut marked = 0;
-                for r in &records {
+                for r in records {
                     if let Some(line) = render(r) {
                         let paths = match undoable.get(&r.step) {
-                            Some(p) if r.kind == "tool_result" => p.clone(),
+                            Some(p) if Kind::of(r) == Some(Kind::ToolResult) => p.clone(),
                             _ => Vec::new(),
                         };
                         if paths.is_empty() {
@@ -429,7 +414,7 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                         }
                     }
                 }
-                if images.iter().any(|e| e.at == "pruned") {
+                if view.pruned {
                     println!(
                         "(its before-images were pruned: its changes can no longer be undone)"
                     );
@@ -439,25 +424,27 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                         t.id
                     );
                 }
-                let calls: Vec<&Record> =
-                    records.iter().filter(|r| r.kind == "model_reply").collect();
+                let calls: Vec<(&Record, Box<ModelReplyEvent>)> = records
+                    .iter()
+                    .filter_map(|r| match Event::decode(r) {
+                        Ok(Event::ModelReply(m)) => Some((r, m)),
+                        _ => None,
+                    })
+                    .collect();
                 if !calls.is_empty() {
                     println!("\nmodel calls (prompt tokens sent / evaluated, generated, time):");
-                    for r in calls {
-                        let reply = &r.data["reply"];
-                        let n = |k: &str| {
-                            reply[k]
-                                .as_u64()
-                                .map_or_else(|| "?".to_owned(), |n| n.to_string())
-                        };
+                    for (r, m) in calls {
+                        let reply = &m.reply;
                         println!(
                             "  {:24} {:11} {:>6} / {:>6} {:>5}  {:.1} s",
                             r.step,
-                            r.data["role"].as_str().unwrap_or("-"),
-                            n("prompt_tokens"),
-                            n("prompt_eval_tokens"),
-                            n("completion_tokens"),
-                            reply["timing"]["total_ms"].as_f64().unwrap_or(0.0) / 1e3
+                            m.role.as_str(),
+                            reply.prompt_tokens,
+                            reply
+                                .prompt_eval_tokens
+                                .map_or_else(|| "?".to_owned(), |n| n.to_string()),
+                            reply.completion_tokens,
+                            reply.timing.total_ms / 1e3
                         );
                     }
                 }
@@ -491,23 +478,16 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
             };
             if all {
                 // Undos a crash cut short are finished first.
-                for t in engine.journal().list()? {
-                    if let Some(force) = engine.unfinished_undo(&t.id)? {
-                        let (_, report) = engine.undo(&t.id, force, false).await?;
-                        eprintln!(
-                            "task {}: finished the undo that was cut short ({} path(s) restored now)",
-                            t.id,
-                            report.restored.len()
-                        );
-                    }
+                let left = engine.left_over()?;
+                for (t, force) in &left.undos {
+                    let (_, report) = engine.undo(&t.id, *force, false).await?;
+                    eprintln!(
+                        "task {}: finished the undo that was cut short ({} path(s) restored now)",
+                        t.id,
+                        report.restored.len()
+                    );
                 }
-                let waiting: Vec<TaskSummary> = engine
-                    .journal()
-                    .list()?
-                    .into_iter()
-                    .filter(|t| matches!(t.status, Status::Interrupted | Status::Queued))
-                    .rev()
-                    .collect();
+                let waiting = left.waiting;
                 if waiting.is_empty() {
                     eprintln!("no interrupted tasks");
                     return Ok(());
@@ -522,7 +502,7 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                 return if failed { Err(Reported.into()) } else { Ok(()) };
             }
             let id = id.unwrap_or_default();
-            let t = engine.journal().find(&id)?;
+            let t = engine.task(&id)?;
             eprintln!("task {}", t.id);
             // An undo a crash cut short: resuming the task finishes it.
             if let Some(force) = engine.unfinished_undo(&t.id)? {
@@ -625,7 +605,7 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
                 Ok((journal, _)) => {
                     drop(journal);
                     let engine = engine(cx, None).await?;
-                    let t = engine.journal().find(&id)?;
+                    let t = engine.task(&id)?;
                     let t = engine.cancel(&t.id, "cancelled by the user").await?;
                     println!("task {} {}", t.id, t.status);
                     Ok(())

@@ -178,15 +178,11 @@ impl AppState {
     /// (not those waiting for review), and finishes the undos it left cut
     /// short.
     pub async fn resume_interrupted(&self) -> Result<Vec<String>, ApiError> {
-        let mut resumed = Vec::new();
-        let mut tasks = self.engine.journal().list()?;
-        tasks.reverse();
-        for t in tasks {
-            if matches!(
-                t.status,
-                camina_journal::Status::Interrupted | camina_journal::Status::Queued
-            ) || self.engine.unfinished_undo(&t.id)?.is_some()
-            {
+        // A run of a task finishes its cut-short undo first.
+        let left = self.engine.left_over()?;
+        let mut resumed: Vec<String> = Vec::new();
+        for t in left.undos.into_iter().map(|(t, _)| t).chain(left.waiting) {
+            if !resumed.contains(&t.id) {
                 self.spawn(t.id.clone(), RunOptions::default()).await;
                 resumed.push(t.id);
             }
@@ -211,7 +207,7 @@ impl AppState {
                 "tasks still running after {grace:?}; they will resume at the next start"
             );
         }
-        if let Err(e) = self.engine.journal().flush().await {
+        if let Err(e) = self.engine.flush().await {
             tracing::error!("flushing the journal: {e}");
         }
     }

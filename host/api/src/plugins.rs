@@ -179,17 +179,13 @@ pub async fn decisions(
     if !(1..=5000).contains(&limit) {
         return Err(ApiError::bad_request("limit: must be from 1 to 5000"));
     }
-    let entries = state
-        .engine
-        .journal()
-        .decision_log()
-        .query(&camina_journal::DecisionFilter {
-            plugin: q.plugin,
-            task: q.task,
-            denied_only: q.denied.unwrap_or(false),
-            since_unix_ms,
-            limit,
-        })?;
+    let entries = state.engine.decisions(&camina_journal::DecisionFilter {
+        plugin: q.plugin,
+        task: q.task,
+        denied_only: q.denied.unwrap_or(false),
+        since_unix_ms,
+        limit,
+    })?;
     Ok(Json(
         serde_json::to_value(entries).map_err(ApiError::internal)?,
     ))

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use camina_coordinator::RunOptions;
-use camina_coordinator::events::{Budgets, Decision};
+use camina_coordinator::events::{Budgets, Decision, Kind};
 use camina_journal::{Created, IdempotencyKey, KeyUse, Record, Status, TaskSummary};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
@@ -178,10 +178,9 @@ pub async fn create(
         .as_deref()
         .zip(fingerprint.as_deref())
         .map(|(key, request)| IdempotencyKey { key, request });
-    let journal = state.engine.journal();
     // A retry is answered before a workspace is made for it.
     if let Some(k) = &idem
-        && let Some(found) = journal.find_key(k)?
+        && let Some(found) = state.engine.find_key(k)?
     {
         return existing(&state, found).await;
     }
@@ -218,9 +217,11 @@ async fn existing(
             found.id
         )));
     }
-    let journal = state.engine.journal();
-    journal.flush().await?;
-    Ok((StatusCode::OK, Json(reference(&journal.task(&found.id)?))))
+    state.engine.flush().await?;
+    Ok((
+        StatusCode::OK,
+        Json(reference(&state.engine.task(&found.id)?)),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
@@ -246,8 +247,7 @@ pub async fn list(
     }
     let mut tasks: Vec<TaskSummary> = state
         .engine
-        .journal()
-        .list()?
+        .tasks()?
         .into_iter()
         .filter(|t| filter.is_none_or(|f| t.status == f))
         .filter(|t| q.cursor.as_deref().is_none_or(|c| t.id.as_str() < c))
@@ -269,8 +269,7 @@ pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let journal = state.engine.journal();
-    let t = journal.find(&id)?;
+    let t = state.engine.task(&id)?;
     // Every change of a task appends a record (and bumps `events`); the
     // status and answer travel with the summary.
     let version = format!(
@@ -283,13 +282,8 @@ pub async fn show(
     let doc = match state.docs.get(&t.id, &version) {
         Some(doc) => doc,
         None => {
-            let records = journal.records(&t.id)?;
-            let images = state.engine.undo_store().entries(&t.id).unwrap_or_default();
-            let undoable = camina_coordinator::undo::undoable(&images);
-            let doc = serde_json::to_vec(&camina_coordinator::view::task_json(
-                &t, &records, &undoable,
-            ))
-            .map_err(|e| ApiError::internal(format!("rendering task {}: {e}", t.id)))?;
+            let doc = serde_json::to_vec(&state.engine.view(&t.id)?.json())
+                .map_err(|e| ApiError::internal(format!("rendering task {}: {e}", t.id)))?;
             let doc = axum::body::Bytes::from(doc);
             state.docs.put(&t.id, version, doc.clone());
             doc
@@ -328,7 +322,7 @@ pub async fn resume(
             )));
         }
     };
-    let t = state.engine.journal().find(&id)?;
+    let t = state.engine.task(&id)?;
     if t.status.is_final()
         && t.status != Status::Failed
         && state.engine.unfinished_undo(&t.id)?.is_none()
@@ -369,7 +363,7 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<TaskRef>, ApiError> {
-    let t = state.engine.journal().find(&id)?;
+    let t = state.engine.task(&id)?;
     let t = state
         .engine
         .cancel(&t.id, "cancelled through the API")
@@ -430,12 +424,9 @@ pub async fn undo(
     Ok(Json(serde_json::json!({"task": t.id, "undo": report})))
 }
 
-/// Kinds after which a task stops (for now or for good).
-fn ends_task(kind: &str) -> bool {
-    matches!(
-        kind,
-        "answer" | "failed" | "cancelled" | "needs_review" | "paused"
-    )
+/// Whether the task stops (for now or for good) after this record.
+fn ends_task(r: &Record) -> bool {
+    Kind::of(r).is_some_and(Kind::ends_run)
 }
 
 fn sse(r: &Record) -> Event {
@@ -455,15 +446,15 @@ pub async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
-    let journal = state.engine.journal().clone();
-    let t = journal.find(&id)?;
+    let engine = state.engine.clone();
+    let t = engine.task(&id)?;
     let after: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     // Subscribe before reading the past, so nothing falls in between.
-    let mut feed = journal.subscribe();
-    let past = journal.records(&t.id)?;
+    let mut feed = engine.subscribe();
+    let past = engine.records(&t.id)?;
     let id = t.id.clone();
     let stream = async_stream(move |tx| async move {
         let mut last = after;
@@ -476,27 +467,27 @@ pub async fn events(
         // Sends what the journal holds after `last`; true when the stream
         // should end (the client left, or the task's last record was sent).
         let catch_up = async |last: &mut Option<u64>| -> bool {
-            let Ok(all) = journal.records(&id) else {
+            let Ok(all) = engine.records(&id) else {
                 return true;
             };
             let from = *last;
             for r in all.iter().filter(|r| from.is_none_or(|l| r.seq > l)) {
                 *last = Some(r.seq);
-                if tx.send(sse(r)).await.is_err() || ends_task(&r.kind) {
+                if tx.send(sse(r)).await.is_err() || ends_task(r) {
                     return true;
                 }
             }
             false
         };
-        let live = |journal: &camina_journal::Journal| {
+        let live = |engine: &camina_coordinator::Engine| {
             matches!(
-                journal.task(&id).map(|t| t.status),
+                engine.task(&id).map(|t| t.status),
                 Ok(Status::Running | Status::Queued)
             )
         };
         // A task that is not running (or about to) ends the stream after
         // its history, including anything written since it was read.
-        if !live(&journal) {
+        if !live(&engine) {
             catch_up(&mut last).await;
             return;
         }
@@ -512,13 +503,13 @@ pub async fn events(
                             continue;
                         }
                         last = Some(r.seq);
-                        let end = ends_task(&r.kind);
+                        let end = ends_task(&r);
                         if tx.send(sse(&r)).await.is_err() || end {
                             return;
                         }
                     }
                     Ok(_) => {}
-                    // Fell behind: catch up from the journal.
+                    // Fell behind: catch up from the records.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         if catch_up(&mut last).await {
                             return;
@@ -527,7 +518,7 @@ pub async fn events(
                     Err(_) => return,
                 },
                 _ = tick.tick() => {
-                    if !live(&journal) || state.closing() {
+                    if !live(&engine) || state.closing() {
                         catch_up(&mut last).await;
                         return;
                     }

@@ -126,8 +126,8 @@ impl Agent<'_> {
     /// A model call as a durable step.
     async fn model(&mut self, step: &str, role: ModelRole, req: ChatRequest) -> Flow<ChatReply> {
         if let Some(r) = self.d.take(step)? {
-            match r.kind.as_str() {
-                "model_request" => {
+            match Kind::of(&r) {
+                Some(Kind::ModelRequest) => {
                     let recorded: ModelRequestEvent = decode(&r)?;
                     if recorded.request != req || recorded.role != role {
                         return Err(EngineError::Diverged {
@@ -139,21 +139,21 @@ impl Agent<'_> {
                         }
                         .into());
                     }
-                    if let Some(reply) = self.d.take_kind(step, "model_reply")? {
+                    if let Some(reply) = self.d.take_kind(step, Kind::ModelReply)? {
                         self.model_calls += 1;
                         return Ok(decode::<ModelReplyEvent>(&reply)?.reply);
                     }
                     // Asked, but the answer was never recorded: ask again.
                     return self.ask(step, role, req, false).await;
                 }
-                "model_reply" => {
+                Some(Kind::ModelReply) => {
                     self.model_calls += 1;
                     return Ok(decode::<ModelReplyEvent>(&r)?.reply);
                 }
-                other => {
+                _ => {
                     return Err(EngineError::Diverged {
                         seq: r.seq,
-                        recorded: format!("{other} `{}`", r.step),
+                        recorded: format!("{} `{}`", r.kind, r.step),
                         now: format!("model call `{step}`"),
                     }
                     .into());
@@ -177,7 +177,7 @@ impl Agent<'_> {
                 request: req.clone(),
             };
             self.d
-                .record(step, "model_request", &event, Durability::Buffered)
+                .record(step, Kind::ModelRequest, &event, Durability::Buffered)
                 .await?;
         }
         // What came before this call (the previous reply, tool results,
@@ -196,7 +196,7 @@ impl Agent<'_> {
             reply: reply.clone(),
         };
         self.d
-            .record(step, "model_reply", &event, Durability::Buffered)
+            .record(step, Kind::ModelReply, &event, Durability::Buffered)
             .await?;
         Ok(reply)
     }
@@ -210,9 +210,9 @@ impl Agent<'_> {
         crew: &Crew,
         call: &ToolCall,
     ) -> Flow<ToolResult> {
-        if let Some(r) = self.d.take_kind(step, "tool_intent")? {
+        if let Some(r) = self.d.take_kind(step, Kind::ToolIntent)? {
             let intent: ToolIntent = decode(&r)?;
-            if let Some(result) = self.d.take_kind(step, "tool_result")? {
+            if let Some(result) = self.d.take_kind(step, Kind::ToolResult)? {
                 return Ok(decode(&result)?);
             }
             // The call started but its result was never recorded.
@@ -222,7 +222,7 @@ impl Agent<'_> {
                         self.d
                             .record(
                                 step,
-                                "review",
+                                Kind::Review,
                                 &Review {
                                     key: key.clone(),
                                     decision: Decision::Retry,
@@ -235,7 +235,7 @@ impl Agent<'_> {
                         self.d
                             .record(
                                 step,
-                                "review",
+                                Kind::Review,
                                 &Review {
                                     key: key.clone(),
                                     decision: Decision::Skip,
@@ -256,7 +256,7 @@ impl Agent<'_> {
                             denials: Vec::new(),
                         };
                         self.d
-                            .record(step, "tool_result", &result, Durability::Flush)
+                            .record(step, Kind::ToolResult, &result, Durability::Flush)
                             .await?;
                         return Ok(result);
                     }
@@ -301,7 +301,7 @@ impl Agent<'_> {
             key,
         };
         self.d
-            .record(step, "tool_intent", &intent, Durability::Flush)
+            .record(step, Kind::ToolIntent, &intent, Durability::Flush)
             .await?;
         self.execute(step, &intent).await
     }
@@ -411,7 +411,7 @@ impl Agent<'_> {
             Durability::Buffered
         };
         self.d
-            .record(step, "tool_result", &result, durability)
+            .record(step, Kind::ToolResult, &result, durability)
             .await?;
         Ok(result)
     }
@@ -460,7 +460,7 @@ impl Agent<'_> {
         // 0. What the task works with: recorded at the first start and
         // replayed after, so installing a plugin (or a different reasoner)
         // between a crash and the resume does not change the questions.
-        let setup: Setup = match self.d.take_kind("setup", "setup")? {
+        let setup: Setup = match self.d.take_kind("setup", Kind::Setup)? {
             Some(r) => decode(&r)?,
             None => {
                 if self.crews.is_empty() {
@@ -500,7 +500,7 @@ impl Agent<'_> {
                     plans: coordinator.backend != "embedded",
                 };
                 self.d
-                    .record("setup", "setup", &setup, Durability::Buffered)
+                    .record("setup", Kind::Setup, &setup, Durability::Buffered)
                     .await?;
                 setup
             }
@@ -513,7 +513,7 @@ impl Agent<'_> {
             let (outputs, ws) = (self.outputs.clone(), workspace.clone());
             let t = task.clone();
             self.d
-                .run("check", "check", async move {
+                .run("check", Kind::Check, async move {
                     Ok(crate::checks::Check::from_task(
                         &t,
                         &files,
@@ -544,7 +544,10 @@ impl Agent<'_> {
                 text,
                 thinking: reply.message.thinking.clone(),
             };
-            let advice: Advice = self.d.run("advice", "advice", async { Ok(advice) }).await?;
+            let advice: Advice = self
+                .d
+                .run("advice", Kind::Advice, async { Ok(advice) })
+                .await?;
             advice.text
         } else {
             String::new()
@@ -559,7 +562,10 @@ impl Agent<'_> {
         let triage = Triage {
             changes_files: prompts::parse_triage(&reply.message.content),
         };
-        let triage: Triage = self.d.run("triage", "triage", async { Ok(triage) }).await?;
+        let triage: Triage = self
+            .d
+            .run("triage", Kind::Triage, async { Ok(triage) })
+            .await?;
         self.changes_files = triage.changes_files;
 
         // 2. The plan.
@@ -583,7 +589,7 @@ impl Agent<'_> {
                 .await?
             }
         };
-        let plan: Plan = self.d.run("plan", "plan", async { Ok(plan) }).await?;
+        let plan: Plan = self.d.run("plan", Kind::Plan, async { Ok(plan) }).await?;
         if let Some(answer) = plan.answer {
             let done = plan.done.unwrap_or(true);
             return self.finish(answer, done).await;
@@ -599,7 +605,7 @@ impl Agent<'_> {
             };
             let step = format!("step/{i}");
             self.d
-                .run(&step, "step_started", async { Ok(started) })
+                .run(&step, Kind::StepStarted, async { Ok(started) })
                 .await?;
             let Some(crew) = crews.iter().find(|c| c.name == s.crew) else {
                 return Err(Halt::Failed(format!(
@@ -620,7 +626,7 @@ impl Agent<'_> {
                 .await?;
             let finished: StepFinished = self
                 .d
-                .run(&step, "step_finished", async { Ok(finished) })
+                .run(&step, Kind::StepFinished, async { Ok(finished) })
                 .await?;
             let failed = !finished.complete;
             results.push((instruction.to_owned(), finished));
@@ -670,7 +676,7 @@ impl Agent<'_> {
 
     /// Records the answer. A task not done ends `failed`, its answer kept.
     async fn finish(&mut self, answer: String, done: bool) -> Flow<String> {
-        let a: Answer = if let Some(r) = self.d.take_kind("answer", "answer")? {
+        let a: Answer = if let Some(r) = self.d.take_kind("answer", Kind::Answer)? {
             decode(&r)?
         } else {
             // The models' word against the workspace: a path the task
@@ -729,7 +735,7 @@ impl Agent<'_> {
                 }
             };
             self.d
-                .record_with("answer", "answer", &a, Durability::Flush, update)
+                .record_with("answer", Kind::Answer, &a, Durability::Flush, update)
                 .await?;
             a
         };
@@ -774,8 +780,8 @@ impl Agent<'_> {
         sources: &[String],
     ) -> Flow<Option<ToolRefused>> {
         match self.d.peek_kind(step) {
-            Some("tool_refused") => {
-                if let Some(r) = self.d.take_kind(step, "tool_refused")? {
+            Some(Kind::ToolRefused) => {
+                if let Some(r) = self.d.take_kind(step, Kind::ToolRefused)? {
                     return Ok(Some(decode::<ToolRefused>(&r)?));
                 }
             }
@@ -874,7 +880,7 @@ impl Agent<'_> {
         }
         if let Some(r) = &refusal {
             self.d
-                .record(step, "tool_refused", r, Durability::Buffered)
+                .record(step, Kind::ToolRefused, r, Durability::Buffered)
                 .await?;
         }
         Ok(refusal)
@@ -1330,9 +1336,11 @@ impl Agent<'_> {
                     let workspace = std::path::PathBuf::from(&self.submitted.workspace);
                     let problems: Vec<String> = self
                         .d
-                        .run(&format!("step/{i}/turn/{turn}/check"), "checked", async {
-                            Ok(c.verify(&workspace))
-                        })
+                        .run(
+                            &format!("step/{i}/turn/{turn}/check"),
+                            Kind::Checked,
+                            async { Ok(c.verify(&workspace)) },
+                        )
                         .await?;
                     (!problems.is_empty()).then(|| prompts::result_wrong(&c, &problems))
                 }

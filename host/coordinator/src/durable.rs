@@ -14,7 +14,7 @@
 //! (`replay`, `record`, `wait for a decision`) on a durable-execution engine
 //! (Restate's `ctx.run` has these semantics) without touching the loop.
 
-use crate::events::REPLAYED;
+use crate::events::Kind;
 use crate::{EngineError, Result};
 use camina_journal::{Durability, Journal, NewRecord, Record, Update};
 use serde::Serialize;
@@ -46,7 +46,7 @@ impl<'j> Durable<'j> {
             task: task.to_owned(),
             history: records
                 .into_iter()
-                .filter(|r| REPLAYED.contains(&r.kind.as_str()))
+                .filter(|r| Kind::of(r).is_some_and(Kind::replayed))
                 .collect(),
             elapsed_base,
             segment: Instant::now(),
@@ -65,11 +65,11 @@ impl<'j> Durable<'j> {
     }
 
     /// The kind of the next recorded entry, if it belongs to `step`.
-    pub fn peek_kind(&self, step: &str) -> Option<&str> {
+    pub fn peek_kind(&self, step: &str) -> Option<Kind> {
         self.history
             .front()
             .filter(|r| r.step == step)
-            .map(|r| r.kind.as_str())
+            .and_then(Kind::of)
     }
 
     /// Takes the next recorded entry if it belongs to `step`; `None` past
@@ -87,11 +87,11 @@ impl<'j> Durable<'j> {
     }
 
     /// Like [`Self::take`], but only an entry of `kind`.
-    pub fn take_kind(&mut self, step: &str, kind: &str) -> Result<Option<Record>> {
+    pub fn take_kind(&mut self, step: &str, kind: Kind) -> Result<Option<Record>> {
         if self
             .history
             .front()
-            .is_some_and(|r| r.step == step && r.kind != kind)
+            .is_some_and(|r| r.step == step && r.kind != kind.as_str())
         {
             let r = &self.history[0];
             return Err(EngineError::Diverged {
@@ -107,7 +107,7 @@ impl<'j> Durable<'j> {
     pub async fn record<T: Serialize>(
         &self,
         step: &str,
-        kind: &str,
+        kind: Kind,
         value: &T,
         durability: Durability,
     ) -> Result<()> {
@@ -119,7 +119,7 @@ impl<'j> Durable<'j> {
     pub async fn record_with<T: Serialize>(
         &self,
         step: &str,
-        kind: &str,
+        kind: Kind,
         value: &T,
         durability: Durability,
         update: Update,
@@ -130,7 +130,7 @@ impl<'j> Durable<'j> {
                 &self.task,
                 NewRecord {
                     step: step.to_owned(),
-                    kind: kind.to_owned(),
+                    kind: kind.as_str().to_owned(),
                     data,
                     elapsed_ms: self.elapsed_ms(),
                 },
@@ -165,7 +165,7 @@ impl<'j> Durable<'j> {
     /// The record is buffered: these steps are derived from model replies
     /// already recorded and are made durable by the next [`Self::sync`] or
     /// flushed record.
-    pub async fn run<T, F>(&mut self, step: &str, kind: &str, f: F) -> Result<T>
+    pub async fn run<T, F>(&mut self, step: &str, kind: Kind, f: F) -> Result<T>
     where
         T: Serialize + DeserializeOwned,
         F: Future<Output = Result<T>>,

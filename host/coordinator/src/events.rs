@@ -302,27 +302,228 @@ pub struct Review {
     pub decision: Decision,
 }
 
-/// Kinds of the deterministic history.
-pub const REPLAYED: &[&str] = &[
-    "setup",
-    "check",
-    "checked",
-    "tool_refused",
-    "model_request",
-    "model_reply",
-    "advice",
-    "triage",
-    "plan",
-    "step_started",
-    "tool_intent",
-    "tool_result",
-    "step_finished",
-    "answer",
-];
+/// What a record says happened: the `kind` of every record the engine
+/// writes. The journal stores it as its string (`model_reply`…); only this
+/// enum names kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Submitted,
+    Started,
+    Setup,
+    Check,
+    Checked,
+    ToolRefused,
+    ModelRequest,
+    ModelReply,
+    Advice,
+    Triage,
+    Plan,
+    StepStarted,
+    ToolIntent,
+    ToolResult,
+    StepFinished,
+    Answer,
+    Review,
+    Failed,
+    Cancelled,
+    Paused,
+    NeedsReview,
+    UndoStarted,
+    Undone,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 23] = [
+        Kind::Submitted,
+        Kind::Started,
+        Kind::Setup,
+        Kind::Check,
+        Kind::Checked,
+        Kind::ToolRefused,
+        Kind::ModelRequest,
+        Kind::ModelReply,
+        Kind::Advice,
+        Kind::Triage,
+        Kind::Plan,
+        Kind::StepStarted,
+        Kind::ToolIntent,
+        Kind::ToolResult,
+        Kind::StepFinished,
+        Kind::Answer,
+        Kind::Review,
+        Kind::Failed,
+        Kind::Cancelled,
+        Kind::Paused,
+        Kind::NeedsReview,
+        Kind::UndoStarted,
+        Kind::Undone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Submitted => "submitted",
+            Kind::Started => "started",
+            Kind::Setup => "setup",
+            Kind::Check => "check",
+            Kind::Checked => "checked",
+            Kind::ToolRefused => "tool_refused",
+            Kind::ModelRequest => "model_request",
+            Kind::ModelReply => "model_reply",
+            Kind::Advice => "advice",
+            Kind::Triage => "triage",
+            Kind::Plan => "plan",
+            Kind::StepStarted => "step_started",
+            Kind::ToolIntent => "tool_intent",
+            Kind::ToolResult => "tool_result",
+            Kind::StepFinished => "step_finished",
+            Kind::Answer => "answer",
+            Kind::Review => "review",
+            Kind::Failed => "failed",
+            Kind::Cancelled => "cancelled",
+            Kind::Paused => "paused",
+            Kind::NeedsReview => "needs_review",
+            Kind::UndoStarted => "undo_started",
+            Kind::Undone => "undone",
+        }
+    }
+
+    /// The kind a stored record names (`None`: one this build does not
+    /// know, e.g. written by a newer camina).
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The kind of a stored record.
+    pub fn of(r: &camina_journal::Record) -> Option<Kind> {
+        Kind::parse(&r.kind)
+    }
+
+    /// Part of the deterministic history a resumed task replays (the
+    /// others describe the task's life and are skipped by replay).
+    pub fn replayed(self) -> bool {
+        matches!(
+            self,
+            Kind::Setup
+                | Kind::Check
+                | Kind::Checked
+                | Kind::ToolRefused
+                | Kind::ModelRequest
+                | Kind::ModelReply
+                | Kind::Advice
+                | Kind::Triage
+                | Kind::Plan
+                | Kind::StepStarted
+                | Kind::ToolIntent
+                | Kind::ToolResult
+                | Kind::StepFinished
+                | Kind::Answer
+        )
+    }
+
+    /// Ends a run of the task (it stopped: done, failed, cancelled, paused
+    /// or waiting for review).
+    pub fn ends_run(self) -> bool {
+        matches!(
+            self,
+            Kind::Answer | Kind::Failed | Kind::Cancelled | Kind::NeedsReview | Kind::Paused
+        )
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored record's payload, typed by its kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Submitted(Submitted),
+    Started(Started),
+    Setup(Box<Setup>),
+    Check(crate::checks::Check),
+    Checked(Vec<String>),
+    ToolRefused(ToolRefused),
+    ModelRequest(Box<ModelRequestEvent>),
+    ModelReply(Box<ModelReplyEvent>),
+    Advice(Advice),
+    Triage(Triage),
+    Plan(Plan),
+    StepStarted(StepStarted),
+    ToolIntent(ToolIntent),
+    ToolResult(ToolResult),
+    StepFinished(StepFinished),
+    Answer(Answer),
+    Review(Review),
+    Failed(Reason),
+    Cancelled(Reason),
+    Paused(Reason),
+    NeedsReview(NeedsReview),
+    UndoStarted(UndoStarted),
+    Undone(crate::undo::UndoReport),
+    /// A kind this build does not know (a newer camina wrote it).
+    Unknown,
+}
+
+/// The payload of `undo_started`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoStarted {
+    pub force: bool,
+}
+
+impl Event {
+    /// Decodes a stored record.
+    pub fn decode(r: &camina_journal::Record) -> Result<Event, serde_json::Error> {
+        fn p<T: serde::de::DeserializeOwned>(
+            r: &camina_journal::Record,
+        ) -> Result<T, serde_json::Error> {
+            T::deserialize(&r.data)
+        }
+        let Some(kind) = Kind::of(r) else {
+            return Ok(Event::Unknown);
+        };
+        Ok(match kind {
+            Kind::Submitted => Event::Submitted(p(r)?),
+            Kind::Started => Event::Started(p(r)?),
+            Kind::Setup => Event::Setup(p(r)?),
+            Kind::Check => Event::Check(p(r)?),
+            Kind::Checked => Event::Checked(p(r)?),
+            Kind::ToolRefused => Event::ToolRefused(p(r)?),
+            Kind::ModelRequest => Event::ModelRequest(p(r)?),
+            Kind::ModelReply => Event::ModelReply(p(r)?),
+            Kind::Advice => Event::Advice(p(r)?),
+            Kind::Triage => Event::Triage(p(r)?),
+            Kind::Plan => Event::Plan(p(r)?),
+            Kind::StepStarted => Event::StepStarted(p(r)?),
+            Kind::ToolIntent => Event::ToolIntent(p(r)?),
+            Kind::ToolResult => Event::ToolResult(p(r)?),
+            Kind::StepFinished => Event::StepFinished(p(r)?),
+            Kind::Answer => Event::Answer(p(r)?),
+            Kind::Review => Event::Review(p(r)?),
+            Kind::Failed => Event::Failed(p(r)?),
+            Kind::Cancelled => Event::Cancelled(p(r)?),
+            Kind::Paused => Event::Paused(p(r)?),
+            Kind::NeedsReview => Event::NeedsReview(p(r)?),
+            Kind::UndoStarted => Event::UndoStarted(p(r)?),
+            Kind::Undone => Event::Undone(p(r)?),
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_stored_as_its_serde_name_and_read_back() {
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str(), "{k:?}");
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("written_by_a_newer_camina"), None);
+    }
 
     fn ok(output: &str) -> ToolResult {
         ToolResult {

@@ -44,7 +44,7 @@ pub mod view;
 use camina_journal::{Durability, Journal, Status, TaskSummary, Update};
 use camina_model::Bridge;
 use camina_registry::Registry;
-use events::{Budgets, Decision, NeedsReview, Reason, Started, Submitted, ToolIntent};
+use events::{Budgets, Decision, Kind, NeedsReview, Reason, Started, Submitted, ToolIntent};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -216,25 +216,21 @@ impl Engine {
         // disk before the first path changes: an undo cut short is found
         // and finished by the next `run` of the task (`task resume`).
         undo::undo(&store, &t.id, ws, force, true).map_err(failed)?;
-        self.record_undo(&t.id, "undo_started", serde_json::json!({"force": force}))
+        self.record_undo(&t.id, Kind::UndoStarted, &events::UndoStarted { force })
             .await?;
         let report = undo::undo(&store, &t.id, ws, force, false).map_err(failed)?;
-        self.record_undo(
-            &t.id,
-            "undone",
-            serde_json::to_value(&report).unwrap_or_default(),
-        )
-        .await?;
+        self.record_undo(&t.id, Kind::Undone, &report).await?;
         Ok((t, report))
     }
 
-    async fn record_undo(&self, id: &str, kind: &str, data: serde_json::Value) -> Result<()> {
+    async fn record_undo(&self, id: &str, kind: Kind, data: &impl serde::Serialize) -> Result<()> {
+        let data = serde_json::to_value(data).map_err(|e| EngineError::Internal(e.to_string()))?;
         self.journal
             .append(
                 id,
                 camina_journal::NewRecord {
                     step: "undo".into(),
-                    kind: kind.into(),
+                    kind: kind.as_str().into(),
                     data,
                     elapsed_ms: 0,
                 },
@@ -252,14 +248,100 @@ impl Engine {
         let last = records
             .iter()
             .rev()
-            .find(|r| r.kind == "undo_started" || r.kind == "undone");
-        Ok(last
-            .filter(|r| r.kind == "undo_started")
-            .map(|r| r.data["force"].as_bool().unwrap_or(false)))
+            .find(|r| matches!(Kind::of(r), Some(Kind::UndoStarted | Kind::Undone)));
+        match last {
+            Some(r) if Kind::of(r) == Some(Kind::UndoStarted) => {
+                Ok(Some(durable::decode::<events::UndoStarted>(r)?.force))
+            }
+            _ => Ok(None),
+        }
     }
 
+    /// The journal itself, for tests and tools that inspect raw records.
+    /// The CLI and the API go through the views below, so the rules of what
+    /// records mean stay in the engine.
     pub fn journal(&self) -> &Arc<Journal> {
         &self.journal
+    }
+
+    /// Every task, newest first.
+    pub fn tasks(&self) -> Result<Vec<TaskSummary>> {
+        Ok(self.journal.list()?)
+    }
+
+    /// A task by id or unique id prefix.
+    pub fn task(&self, id: &str) -> Result<TaskSummary> {
+        Ok(self.journal.find(id)?)
+    }
+
+    /// A task's records, in order (see [`events::Event::decode`]).
+    pub fn records(&self, id: &str) -> Result<Vec<camina_journal::Record>> {
+        Ok(self.journal.records(id)?)
+    }
+
+    /// Everything about a task a reader shows: its summary, its records and
+    /// the paths each call changed that `undo` can give back.
+    pub fn view(&self, id: &str) -> Result<view::TaskView> {
+        let task = self.journal.find(id)?;
+        let records = self.journal.records(&task.id)?;
+        let images = self.undo_store().entries(&task.id).unwrap_or_default();
+        Ok(view::TaskView {
+            undoable: undo::undoable(&images),
+            pruned: images.iter().any(|e| e.at == "pruned"),
+            task,
+            records,
+        })
+    }
+
+    /// A read-only handle on tasks and their records that can move into a
+    /// spawned task (progress printers, event streams).
+    pub fn reader(&self) -> Reader {
+        Reader {
+            journal: self.journal.clone(),
+        }
+    }
+
+    /// Records of every task as they are appended (buffered ones too).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<(String, camina_journal::Record)> {
+        self.journal.subscribe()
+    }
+
+    /// Makes everything recorded so far durable.
+    pub async fn flush(&self) -> Result<()> {
+        Ok(self.journal.flush().await?)
+    }
+
+    /// The task an idempotency key already names, if any.
+    pub fn find_key(
+        &self,
+        key: &camina_journal::IdempotencyKey<'_>,
+    ) -> Result<Option<camina_journal::KeyUse>> {
+        Ok(self.journal.find_key(key)?)
+    }
+
+    /// The sandbox's capability decisions matching `filter`, newest first.
+    pub fn decisions(
+        &self,
+        filter: &camina_journal::DecisionFilter,
+    ) -> Result<Vec<camina_journal::DecisionEntry>> {
+        Ok(self.journal.decision_log().query(filter)?)
+    }
+
+    /// What a previous process left to pick up, oldest first: tasks left
+    /// `interrupted` or `queued` (not those waiting for review), and tasks
+    /// whose undo a crash cut short (with the `force` it ran with). `camina
+    /// serve` at start and `camina task resume --all` take the same.
+    pub fn left_over(&self) -> Result<LeftOver> {
+        let mut left = LeftOver::default();
+        for t in self.journal.list()?.into_iter().rev() {
+            if let Some(force) = self.unfinished_undo(&t.id)? {
+                left.undos.push((t.clone(), force));
+            }
+            if matches!(t.status, Status::Interrupted | Status::Queued) {
+                left.waiting.push(t);
+            }
+        }
+        Ok(left)
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -327,7 +409,7 @@ impl Engine {
         let records = self.journal.records(id)?;
         let first = records
             .iter()
-            .find(|r| r.kind == "submitted")
+            .find(|r| Kind::of(r) == Some(Kind::Submitted))
             .ok_or_else(|| EngineError::Corrupt {
                 seq: 0,
                 reason: format!("task {id} has no `submitted` record"),
@@ -345,7 +427,7 @@ impl Engine {
             .journal
             .records(id)?
             .iter()
-            .filter(|r| r.kind == "tool_intent")
+            .filter(|r| Kind::of(r) == Some(Kind::ToolIntent))
         {
             let intent: ToolIntent = durable::decode(r)?;
             seen.insert(intent.plugin.clone(), (intent.digest, intent.policy_hash));
@@ -423,7 +505,7 @@ impl Engine {
         };
         d.record_with(
             "started",
-            "started",
+            Kind::Started,
             &started,
             Durability::Flush,
             Update {
@@ -463,18 +545,18 @@ impl Engine {
                 let data = serde_json::json!(Reason {
                     reason: reason.clone()
                 });
-                ("failed", Status::Failed, Some(reason), data)
+                (Kind::Failed, Status::Failed, Some(reason), data)
             }
             Err(agent::Halt::Cancelled(reason)) => {
                 let data = serde_json::json!(Reason {
                     reason: reason.clone()
                 });
-                ("cancelled", Status::Cancelled, Some(reason), data)
+                (Kind::Cancelled, Status::Cancelled, Some(reason), data)
             }
             Err(agent::Halt::Paused) => {
                 let reason = "the engine shut down; resume to continue".to_owned();
                 (
-                    "paused",
+                    Kind::Paused,
                     Status::Interrupted,
                     None,
                     serde_json::json!(Reason { reason }),
@@ -485,7 +567,7 @@ impl Engine {
                     key,
                     reason: reason.clone()
                 });
-                ("needs_review", Status::NeedsReview, Some(reason), data)
+                (Kind::NeedsReview, Status::NeedsReview, Some(reason), data)
             }
             Err(agent::Halt::Engine(e)) => {
                 // The task cannot continue; say why in the journal, then
@@ -499,7 +581,7 @@ impl Engine {
                 let _ = d
                     .record_with(
                         "failed",
-                        "failed",
+                        Kind::Failed,
                         &Reason { reason },
                         Durability::Flush,
                         update,
@@ -513,7 +595,7 @@ impl Engine {
             error,
             ..Default::default()
         };
-        d.record_with(kind, kind, &data, Durability::Flush, update)
+        d.record_with(kind.as_str(), kind, &data, Durability::Flush, update)
             .await?;
         Ok(self.journal.task(id)?)
     }
@@ -589,8 +671,10 @@ impl Engine {
                 id,
                 camina_journal::NewRecord {
                     step: "cancelled".into(),
-                    kind: "cancelled".into(),
-                    data: serde_json::json!({ "reason": reason }),
+                    kind: Kind::Cancelled.as_str().into(),
+                    data: serde_json::json!(Reason {
+                        reason: reason.to_owned()
+                    }),
                     elapsed_ms: self.journal.records(id)?.last().map_or(0, |r| r.elapsed_ms),
                 },
                 update,
@@ -599,6 +683,33 @@ impl Engine {
             .await?;
         Ok(self.journal.task(id)?)
     }
+}
+
+/// See [`Engine::reader`].
+#[derive(Debug, Clone)]
+pub struct Reader {
+    journal: Arc<Journal>,
+}
+
+impl Reader {
+    /// A task by full id.
+    pub fn task(&self, id: &str) -> Result<TaskSummary> {
+        Ok(self.journal.task(id)?)
+    }
+
+    /// A task's records, in order.
+    pub fn records(&self, id: &str) -> Result<Vec<camina_journal::Record>> {
+        Ok(self.journal.records(id)?)
+    }
+}
+
+/// See [`Engine::left_over`].
+#[derive(Debug, Default)]
+pub struct LeftOver {
+    /// Tasks to resume.
+    pub waiting: Vec<TaskSummary>,
+    /// Tasks with an undo to finish, and its `force`.
+    pub undos: Vec<(TaskSummary, bool)>,
 }
 
 /// Where cancel requests for tasks of other processes are dropped.

@@ -2,7 +2,7 @@
 //! the task without models (regression runs, benchmarks).
 
 use crate::durable::decode;
-use crate::events::{ModelReplyEvent, ModelRequestEvent};
+use crate::events::{Kind, ModelReplyEvent, ModelRequestEvent};
 use crate::{EngineError, Result};
 use camina_journal::Journal;
 use camina_model::ModelRole;
@@ -19,11 +19,11 @@ pub fn transcript(
     let mut models = HashMap::new();
     let mut pending: HashMap<String, ModelRequestEvent> = HashMap::new();
     for r in &records {
-        match r.kind.as_str() {
-            "model_request" => {
+        match Kind::of(r) {
+            Some(Kind::ModelRequest) => {
                 pending.insert(r.step.clone(), decode(r)?);
             }
-            "model_reply" => {
+            Some(Kind::ModelReply) => {
                 let reply: ModelReplyEvent = decode(r)?;
                 let request = pending
                     .remove(&r.step)

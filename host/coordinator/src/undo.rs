@@ -583,7 +583,7 @@ fn text_diff(
 }
 
 /// How an undo went (or would go, with `dry_run`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndoReport {
     /// Paths restored (or to restore), with what was done.
     pub restored: Vec<(String, String)>,

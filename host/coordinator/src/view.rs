@@ -4,6 +4,26 @@
 //! their tool calls and outcomes (with the paths each call changed that
 //! `task undo` can give back), the model calls, and the raw records.
 
+use crate::events::Event;
+use std::collections::BTreeMap;
+
+/// A task as readers show it ([`crate::Engine::view`]).
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    pub task: TaskSummary,
+    pub records: Vec<Record>,
+    /// The paths each call (by journal step) changed that undo can restore.
+    pub undoable: BTreeMap<String, Vec<String>>,
+    /// Whether the task's before-images were pruned (nothing to undo).
+    pub pruned: bool,
+}
+
+impl TaskView {
+    /// The task as one JSON document ([`task_json`]).
+    pub fn json(&self) -> Value {
+        task_json(&self.task, &self.records, &self.undoable)
+    }
+}
 use camina_journal::{Record, TaskSummary};
 use serde_json::{Value, json};
 
@@ -14,54 +34,63 @@ use serde_json::{Value, json};
 pub fn task_json(
     t: &TaskSummary,
     records: &[Record],
-    undoable: &std::collections::BTreeMap<String, Vec<String>>,
+    undoable: &BTreeMap<String, Vec<String>>,
 ) -> Value {
     let mut plan = Value::Null;
     let mut steps: Vec<Value> = Vec::new();
     let mut models: Vec<Value> = Vec::new();
     let mut advice = Value::Null;
     for r in records {
-        let d = &r.data;
-        match r.kind.as_str() {
-            "advice" => advice = d.clone(),
-            "plan" => plan = d.clone(),
-            "step_started" => steps.push(json!({
-                "index": d["index"], "crew": d["crew"], "instruction": d["instruction"],
+        // A record that does not decode (or of a kind this build does not
+        // know) is still listed under `events`, raw.
+        let Ok(event) = Event::decode(r) else {
+            continue;
+        };
+        match event {
+            Event::Advice(a) => advice = json!(a),
+            Event::Plan(p) => plan = json!(p),
+            Event::StepStarted(s) => steps.push(json!({
+                "index": s.index, "crew": s.crew, "instruction": s.instruction,
                 "tool_calls": [], "result": null, "complete": null
             })),
-            "tool_intent" => {
+            Event::ToolIntent(i) => {
                 if let Some(s) = steps.last_mut()
                     && let Some(calls) = s["tool_calls"].as_array_mut()
                 {
                     calls.push(json!({
-                        "key": d["key"], "plugin": d["plugin"], "tool": d["tool"], "input": d["input"],
-                        "effect": d["effect"], "digest": d["digest"], "policy_hash": d["policy_hash"],
+                        "key": i.key, "plugin": i.plugin, "tool": i.tool, "input": i.input,
+                        "effect": i.effect, "digest": i.digest, "policy_hash": i.policy_hash,
                         "outcome": null,
                         "undoable": undoable.get(&r.step).cloned().unwrap_or_default()
                     }));
                 }
             }
-            "tool_result" => {
+            Event::ToolResult(res) => {
                 if let Some(s) = steps.last_mut()
                     && let Some(calls) = s["tool_calls"].as_array_mut()
-                    && let Some(c) = calls.iter_mut().rev().find(|c| c["key"] == d["key"])
+                    && let Some(c) = calls.iter_mut().rev().find(|c| c["key"] == res.key)
                 {
-                    c["outcome"] = d.clone();
+                    c["outcome"] = json!(res);
                 }
             }
-            "step_finished" => {
+            Event::StepFinished(f) => {
                 if let Some(s) = steps.last_mut() {
-                    s["result"] = d["result"].clone();
-                    s["complete"] = d["complete"].clone();
+                    s["result"] = json!(f.result);
+                    s["complete"] = json!(f.complete);
                 }
             }
-            "model_reply" => models.push(json!({
-                "step": r.step, "role": d["role"], "backend": d["reply"]["backend"], "model": d["reply"]["model"],
-                "content": d["reply"]["message"]["content"], "thinking": d["reply"]["message"]["thinking"],
-                "tool_calls": d["reply"]["message"]["tool_calls"], "prompt_tokens": d["reply"]["prompt_tokens"],
-                "prompt_eval_tokens": d["reply"]["prompt_eval_tokens"],
-                "completion_tokens": d["reply"]["completion_tokens"], "done_reason": d["reply"]["done_reason"]
-            })),
+            Event::ModelReply(m) => {
+                let reply = &m.reply;
+                let message = &reply.message;
+                models.push(json!({
+                    "step": r.step, "role": m.role, "backend": reply.backend, "model": reply.model,
+                    "content": message.content, "thinking": message.thinking,
+                    "tool_calls": (!message.tool_calls.is_empty()).then_some(&message.tool_calls),
+                    "prompt_tokens": reply.prompt_tokens,
+                    "prompt_eval_tokens": reply.prompt_eval_tokens,
+                    "completion_tokens": reply.completion_tokens, "done_reason": reply.done_reason
+                }));
+            }
             _ => {}
         }
     }
