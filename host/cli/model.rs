@@ -273,7 +273,7 @@ async fn check(cx: &Context, json: bool) -> anyhow::Result<()> {
                 None => println!(
                     "{:12} {:8} {}{}  [{}]{}",
                     r.role.as_str(),
-                    r.backend.as_deref().unwrap_or("-"),
+                    r.backend.map_or("-", |b| b.as_str()),
                     r.catalogue
                         .as_deref()
                         .map(|c| format!("{c} "))

@@ -156,8 +156,8 @@ async fn install(
         println!(
             "  crew: {}",
             r.crew
-                .as_deref()
-                .unwrap_or("none (callable with `camina tool call` only)")
+                .map_or("none (callable with `camina tool call` only)", |c| c
+                    .as_str())
         );
         let tools: Vec<&str> = r.tools.iter().map(|t| t.name.as_str()).collect();
         println!("  tools: {}", tools.join(", "));
@@ -265,7 +265,7 @@ fn list(cx: &crate::Context, json: bool) -> anyhow::Result<()> {
             "{:width$}  {:8}  {:8}  {:12}  {:10}  {:22}  {}",
             r.name,
             r.version,
-            r.crew.as_deref().unwrap_or("-"),
+            r.crew.map_or("-", |c| c.as_str()),
             short(&r.digest),
             r.signer.as_deref().unwrap_or("-"),
             approval,
@@ -285,7 +285,7 @@ fn show(cx: &crate::Context, name: &str, json: bool) -> anyhow::Result<()> {
     }
     println!("{} {} — {}", r.name, r.version, r.description);
     println!("  digest: {}", r.digest);
-    println!("  crew: {}", r.crew.as_deref().unwrap_or("none"));
+    println!("  crew: {}", r.crew.map_or("none", |c| c.as_str()));
     println!("  installed: {}", r.installed_at);
     println!(
         "  policy: {} ({})",

@@ -86,7 +86,7 @@ pub async fn policy(cx: &Context, cmd: PolicyCommand) -> anyhow::Result<()> {
                         "{} {}  crew: {}  signer: {}  {}",
                         p.plugin,
                         p.version,
-                        p.crew.as_deref().unwrap_or("-"),
+                        p.crew.map_or("-", |c| c.as_str()),
                         p.signer.as_deref().unwrap_or("-"),
                         p.approval
                     );

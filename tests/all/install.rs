@@ -32,7 +32,7 @@ async fn install_list_call_remove() {
         .unwrap();
     assert_eq!(report.record.name, "belter-fs");
     assert_eq!(report.record.digest, digest(&wasm));
-    assert_eq!(report.record.crew.as_deref(), Some("belter"));
+    assert_eq!(report.record.crew, Some(camina_policy::Crew::Belter));
     assert!(!report.replaced);
     let list = r.list().unwrap();
     assert_eq!(list.len(), 1);
@@ -113,7 +113,7 @@ async fn reinstall_replaces_atomically() {
     assert!(report.replaced);
     let list = r.list().unwrap();
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0].crew.as_deref(), Some("belter"));
+    assert_eq!(list[0].crew, Some(camina_policy::Crew::Belter));
     // A fresh process sees the new policy too.
     let again = Registry::open(home.path(), sandbox()).unwrap();
     assert_eq!(
@@ -353,7 +353,8 @@ async fn shipped_plugins_install_with_their_policies() {
             .unwrap();
         assert_eq!(report.record.name, name);
     }
-    let crews: Vec<(String, Option<String>)> = r
+    use camina_policy::Crew;
+    let crews: Vec<(String, Option<Crew>)> = r
         .list()
         .unwrap()
         .into_iter()
@@ -362,9 +363,9 @@ async fn shipped_plugins_install_with_their_policies() {
     assert_eq!(
         crews,
         [
-            ("belter-fs".into(), Some("belter".into())),
-            ("drummer-search".into(), Some("drummer".into())),
-            ("drummer-web".into(), Some("drummer".into()))
+            ("belter-fs".into(), Some(Crew::Belter)),
+            ("drummer-search".into(), Some(Crew::Drummer)),
+            ("drummer-web".into(), Some(Crew::Drummer))
         ]
     );
 }

@@ -389,7 +389,7 @@ async fn auto_picks_ollama_when_the_seed_model_is_there_else_embedded() {
     )
     .unwrap();
     let coord = with_model.resolve(ModelRole::Coordinator).await.unwrap();
-    assert_eq!(coord.backend, "embedded");
+    assert_eq!(coord.backend, camina_model::Backend::Embedded);
 }
 
 #[test]
@@ -681,7 +681,7 @@ mod embedded {
             validator.is_valid(&value),
             "{value} does not match the schema"
         );
-        assert_eq!(reply.backend, "embedded");
+        assert_eq!(reply.backend, camina_model::Backend::Embedded);
         assert!(reply.prompt_tokens > 0 && reply.completion_tokens > 0);
         // Greedy: the same request gives the same reply.
         let again = model().chat("default", &req, None).await.unwrap();

@@ -36,7 +36,7 @@ fn view(r: &PluginRecord) -> PluginView {
         version: r.version.clone(),
         description: r.description.clone(),
         digest: r.digest.clone(),
-        crew: r.crew.clone(),
+        crew: r.crew.map(|c| c.as_str().to_owned()),
         tools: r
             .tools
             .iter()

@@ -9,7 +9,7 @@ use crate::{EngineError, RunOptions};
 use camina_journal::{Durability, Update};
 use camina_model::{Bridge, ChatReply, ChatRequest, Message, ModelRole, Role, ToolCall};
 use camina_registry::Registry;
-use camina_sandbox::CallError;
+use camina_sandbox::{CallError, Effect};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -216,7 +216,7 @@ impl Agent<'_> {
                 return Ok(decode(&result)?);
             }
             // The call started but its result was never recorded.
-            if intent.effect == "side-effecting" {
+            if intent.effect == Effect::SideEffecting {
                 match self.opts.interrupted {
                     Some(Decision::Retry) => {
                         self.d
@@ -288,8 +288,7 @@ impl Agent<'_> {
         let effect = plugin
             .record
             .tool(&ct.tool)
-            .map(|t| t.effect.clone())
-            .unwrap_or_else(|| "side-effecting".into());
+            .map_or(Effect::SideEffecting, |t| t.effect);
         let intent = ToolIntent {
             plugin: ct.plugin.clone(),
             digest: plugin.record.digest.clone(),
@@ -316,7 +315,7 @@ impl Agent<'_> {
         // half-recorded.
         // A call that may change the workspace keeps the before-image of
         // every path it touches first (see [`crate::undo`]).
-        let keeper = (intent.effect != "read-only").then(|| {
+        let keeper = (intent.effect != Effect::ReadOnly).then(|| {
             Arc::new(crate::undo::Keeper::new(
                 self.undo.clone(),
                 &self.d.task,
@@ -405,7 +404,7 @@ impl Agent<'_> {
         // A lost result of a side-effecting call would need a human (was
         // it done?): flushed now. Any other result is made durable before
         // the next model request (`sync`); losing it re-runs a harmless call.
-        let durability = if intent.effect == "side-effecting" {
+        let durability = if intent.effect == Effect::SideEffecting {
             Durability::Flush
         } else {
             Durability::Buffered
@@ -497,7 +496,7 @@ impl Agent<'_> {
                     // step) were the first cause of failure on tasks the
                     // prompts were not tuned on; the task in the user's
                     // own words to one crew did better. Ollama models plan.
-                    plans: coordinator.backend != "embedded",
+                    plans: coordinator.backend != camina_model::Backend::Embedded,
                 };
                 self.d
                     .record("setup", Kind::Setup, &setup, Durability::Buffered)
@@ -600,7 +599,7 @@ impl Agent<'_> {
         for (i, s) in plan.steps.iter().enumerate() {
             let started = StepStarted {
                 index: i,
-                crew: s.crew.clone(),
+                crew: s.crew,
                 instruction: s.instruction.clone(),
             };
             let step = format!("step/{i}");
@@ -753,8 +752,8 @@ impl Agent<'_> {
     fn change_of(&self, crew: &Crew, call: &ToolCall) -> Option<String> {
         let ct = crew.find(&call.name)?;
         let plugin = self.registry.get(&ct.plugin).ok()?;
-        let effect = plugin.record.tool(&ct.tool).map(|t| t.effect.clone());
-        if effect.as_deref() == Some("read-only") {
+        let effect = plugin.record.tool(&ct.tool).map(|t| t.effect);
+        if effect == Some(Effect::ReadOnly) {
             return None;
         }
         let a = &call.arguments;
@@ -795,8 +794,8 @@ impl Agent<'_> {
             .registry
             .get(&ct.plugin)
             .ok()
-            .and_then(|p| p.record.tool(&ct.tool).map(|t| t.effect.clone()));
-        if effect.as_deref() == Some("read-only") {
+            .and_then(|p| p.record.tool(&ct.tool).map(|t| t.effect));
+        if effect == Some(Effect::ReadOnly) {
             return Ok(None);
         }
         let workspace = std::path::Path::new(&self.submitted.workspace);
@@ -922,7 +921,7 @@ impl Agent<'_> {
             crew.tools.iter().find(|t| {
                 t.tool == name
                     && self.registry.get(&t.plugin).ok().is_some_and(|p| {
-                        p.record.tool(&t.tool).map(|x| x.effect.as_str()) == Some("read-only")
+                        p.record.tool(&t.tool).map(|x| x.effect) == Some(Effect::ReadOnly)
                     })
             })
         };
@@ -1011,9 +1010,9 @@ impl Agent<'_> {
         files: &[String],
         results: &[(String, StepFinished)],
     ) -> Flow<StepFinished> {
-        let role = match crew.name.as_str() {
-            "belter" => ModelRole::Belter,
-            _ => ModelRole::Drummer,
+        let role = match crew.name {
+            crate::toolbox::CrewKind::Belter => ModelRole::Belter,
+            crate::toolbox::CrewKind::Drummer => ModelRole::Drummer,
         };
         let finish = crew.finish_name();
         // The last tool error not followed by a successful call, and

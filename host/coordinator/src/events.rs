@@ -145,7 +145,7 @@ fn yes() -> bool {
 /// One delegated step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanStep {
-    pub crew: String,
+    pub crew: crate::toolbox::CrewKind,
     pub instruction: String,
 }
 
@@ -164,7 +164,7 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepStarted {
     pub index: usize,
-    pub crew: String,
+    pub crew: crate::toolbox::CrewKind,
     pub instruction: String,
 }
 
@@ -178,8 +178,7 @@ pub struct ToolIntent {
     /// The function name the model used (`tool` or `plugin__tool`).
     pub function: String,
     pub input: serde_json::Value,
-    /// `read-only` | `idempotent` | `side-effecting`
-    pub effect: String,
+    pub effect: camina_sandbox::Effect,
     /// The idempotency key `task:step:n`: the task id, the plan step's
     /// index and the call's index within that step (from 0); unique per
     /// call and the same on every replay.

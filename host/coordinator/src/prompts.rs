@@ -10,7 +10,7 @@
 //! prompt prefixes evaluates them once; the task comes in the user turn.
 
 use crate::events::{Plan, PlanStep, StepFinished};
-use crate::toolbox::Crew;
+use crate::toolbox::{Crew, CrewKind};
 use camina_model::{ChatRequest, Message, Options, ToolChoice, ToolSpec};
 use serde_json::{Value, json};
 
@@ -199,12 +199,12 @@ pub fn one_crew(task: &str, changes_files: Option<bool>, crews: &[Crew]) -> Opti
         return None;
     }
     let crew = match changes_files? {
-        true => "belter",
-        false if crate::scope::names_paths(task) => "drummer",
+        true => CrewKind::Belter,
+        false if crate::scope::names_paths(task) => CrewKind::Drummer,
         false => return None,
     };
     crews.iter().any(|c| c.name == crew).then(|| PlanStep {
-        crew: crew.to_owned(),
+        crew,
         instruction: task.to_owned(),
     })
 }
@@ -212,6 +212,20 @@ pub fn one_crew(task: &str, changes_files: Option<bool>, crews: &[Crew]) -> Opti
 pub fn parse_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan, String> {
     let value: Value =
         serde_json::from_str(content.trim()).map_err(|e| format!("not JSON ({e})"))?;
+    // A crew the host does not have is named as such, with the crews it
+    // has (before the typed parse, which would only list every crew kind).
+    let installed: Vec<&str> = crews.iter().map(|c| c.name.as_str()).collect();
+    for (i, s) in value["steps"].as_array().into_iter().flatten().enumerate() {
+        if let Some(crew) = s["crew"].as_str()
+            && !installed.contains(&crew)
+        {
+            return Err(format!(
+                "step {}: unknown crew `{crew}` (crews: {})",
+                i + 1,
+                installed.join(", ")
+            ));
+        }
+    }
     let plan: Plan = serde_json::from_value(value).map_err(|e| format!("not a plan ({e})"))?;
     match (&plan.answer, plan.steps.is_empty()) {
         (Some(a), true) if !a.trim().is_empty() => return Ok(plan),
@@ -223,15 +237,6 @@ pub fn parse_plan(content: &str, crews: &[Crew], max_steps: u32) -> Result<Plan,
         return Err(format!("at most {max_steps} steps"));
     }
     for (i, s) in plan.steps.iter().enumerate() {
-        if !crews.iter().any(|c| c.name == s.crew) {
-            let names: Vec<&str> = crews.iter().map(|c| c.name.as_str()).collect();
-            return Err(format!(
-                "step {}: unknown crew `{}` (crews: {})",
-                i + 1,
-                s.crew,
-                names.join(", ")
-            ));
-        }
         if s.instruction.trim().is_empty() {
             return Err(format!("step {}: the instruction is empty", i + 1));
         }
@@ -702,7 +707,10 @@ mod tests {
     use camina_model::Role;
 
     fn crews() -> Vec<Crew> {
-        vec![Crew::empty("belter"), Crew::empty("drummer")]
+        vec![
+            Crew::empty(CrewKind::Belter),
+            Crew::empty(CrewKind::Drummer),
+        ]
     }
 
     #[test]
@@ -955,8 +963,8 @@ mod tests {
         let c = crews();
         let step = |t: &str, change: Option<bool>| one_crew(t, change, &c).map(|s| s.crew);
         assert_eq!(
-            step("Delete the .tmp files.", Some(true)).as_deref(),
-            Some("belter")
+            step("Delete the .tmp files.", Some(true)),
+            Some(CrewKind::Belter)
         );
         assert_eq!(
             one_crew("Delete the .tmp files.", Some(true), &c)
@@ -965,8 +973,8 @@ mod tests {
             "Delete the .tmp files."
         );
         assert_eq!(
-            step("How many lines does crew.txt have?", Some(false)).as_deref(),
-            Some("drummer")
+            step("How many lines does crew.txt have?", Some(false)),
+            Some(CrewKind::Drummer)
         );
         // The web needs a drummer, files a belter: planned.
         assert_eq!(
@@ -978,7 +986,11 @@ mod tests {
         assert_eq!(step("Tidy up", None), None);
         // No crew of that kind installed.
         assert_eq!(
-            one_crew("Delete a.tmp", Some(true), &[Crew::empty("drummer")]),
+            one_crew(
+                "Delete a.tmp",
+                Some(true),
+                &[Crew::empty(CrewKind::Drummer)]
+            ),
             None
         );
     }

@@ -1,6 +1,7 @@
 //! The crews and their tools, from the installed plugins' policies.
 
 use camina_model::ToolSpec;
+pub use camina_policy::Crew as CrewKind;
 use camina_registry::PluginRecord;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -36,36 +37,36 @@ impl CrewTool {
 /// policy names the crew.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Crew {
-    pub name: String,
+    /// Stored (in a task's `setup`) and shown as `belter` / `drummer`.
+    pub name: CrewKind,
     pub tools: Vec<CrewTool>,
 }
 
 impl Crew {
-    pub fn empty(name: &str) -> Self {
+    pub fn empty(name: CrewKind) -> Self {
         Self {
-            name: name.to_owned(),
+            name,
             tools: Vec::new(),
         }
     }
 
     /// What the crew is for, in words.
     pub fn purpose(&self) -> &'static str {
-        match self.name.as_str() {
-            "belter" => {
+        match self.name {
+            CrewKind::Belter => {
                 "makes the changes: creates, writes, edits, moves, renames and deletes files \
                  and directories, reading and searching them as it goes"
             }
-            "drummer" => {
+            CrewKind::Drummer => {
                 "finds things out: reads and searches the files, fetches web pages; changes \
                  nothing"
             }
-            _ => "work with its tools",
         }
     }
 
     /// `Belter`, `Drummer`.
     pub fn member(&self) -> String {
-        let mut c = self.name.chars();
+        let mut c = self.name.as_str().chars();
         c.next()
             .map(|f| f.to_uppercase().chain(c).collect())
             .unwrap_or_default()
@@ -88,7 +89,7 @@ impl Crew {
 
     /// Whether this crew changes files (the belters).
     pub fn changes_files(&self) -> bool {
-        self.name == "belter"
+        self.name == CrewKind::Belter
     }
 
     /// Function names, for corrective messages.
@@ -149,15 +150,20 @@ pub fn workspace_listing(root: &std::path::Path, max: usize) -> Vec<String> {
 /// The crews of the installed plugins, in name order (plugins in name
 /// order within a crew, tools in manifest order).
 pub fn crews(records: &[PluginRecord]) -> Vec<Crew> {
-    let mut by_crew: BTreeMap<String, Vec<&PluginRecord>> = BTreeMap::new();
+    // Keyed by name: crews in name order.
+    let mut by_crew: BTreeMap<&str, (CrewKind, Vec<&PluginRecord>)> = BTreeMap::new();
     for r in records {
-        if let Some(c) = &r.crew {
-            by_crew.entry(c.clone()).or_default().push(r);
+        if let Some(c) = r.crew {
+            by_crew
+                .entry(c.as_str())
+                .or_insert((c, Vec::new()))
+                .1
+                .push(r);
         }
     }
     by_crew
         .into_iter()
-        .map(|(name, mut plugins)| {
+        .map(|(_, (name, mut plugins))| {
             plugins.sort_by(|a, b| a.name.cmp(&b.name));
             let mut count: BTreeMap<&str, usize> = BTreeMap::new();
             for p in &plugins {

@@ -37,6 +37,7 @@ use camina_coordinator::Engine;
 use camina_coordinator::events::Budgets;
 use camina_journal::{DecisionEntry, Status};
 use camina_registry::PluginRecord;
+use camina_sandbox::Effect;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelledNotificationParam,
     ContentBlock, Implementation, ListToolsResult, PaginatedRequestParams, ProtocolVersion,
@@ -162,10 +163,10 @@ impl McpServer {
             // data (`write_file` with `overwrite`), so it is not said to
             // be harmless (destructiveHint stays at the protocol's
             // default, true).
-            let annotations = match t.effect.as_str() {
-                "read-only" => ToolAnnotations::new().read_only(true),
-                "idempotent" => ToolAnnotations::new().read_only(false).idempotent(true),
-                _ => ToolAnnotations::new()
+            let annotations = match t.effect {
+                Effect::ReadOnly => ToolAnnotations::new().read_only(true),
+                Effect::Idempotent => ToolAnnotations::new().read_only(false).idempotent(true),
+                Effect::SideEffecting => ToolAnnotations::new()
                     .read_only(false)
                     .idempotent(false)
                     .destructive(true),

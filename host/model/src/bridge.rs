@@ -2,7 +2,7 @@
 
 use crate::config::{Config, EmbeddedModel, EmbeddedTarget, ModelRole, ModelSpec};
 use crate::ollama::OllamaBackend;
-use crate::{ChatBackend, ChatReply, ChatRequest, ModelError, Progress, Result};
+use crate::{Backend, ChatBackend, ChatReply, ChatRequest, ModelError, Progress, Result};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +13,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resolved {
     pub role: ModelRole,
-    /// `ollama`, `embedded` or `replay`.
-    pub backend: String,
+    pub backend: Backend,
     /// The Ollama model name, or the GGUF path.
     pub model: String,
     /// `completion`, `tools`, `thinking`, …
@@ -37,7 +36,7 @@ pub struct RoleReport {
     /// As configured (`auto`, `ollama:…`, `embedded…`).
     pub spec: String,
     /// The chosen backend, if any.
-    pub backend: Option<String>,
+    pub backend: Option<Backend>,
     pub model: Option<String>,
     /// The backend answers (server reachable / file loadable).
     pub reachable: bool,
@@ -146,7 +145,7 @@ impl Bridge {
         if let Some((backend, models)) = &self.fixed {
             return Ok(Resolved {
                 role,
-                backend: backend.kind().into(),
+                backend: backend.kind(),
                 model: models
                     .get(&role)
                     .cloned()
@@ -194,7 +193,7 @@ impl Bridge {
         let facts = self.ollama.facts(name).await?;
         Ok(Resolved {
             role,
-            backend: "ollama".into(),
+            backend: crate::Backend::Ollama,
             model: name.to_owned(),
             capabilities: facts.capabilities,
             catalogue: None,
@@ -211,7 +210,7 @@ impl Bridge {
         crate::check_gguf_magic(path)?;
         Ok(Resolved {
             role,
-            backend: "embedded".into(),
+            backend: crate::Backend::Embedded,
             model: path.display().to_string(),
             capabilities: EMBEDDED_CAPABILITIES
                 .iter()
@@ -273,10 +272,10 @@ impl Bridge {
         if let Some((backend, _)) = &self.fixed {
             return backend.chat(&r.model, request, progress).await;
         }
-        match r.backend.as_str() {
-            "ollama" => self.ollama.chat(&r.model, request, progress).await,
+        match r.backend {
+            Backend::Ollama => self.ollama.chat(&r.model, request, progress).await,
             #[cfg(feature = "embedded")]
-            "embedded" => {
+            Backend::Embedded => {
                 let backend = self.embedded_backend(Path::new(&r.model)).await?;
                 backend.chat(&r.model, request, progress).await
             }
@@ -297,7 +296,7 @@ impl Bridge {
                 Ok(r) => RoleReport {
                     role,
                     spec,
-                    reachable: if r.backend == "ollama" {
+                    reachable: if r.backend == Backend::Ollama {
                         ollama_up
                     } else {
                         true
@@ -313,12 +312,12 @@ impl Bridge {
                     let (backend, model, reachable, catalogue) = match self.config.models.get(role)
                     {
                         ModelSpec::Ollama(n) => {
-                            (Some("ollama".to_owned()), Some(n.clone()), ollama_up, None)
+                            (Some(Backend::Ollama), Some(n.clone()), ollama_up, None)
                         }
                         ModelSpec::Embedded(which) => {
                             let t = self.embedded_target(which);
                             (
-                                Some("embedded".to_owned()),
+                                Some(Backend::Embedded),
                                 Some(t.path.display().to_string()),
                                 false,
                                 t.catalogue.map(|m| m.name.to_owned()),

@@ -199,12 +199,39 @@ pub struct Timing {
     pub generation_ms: f64,
 }
 
+/// Where a model runs. Stored and shown as `ollama`, `embedded`, `replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// An Ollama server.
+    Ollama,
+    /// llama.cpp in this process.
+    Embedded,
+    /// Recorded replies (regression runs, benchmarks).
+    Replay,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Ollama => "ollama",
+            Backend::Embedded => "embedded",
+            Backend::Replay => "replay",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A model's reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatReply {
     pub message: Message,
-    /// `ollama`, `embedded` or `replay`.
-    pub backend: String,
+    pub backend: Backend,
     pub model: String,
     /// The model's digest when the backend knows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,7 +280,7 @@ pub enum ModelError {
     #[error("Ollama reported an error in the middle of the reply: {message}")]
     Stream { message: String },
     #[error("the reply from {backend} could not be understood: {message}")]
-    BadReply { backend: String, message: String },
+    BadReply { backend: Backend, message: String },
     #[error("no model file at {path}: {hint}")]
     ModelFileMissing { path: String, hint: String },
     #[error("the embedded model failed: {0}")]
@@ -293,7 +320,7 @@ pub(crate) fn check_gguf_magic(path: &std::path::Path) -> Result<()> {
 #[async_trait::async_trait]
 pub trait ChatBackend: Send + Sync {
     /// `ollama`, `embedded`, `replay`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> Backend;
 
     /// Sends `request` to `model`.
     async fn chat(

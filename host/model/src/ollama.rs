@@ -135,7 +135,7 @@ impl OllamaBackend {
             });
         }
         let tags: Tags = serde_json::from_str(&text).map_err(|e| ModelError::BadReply {
-            backend: "ollama".into(),
+            backend: crate::Backend::Ollama,
             message: format!("GET /api/tags: {e}"),
         })?;
         let mut digests = self.digests.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,7 +216,7 @@ impl OllamaBackend {
                 }
             }
             other => ModelError::BadReply {
-                backend: "ollama".into(),
+                backend: crate::Backend::Ollama,
                 message: format!(
                     "{other}: {}",
                     std::error::Error::source(&other)
@@ -539,7 +539,7 @@ impl Assembler {
                 tool_calls: self.tool_calls,
                 tool_name: None,
             },
-            backend: "ollama".into(),
+            backend: crate::Backend::Ollama,
             model: if self.model.is_empty() {
                 model.to_owned()
             } else {
@@ -568,7 +568,7 @@ fn parse_line(line: &[u8]) -> Result<Option<WireChunk>> {
     serde_json::from_slice(trimmed)
         .map(Some)
         .map_err(|e| ModelError::BadReply {
-            backend: "ollama".into(),
+            backend: crate::Backend::Ollama,
             message: format!(
                 "{e}: {}",
                 String::from_utf8_lossy(&trimmed[..trimmed.len().min(200)])
@@ -578,8 +578,8 @@ fn parse_line(line: &[u8]) -> Result<Option<WireChunk>> {
 
 #[async_trait::async_trait]
 impl ChatBackend for OllamaBackend {
-    fn kind(&self) -> &'static str {
-        "ollama"
+    fn kind(&self) -> crate::Backend {
+        crate::Backend::Ollama
     }
 
     #[tracing::instrument(name = "model.ollama", skip_all, fields(model = %model))]

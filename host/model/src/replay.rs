@@ -109,8 +109,8 @@ fn difference(
 
 #[async_trait::async_trait]
 impl ChatBackend for ReplayBackend {
-    fn kind(&self) -> &'static str {
-        "replay"
+    fn kind(&self) -> crate::Backend {
+        crate::Backend::Replay
     }
 
     async fn chat(
@@ -135,7 +135,7 @@ impl ChatBackend for ReplayBackend {
                 reply.message.thinking.as_deref().unwrap_or_default(),
             );
         }
-        reply.backend = "replay".into();
+        reply.backend = crate::Backend::Replay;
         Ok(reply)
     }
 }
@@ -149,7 +149,7 @@ mod tests {
         ChatReply {
             prompt_eval_tokens: None,
             message: Message::assistant(text),
-            backend: "ollama".into(),
+            backend: crate::Backend::Ollama,
             model: "m".into(),
             model_digest: None,
             done_reason: Some("stop".into()),

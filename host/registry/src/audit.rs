@@ -22,7 +22,7 @@ pub struct PluginAudit {
     pub version: String,
     pub digest: String,
     pub policy_hash: String,
-    pub crew: Option<String>,
+    pub crew: Option<camina_policy::Crew>,
     pub signer: Option<String>,
     /// `approved`, `not-approved` or `changed-since-approval`.
     pub approval: &'static str,
@@ -115,7 +115,9 @@ impl Registry {
         let facts = ComponentFacts {
             imports: r.imports.clone(),
             all_tools_read_only: !r.tools.is_empty()
-                && r.tools.iter().all(|t| t.effect == "read-only"),
+                && r.tools
+                    .iter()
+                    .all(|t| t.effect == camina_sandbox::Effect::ReadOnly),
             no_policy: r.policy.source.is_empty(),
         };
         // A stored policy that no longer holds (a fixed mount was deleted,
@@ -177,7 +179,7 @@ impl Registry {
             version: r.version.clone(),
             digest: r.digest.clone(),
             policy_hash: r.policy.hash.clone(),
-            crew: r.crew.clone(),
+            crew: r.crew,
             signer: r.signer.clone(),
             approval,
             imports: r.imports.clone(),

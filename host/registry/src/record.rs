@@ -1,6 +1,6 @@
 //! The on-disk record of an installed plugin.
 
-use camina_policy::Policy;
+use camina_policy::{Crew, Policy};
 use camina_sandbox::{Effect, Manifest};
 use serde::{Deserialize, Serialize};
 
@@ -14,14 +14,7 @@ pub struct ToolRecord {
     pub description: String,
     /// The tool's JSON Schema, parsed.
     pub input_schema: serde_json::Value,
-    /// `read-only` | `idempotent` | `side-effecting`.
-    pub effect: String,
-}
-
-impl ToolRecord {
-    pub fn effect(&self) -> Effect {
-        Effect::parse(&self.effect).unwrap_or(Effect::SideEffecting)
-    }
+    pub effect: Effect,
 }
 
 /// The policy an installed plugin runs under.
@@ -44,8 +37,8 @@ pub struct PluginRecord {
     pub description: String,
     /// `sha256:<hex>` of the component.
     pub digest: String,
-    /// `belter` | `drummer` | null.
-    pub crew: Option<String>,
+    /// Which crew is offered its tools (none: callable directly only).
+    pub crew: Option<Crew>,
     pub tools: Vec<ToolRecord>,
     pub policy: PolicyRecord,
     /// The component's imports, for audits.
@@ -71,7 +64,7 @@ impl PluginRecord {
             version: manifest.version.clone(),
             description: manifest.description.clone(),
             digest: digest.to_owned(),
-            crew: policy.crew.map(|c| c.as_str().to_owned()),
+            crew: policy.crew,
             tools: manifest
                 .tools
                 .iter()
@@ -80,7 +73,7 @@ impl PluginRecord {
                     description: t.description.clone(),
                     input_schema: serde_json::from_str(&t.input_schema)
                         .unwrap_or(serde_json::Value::Null),
-                    effect: t.effect.as_str().to_owned(),
+                    effect: t.effect,
                 })
                 .collect(),
             policy: PolicyRecord {

@@ -83,7 +83,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How a tool call's effect on the world is classified (see the WIT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Stored and shown as `read-only`, `idempotent`, `side-effecting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Effect {
     ReadOnly,
     Idempotent,
@@ -106,6 +108,12 @@ impl Effect {
             "side-effecting" => Some(Effect::SideEffecting),
             _ => None,
         }
+    }
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

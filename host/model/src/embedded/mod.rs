@@ -685,7 +685,7 @@ impl EmbeddedBackend {
                 tool_calls,
                 tool_name: None,
             },
-            backend: "embedded".into(),
+            backend: crate::Backend::Embedded,
             model: inner.name.clone(),
             model_digest: None,
             done_reason: Some(done_reason.into()),
@@ -888,8 +888,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[async_trait::async_trait]
 impl ChatBackend for EmbeddedBackend {
-    fn kind(&self) -> &'static str {
-        "embedded"
+    fn kind(&self) -> crate::Backend {
+        crate::Backend::Embedded
     }
 
     #[tracing::instrument(name = "model.embedded", skip_all, fields(model = %self.0.name))]
