@@ -5,7 +5,6 @@ use crate::UsageError;
 use anyhow::Context as _;
 use rmcp::ServiceExt as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct McpArgs {
@@ -27,11 +26,12 @@ pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
     let engine = crate::task::engine(cx, None)
         .await
         .context("camina mcp records calls and tasks in the journal")?;
-    let engine = Arc::new(engine);
-    let server = camina_mcp::McpServer::new(engine.clone(), workspace.clone());
+    let runner =
+        camina_coordinator::runner::Runner::new(engine, cx.config.server.max_running.unwrap_or(4));
+    let server = camina_mcp::McpServer::new(runner.clone(), workspace.clone());
     if let Some(text) = args.http {
         let served = http(cx, server, &text).await;
-        stop_tasks(&engine).await;
+        stop_tasks(&runner).await;
         return served;
     }
     tracing::info!(workspace = %workspace.display(), "MCP server on stdio");
@@ -42,7 +42,7 @@ pub async fn mcp(cx: &crate::Context, args: McpArgs) -> anyhow::Result<()> {
     running.waiting().await.context("the MCP server stopped")?;
     // The client is gone: tasks it started stop at their next boundary,
     // interrupted (resumable), and what the journal buffered is written.
-    stop_tasks(&engine).await;
+    stop_tasks(&runner).await;
     Ok(())
 }
 
@@ -92,13 +92,6 @@ async fn http(
 
 /// Running tasks stop at their next boundary (interrupted: `camina task
 /// resume` continues them), for up to 30 s, and the journal is flushed.
-async fn stop_tasks(engine: &camina_coordinator::Engine) {
-    engine.pause_all();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !engine.running().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    if let Err(e) = engine.flush().await {
-        tracing::error!("flushing the journal: {e}");
-    }
+async fn stop_tasks(runner: &camina_coordinator::runner::Runner) {
+    runner.shutdown(std::time::Duration::from_secs(30)).await;
 }

@@ -5,7 +5,6 @@ use anyhow::Context as _;
 use camina_api::{AppState, Scope, Settings, Token};
 use clap::Args;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Args, Debug)]
@@ -35,7 +34,7 @@ pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         request_timeout: Duration::from_secs(s.request_timeout_s.unwrap_or(30)),
     };
     let engine = crate::task::engine(cx, None).await?;
-    let state = AppState::new(Arc::new(engine), settings);
+    let state = AppState::new(engine, settings);
     let resumed = state
         .resume_interrupted()
         .await

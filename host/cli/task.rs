@@ -3,6 +3,7 @@
 use crate::{Context, Reported, UsageError};
 use anyhow::Context as _;
 use camina_coordinator::events::{Budgets, Decision, Event, Kind, ModelReplyEvent};
+use camina_coordinator::runner::Runner;
 use camina_coordinator::{Engine, RunOptions};
 use camina_journal::{Record, Status, TaskSummary};
 use camina_model::ModelRole;
@@ -128,7 +129,7 @@ fn note_interrupted(engine: &Engine, except: &str) {
 
 /// Opens the engine; a journal held by another process is reported as
 /// such.
-pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine> {
+pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Arc<Engine>> {
     let path = cx.home.join("journal");
     let (journal, _) = camina_journal::Journal::open(&path)?;
     journal
@@ -165,7 +166,7 @@ pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Engine>
             ),
         }
     }
-    Ok(engine)
+    Ok(Arc::new(engine))
 }
 
 fn clip(s: &str, n: usize) -> String {
@@ -254,7 +255,12 @@ fn render(r: &Record) -> Option<String> {
 }
 
 /// Runs `id` on `engine`, printing progress to stderr.
-async fn drive(engine: &Engine, id: &str, opts: RunOptions, json_out: bool) -> anyhow::Result<()> {
+async fn drive(
+    engine: &Arc<Engine>,
+    id: &str,
+    opts: RunOptions,
+    json_out: bool,
+) -> anyhow::Result<()> {
     let mut feed = engine.subscribe();
     // The last record printed: history before this run is not. Progress
     // is printed live from the feed; whatever it missed (it lagged, or
@@ -284,7 +290,12 @@ async fn drive(engine: &Engine, id: &str, opts: RunOptions, json_out: bool) -> a
             }
         })
     };
-    let result = engine.run(id, opts).await;
+    // One task in the foreground, through the engine's runner (the same
+    // scheduling as `camina serve` and `camina mcp`).
+    let result = Runner::new(engine.clone(), 1)
+        .run(id, opts)
+        .await
+        .unwrap_or(Err(camina_coordinator::EngineError::ShuttingDown));
     printer.abort();
     let _ = printer.await;
     catch_up();

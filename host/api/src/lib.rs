@@ -24,10 +24,10 @@ use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
+use camina_coordinator::runner::Runner;
 use camina_coordinator::{Engine, RunOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// What a token may do.
@@ -65,7 +65,9 @@ pub struct Settings {
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub settings: Arc<Settings>,
-    runner: Arc<Runner>,
+    /// Runs the tasks, at most `max_running` at once (the engine's runner,
+    /// as `camina run` and `camina mcp` use it).
+    pub runner: Runner,
     /// `GET /v1/tasks/{id}` documents, keyed by the summary they were built
     /// from: a task whose summary is unchanged (no new record, same status)
     /// is served without reading and assembling its records again.
@@ -124,98 +126,37 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Runs tasks in the background, at most `max_running` at once.
-struct Runner {
-    slots: Arc<tokio::sync::Semaphore>,
-    closing: AtomicBool,
-    tasks: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
-    /// Tasks handed to the runner and not finished (queued for a slot, or
-    /// running): a second resume of one of them is a conflict.
-    pending: std::sync::Mutex<std::collections::HashSet<String>>,
-}
-
 impl AppState {
     pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
-        let runner = Arc::new(Runner {
-            slots: Arc::new(tokio::sync::Semaphore::new(settings.max_running.max(1))),
-            closing: AtomicBool::new(false),
-            tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
-            pending: std::sync::Mutex::new(std::collections::HashSet::new()),
-        });
         Self {
+            runner: Runner::new(engine.clone(), settings.max_running),
             engine,
             settings: Arc::new(settings),
-            runner,
             docs: Arc::default(),
         }
     }
 
-    /// Starts (or queues) task `id` in the background.
-    /// Returns false (and does nothing) when the task is already with the
-    /// runner.
+    /// Starts (or queues) task `id` in the background. Returns false (and
+    /// does nothing) when the task is already with the runner, or the
+    /// server is shutting down.
     pub async fn spawn(&self, id: String, opts: RunOptions) -> bool {
-        if !self.runner.lock_pending().insert(id.clone()) {
-            return false;
-        }
-        let engine = self.engine.clone();
-        let runner = self.runner.clone();
-        let mut tasks = self.runner.tasks.lock().await;
-        // Reap finished runs so the set does not grow with every task.
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
-            if let Ok(_slot) = runner.slots.clone().acquire_owned().await {
-                match engine.run(&id, opts).await {
-                    Ok(t) => tracing::info!(task = %id, status = %t.status, "task stopped"),
-                    Err(e) => tracing::warn!(task = %id, "task could not run: {e}"),
-                }
-            }
-            runner.lock_pending().remove(&id);
-        });
-        true
+        self.runner.spawn(id, opts).await.is_ok()
     }
 
     /// Resumes the tasks a previous process left interrupted or queued
     /// (not those waiting for review), and finishes the undos it left cut
     /// short.
     pub async fn resume_interrupted(&self) -> Result<Vec<String>, ApiError> {
-        // A run of a task finishes its cut-short undo first.
-        let left = self.engine.left_over()?;
-        let mut resumed: Vec<String> = Vec::new();
-        for t in left.undos.into_iter().map(|(t, _)| t).chain(left.waiting) {
-            if !resumed.contains(&t.id) {
-                self.spawn(t.id.clone(), RunOptions::default()).await;
-                resumed.push(t.id);
-            }
-        }
-        Ok(resumed)
+        Ok(self.runner.resume_left_over().await?)
     }
 
     pub fn closing(&self) -> bool {
-        self.runner.closing.load(Ordering::SeqCst)
+        self.runner.closing()
     }
 
-    /// Graceful shutdown: refuse new work, let running tasks reach their next
-    /// boundary (in-flight tool calls finish or time out), flush.
+    /// Graceful shutdown (see [`Runner::shutdown`]).
     pub async fn shutdown(&self, grace: Duration) {
-        self.runner.closing.store(true, Ordering::SeqCst);
-        self.engine.pause_all();
-        let mut tasks = std::mem::take(&mut *self.runner.tasks.lock().await);
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
-            tracing::warn!(
-                "tasks still running after {grace:?}; they will resume at the next start"
-            );
-        }
-        if let Err(e) = self.engine.flush().await {
-            tracing::error!("flushing the journal: {e}");
-        }
-    }
-}
-
-impl Runner {
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.runner.shutdown(grace).await;
     }
 }
 

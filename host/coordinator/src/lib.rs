@@ -36,6 +36,7 @@ pub mod ground;
 pub mod lines;
 pub mod prompts;
 pub mod replay;
+pub mod runner;
 pub mod scope;
 pub mod toolbox;
 pub mod undo;
@@ -325,6 +326,11 @@ impl Engine {
         filter: &camina_journal::DecisionFilter,
     ) -> Result<Vec<camina_journal::DecisionEntry>> {
         Ok(self.journal.decision_log().query(filter)?)
+    }
+
+    /// Appends capability decisions to the decision log (buffered).
+    pub fn record_decisions(&self, entries: &[camina_journal::DecisionEntry]) -> Result<()> {
+        Ok(self.journal.decision_log().record(entries)?)
     }
 
     /// What a previous process left to pick up, oldest first: tasks left

@@ -35,6 +35,8 @@
 
 use camina_coordinator::Engine;
 use camina_coordinator::events::Budgets;
+use camina_coordinator::events::{Event, Kind};
+use camina_coordinator::runner::Runner;
 use camina_journal::{DecisionEntry, Status};
 use camina_registry::PluginRecord;
 use camina_sandbox::Effect;
@@ -61,6 +63,8 @@ pub const RUN_TASK: &str = "camina_run_task";
 /// the workspace calls and tasks run in.
 #[derive(Debug, Clone)]
 pub struct McpServer {
+    /// Runs `camina_run_task` tasks (with the engine's limits).
+    runner: Runner,
     engine: Arc<Engine>,
     workspace: PathBuf,
     /// This session's running `camina_run_task` requests: request id →
@@ -80,9 +84,10 @@ struct Offered {
 
 impl McpServer {
     /// `workspace` must be an existing directory (canonical).
-    pub fn new(engine: Arc<Engine>, workspace: PathBuf) -> Self {
+    pub fn new(runner: Runner, workspace: PathBuf) -> Self {
         Self {
-            engine,
+            engine: runner.engine().clone(),
+            runner,
             workspace,
             tasks: Arc::default(),
         }
@@ -90,7 +95,7 @@ impl McpServer {
 
     /// The same server for another client session (its own requests).
     pub fn session(&self) -> Self {
-        Self::new(self.engine.clone(), self.workspace.clone())
+        Self::new(self.runner.clone(), self.workspace.clone())
     }
 
     fn records(&self) -> Vec<PluginRecord> {
@@ -243,7 +248,7 @@ impl McpServer {
         };
         let id = task.id.clone();
         let progress = context.meta.get_progress_token().map(|token| {
-            let mut feed = self.engine.journal().subscribe();
+            let mut feed = self.engine.subscribe();
             let (peer, id) = (context.peer.clone(), id.clone());
             tokio::spawn(async move {
                 let mut n = 0.0;
@@ -253,10 +258,7 @@ impl McpServer {
                             // The answer is the last record worth a note (a
                             // failure after it needs none); the others end
                             // a run without one.
-                            let last = matches!(
-                                rec.kind.as_str(),
-                                "answer" | "failed" | "cancelled" | "paused" | "needs_review"
-                            );
+                            let last = Kind::of(&rec).is_some_and(Kind::ends_run);
                             if let Some(message) = progress_line(&rec) {
                                 n += 1.0;
                                 let note =
@@ -278,10 +280,15 @@ impl McpServer {
         });
         let request = context.id.to_string();
         self.lock_tasks().insert(request.clone(), id.clone());
-        let outcome = self
-            .engine
+        let outcome = match self
+            .runner
             .run(&id, camina_coordinator::RunOptions::default())
-            .await;
+            .await
+        {
+            Ok(outcome) => outcome,
+            // A fresh task cannot be busy: only a shutdown refuses it.
+            Err(_) => Err(camina_coordinator::EngineError::ShuttingDown),
+        };
         self.lock_tasks().remove(&request);
         // The last records may still be on their way to the client: let the
         // forwarder reach the task's end record (briefly), so every progress
@@ -326,7 +333,6 @@ impl McpServer {
     }
 
     fn log(&self, plugin: &str, digest: &str, decisions: &[camina_sandbox::Decision]) {
-        let journal = self.engine.journal();
         if decisions.is_empty() {
             return;
         }
@@ -341,7 +347,7 @@ impl McpServer {
                 ..DecisionEntry::now(plugin, digest)
             })
             .collect();
-        if let Err(e) = journal.decision_log().record(&entries) {
+        if let Err(e) = self.engine.record_decisions(&entries) {
             tracing::warn!("decision log: {e}");
         }
     }
@@ -417,29 +423,19 @@ fn task_input(
 
 /// A task record worth a progress notification.
 fn progress_line(rec: &camina_journal::Record) -> Option<String> {
-    let d = &rec.data;
-    let s = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
-    Some(match rec.kind.as_str() {
-        "plan" => format!(
-            "planned {} step(s)",
-            d["steps"].as_array().map_or(0, Vec::len)
-        ),
-        "step_started" => format!(
-            "step {} [{}]: {}",
-            d["index"].as_u64().unwrap_or(0) + 1,
-            s("crew"),
-            s("instruction")
-        ),
-        "step_finished" => format!(
+    Some(match Event::decode(rec).ok()? {
+        Event::Plan(p) => format!("planned {} step(s)", p.steps.len()),
+        Event::StepStarted(s) => format!("step {} [{}]: {}", s.index + 1, s.crew, s.instruction),
+        Event::StepFinished(f) => format!(
             "step {} {}",
-            d["index"].as_u64().unwrap_or(0) + 1,
-            if d["failure"].is_string() {
+            f.index + 1,
+            if f.failure.is_some() {
                 "failed"
             } else {
                 "done"
             }
         ),
-        "answer" => "answered".to_owned(),
+        Event::Answer(_) => "answered".to_owned(),
         _ => return None,
     })
 }
