@@ -3,14 +3,19 @@
 //! Guest components come from `camina-test-artifacts`, built once per build.
 
 mod api;
+mod api_sockets;
 mod audit;
 mod cli;
 mod crash;
+mod embedded;
 mod engine;
+mod guards;
 mod install;
 mod mcp;
 mod models;
 mod net_support;
+mod runner;
+mod scripts;
 mod security;
 mod skills;
 mod support;
