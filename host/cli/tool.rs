@@ -103,15 +103,8 @@ pub fn workspace_arg(workspace: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         Some(w) => w,
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
-    let canonical = workspace
-        .canonicalize()
-        .map_err(|e| UsageError(format!("--workspace {}: {e}", workspace.display())))?;
-    if !canonical.is_dir() {
-        return Err(UsageError(format!(
-            "--workspace {} is not a directory",
-            canonical.display()
-        ))
-        .into());
-    }
+    // "--workspace x: No such file…", "--workspace x is not a directory".
+    let canonical = camina_coordinator::workspace::canonical_dir(&workspace)
+        .map_err(|e| UsageError(format!("--{e}")))?;
     Ok(canonical)
 }

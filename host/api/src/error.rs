@@ -96,7 +96,7 @@ impl From<EngineError> for ApiError {
             EngineError::Finished { .. }
             | EngineError::AlreadyRunning(_)
             | EngineError::PluginChanged { .. } => ApiError::conflict(e.to_string()),
-            EngineError::Workspace { .. } => ApiError::bad_request(e.to_string()),
+            EngineError::Workspace(_) => ApiError::bad_request(e.to_string()),
             EngineError::ShuttingDown => ApiError::unavailable(e.to_string()),
             EngineError::Running(_) => ApiError::conflict(e.to_string()),
             EngineError::Undo {

@@ -12,7 +12,7 @@ use camina_coordinator::events::{Budgets, Decision, Kind};
 use camina_journal::{Created, IdempotencyKey, KeyUse, Record, Status, TaskSummary};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 use utoipa::ToSchema;
 
 /// `POST /v1/tasks`
@@ -82,60 +82,15 @@ fn reference(t: &TaskSummary) -> TaskRef {
 /// symlink planted under the root cannot make the server create anything
 /// outside it.
 fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiError> {
-    let root = &state.settings.workspace_root;
-    std::fs::create_dir_all(root).map_err(ApiError::internal)?;
-    let root = root.canonicalize().map_err(ApiError::internal)?;
-    let requested = requested.map(str::trim).filter(|s| !s.is_empty());
-    let outside = |shown: &dyn std::fmt::Display| {
-        ApiError::bad_request(format!(
-            "workspace {shown} is not a directory under the workspace root {}",
-            root.display()
-        ))
-    };
-    let relative = match requested {
+    use camina_coordinator::workspace::{WorkspaceError, confine};
+    let requested = match requested.map(str::trim).filter(|s| !s.is_empty()) {
+        Some(p) => PathBuf::from(p),
         None => PathBuf::from(uuid::Uuid::now_v7().simple().to_string()),
-        Some(p) => {
-            let p = PathBuf::from(p);
-            if p.components().any(|c| matches!(c, Component::ParentDir)) {
-                return Err(ApiError::bad_request("workspace: `..` is not allowed"));
-            }
-            if p.is_absolute() {
-                let resolved = p.canonicalize().map_err(|e| {
-                    ApiError::bad_request(format!("workspace {}: {e}", p.display()))
-                })?;
-                resolved
-                    .strip_prefix(&root)
-                    .map_err(|_| outside(&p.display()))?
-                    .to_path_buf()
-            } else {
-                p
-            }
-        }
     };
-    if relative
-        .components()
-        .all(|c| matches!(c, Component::CurDir))
-    {
-        return Err(ApiError::bad_request(
-            "workspace: a task's workspace is a directory under the workspace root, not the root itself",
-        ));
-    }
-    let dir = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
-        .map_err(ApiError::internal)?;
-    dir.create_dir_all(&relative).map_err(|e| {
-        ApiError::bad_request(format!(
-            "workspace {}: cannot create it under the workspace root: {e}",
-            relative.display()
-        ))
-    })?;
-    let path = root.join(&relative);
-    let resolved = path
-        .canonicalize()
-        .map_err(|e| ApiError::bad_request(format!("workspace {}: {e}", path.display())))?;
-    if !resolved.starts_with(&root) || resolved == root || !resolved.is_dir() {
-        return Err(outside(&path.display()));
-    }
-    Ok(resolved)
+    confine(&state.settings.workspace_root, &requested).map_err(|e| match e {
+        WorkspaceError::Root { .. } => ApiError::internal(e),
+        other => ApiError::bad_request(other.to_string()),
+    })
 }
 
 #[utoipa::path(post, path = "/v1/tasks", tag = "tasks",

@@ -37,11 +37,11 @@ pub struct Durable<'j> {
 }
 
 impl<'j> Durable<'j> {
-    /// Loads the task's history.
-    pub fn load(journal: &'j Journal, task: &str) -> Result<Self> {
-        let records = journal.records(task)?;
+    /// The task's durable context from its records (read once by the
+    /// engine, which hands them down).
+    pub fn new(journal: &'j Journal, task: &str, records: Vec<Record>) -> Self {
         let elapsed_base = records.last().map_or(0, |r| r.elapsed_ms);
-        Ok(Self {
+        Self {
             journal,
             task: task.to_owned(),
             history: records
@@ -51,7 +51,7 @@ impl<'j> Durable<'j> {
             elapsed_base,
             segment: Instant::now(),
             unflushed: AtomicBool::new(false),
-        })
+        }
     }
 
     /// Active time of the task so far (all run segments), in ms.

@@ -41,6 +41,7 @@ pub mod scope;
 pub mod toolbox;
 pub mod undo;
 pub mod view;
+pub mod workspace;
 
 use camina_journal::{Durability, Journal, Status, TaskSummary, Update};
 use camina_model::Bridge;
@@ -83,8 +84,8 @@ pub enum EngineError {
     },
     #[error("journal record {seq} cannot be read: {reason}")]
     Corrupt { seq: u64, reason: String },
-    #[error("the workspace {path}: {reason}")]
-    Workspace { path: String, reason: String },
+    #[error(transparent)]
+    Workspace(#[from] workspace::WorkspaceError),
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("undo of task {task}: {source}")]
@@ -245,17 +246,7 @@ impl Engine {
     /// Whether task `id` has an undo that started and did not finish (a
     /// crash cut it short); `Some(force)` with the flag it ran with.
     pub fn unfinished_undo(&self, id: &str) -> Result<Option<bool>> {
-        let records = self.journal.records(id)?;
-        let last = records
-            .iter()
-            .rev()
-            .find(|r| matches!(Kind::of(r), Some(Kind::UndoStarted | Kind::Undone)));
-        match last {
-            Some(r) if Kind::of(r) == Some(Kind::UndoStarted) => {
-                Ok(Some(durable::decode::<events::UndoStarted>(r)?.force))
-            }
-            _ => Ok(None),
-        }
+        unfinished_undo_in(&self.journal.records(id)?)
     }
 
     /// The journal itself, for tests and tools that inspect raw records.
@@ -386,18 +377,7 @@ impl Engine {
         budgets: Budgets,
         key: Option<camina_journal::IdempotencyKey<'_>>,
     ) -> Result<camina_journal::Created> {
-        let ws = workspace
-            .canonicalize()
-            .map_err(|e| EngineError::Workspace {
-                path: workspace.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        if !ws.is_dir() {
-            return Err(EngineError::Workspace {
-                path: ws.display().to_string(),
-                reason: "not a directory".into(),
-            });
-        }
+        let ws = workspace::canonical_dir(workspace)?;
         let submitted = Submitted {
             prompt: prompt.to_owned(),
             workspace: ws.display().to_string(),
@@ -411,27 +391,18 @@ impl Engine {
             .await?)
     }
 
-    fn submitted(&self, id: &str) -> Result<Submitted> {
-        let records = self.journal.records(id)?;
-        let first = records
-            .iter()
-            .find(|r| Kind::of(r) == Some(Kind::Submitted))
-            .ok_or_else(|| EngineError::Corrupt {
-                seq: 0,
-                reason: format!("task {id} has no `submitted` record"),
-            })?;
-        durable::decode(first)
-    }
-
     /// Refuses to replay calls whose plugin changed, unless allowed.
     pub fn check_plugins(&self, id: &str, allow: bool) -> Result<()> {
         if allow {
             return Ok(());
         }
+        self.check_plugins_in(id, &self.journal.records(id)?)
+    }
+
+    /// [`Self::check_plugins`] on records already read.
+    fn check_plugins_in(&self, id: &str, records: &[camina_journal::Record]) -> Result<()> {
         let mut seen: HashMap<String, (String, String)> = HashMap::new();
-        for r in self
-            .journal
-            .records(id)?
+        for r in records
             .iter()
             .filter(|r| Kind::of(r) == Some(Kind::ToolIntent))
         {
@@ -461,9 +432,11 @@ impl Engine {
     /// Runs (or resumes) task `id` until it succeeds, fails, is cancelled
     /// or needs review; returns its summary then.
     pub async fn run(&self, id: &str, opts: RunOptions) -> Result<TaskSummary> {
-        let task = self.journal.task(id)?;
+        // The task is read once (summary and records) and handed down.
+        let mut task = self.journal.task(id)?;
+        let mut records = self.journal.records(id)?;
         // An undo a crash cut short is what resuming the task finishes.
-        if let Some(force) = self.unfinished_undo(id)? {
+        if let Some(force) = unfinished_undo_in(&records)? {
             tracing::info!(task = id, "finishing an undo that was cut short");
             self.undo(id, force, false).await?;
             return Ok(self.journal.task(id)?);
@@ -485,7 +458,13 @@ impl Engine {
             }
             running.insert(id.to_owned(), tx);
         }
-        let result = self.run_registered(id, &task, opts, rx).await;
+        // Another run of it in this process may have finished between the
+        // read and taking it: then read it again.
+        let now = self.journal.task(id)?;
+        if now.events != task.events {
+            (task, records) = (now, self.journal.records(id)?);
+        }
+        let result = self.run_registered(&task, records, opts, rx).await;
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -495,15 +474,18 @@ impl Engine {
 
     async fn run_registered(
         &self,
-        id: &str,
         task: &TaskSummary,
+        records: Vec<camina_journal::Record>,
         opts: RunOptions,
         cancel: tokio::sync::watch::Receiver<Option<agent::Stop>>,
     ) -> Result<TaskSummary> {
-        let submitted = self.submitted(id)?;
-        self.check_plugins(id, opts.allow_changed_plugins)?;
+        let id = task.id.as_str();
+        let submitted = submitted_in(id, &records)?;
+        if !opts.allow_changed_plugins {
+            self.check_plugins_in(id, &records)?;
+        }
         let crews = toolbox::crews(&self.registry.list()?);
-        let d = durable::Durable::load(&self.journal, id)?;
+        let d = durable::Durable::new(&self.journal, id, records);
         let resumed = task.events > 1;
         let started = Started {
             pid: std::process::id(),
@@ -689,6 +671,33 @@ impl Engine {
             .await?;
         Ok(self.journal.task(id)?)
     }
+}
+
+/// Whether these records end with an undo that started and did not
+/// finish; `Some(force)` with the flag it ran with.
+fn unfinished_undo_in(records: &[camina_journal::Record]) -> Result<Option<bool>> {
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| matches!(Kind::of(r), Some(Kind::UndoStarted | Kind::Undone)));
+    match last {
+        Some(r) if Kind::of(r) == Some(Kind::UndoStarted) => {
+            Ok(Some(durable::decode::<events::UndoStarted>(r)?.force))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What task `id` was submitted with (its first record).
+fn submitted_in(id: &str, records: &[camina_journal::Record]) -> Result<Submitted> {
+    let first = records
+        .iter()
+        .find(|r| Kind::of(r) == Some(Kind::Submitted))
+        .ok_or_else(|| EngineError::Corrupt {
+            seq: 0,
+            reason: format!("task {id} has no `submitted` record"),
+        })?;
+    durable::decode(first)
 }
 
 /// See [`Engine::reader`].

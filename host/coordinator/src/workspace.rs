@@ -1,0 +1,118 @@
+//! Where a task may work: one rule for the CLI, the API and the engine.
+//!
+//! [`canonical_dir`] is a workspace as given (`camina run --workspace`, a
+//! submitted task): an existing directory, canonical. [`confine`] is one
+//! under a root (the server's workspace root): relative to it, or absolute
+//! inside it; never `..`, never the root itself, never outside it through a
+//! symlink; created if missing through a capability handle on the root
+//! (cap-std), so a symlink planted under the root cannot make the host
+//! create anything outside it.
+
+use std::path::{Component, Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("workspace {path}: {source}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workspace {0} is not a directory")]
+    NotADirectory(String),
+    #[error("workspace: `..` is not allowed")]
+    ParentDir,
+    #[error("workspace {path} is not a directory under the workspace root {root}")]
+    Outside { path: String, root: String },
+    #[error(
+        "workspace: a task's workspace is a directory under the workspace root, not the root itself"
+    )]
+    IsRoot,
+    #[error("workspace {path}: cannot create it under the workspace root: {source}")]
+    Create {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the workspace root {path}: {source}")]
+    Root {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `path` as an existing directory, canonical.
+pub fn canonical_dir(path: &Path) -> Result<PathBuf, WorkspaceError> {
+    let canonical = path
+        .canonicalize()
+        .map_err(|source| WorkspaceError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if !canonical.is_dir() {
+        return Err(WorkspaceError::NotADirectory(
+            canonical.display().to_string(),
+        ));
+    }
+    Ok(canonical)
+}
+
+/// `requested` as a directory under `root` (see the module docs), made if
+/// missing; canonical.
+pub fn confine(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError> {
+    let root_error = |source| WorkspaceError::Root {
+        path: root.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(root_error)?;
+    let root = root.canonicalize().map_err(root_error)?;
+    let outside = |shown: &Path| WorkspaceError::Outside {
+        path: shown.display().to_string(),
+        root: root.display().to_string(),
+    };
+    if requested
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(WorkspaceError::ParentDir);
+    }
+    let relative = if requested.is_absolute() {
+        let resolved = requested
+            .canonicalize()
+            .map_err(|source| WorkspaceError::Unreadable {
+                path: requested.display().to_string(),
+                source,
+            })?;
+        resolved
+            .strip_prefix(&root)
+            .map_err(|_| outside(requested))?
+            .to_path_buf()
+    } else {
+        requested.to_path_buf()
+    };
+    if relative
+        .components()
+        .all(|c| matches!(c, Component::CurDir))
+    {
+        return Err(WorkspaceError::IsRoot);
+    }
+    let dir = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
+        .map_err(root_error)?;
+    dir.create_dir_all(&relative)
+        .map_err(|source| WorkspaceError::Create {
+            path: relative.display().to_string(),
+            source,
+        })?;
+    let path = root.join(&relative);
+    let resolved = path
+        .canonicalize()
+        .map_err(|source| WorkspaceError::Unreadable {
+            path: path.display().to_string(),
+            source,
+        })?;
+    if !resolved.starts_with(&root) || resolved == root || !resolved.is_dir() {
+        return Err(outside(&path));
+    }
+    Ok(resolved)
+}
