@@ -198,8 +198,8 @@ fn sign(
     let sig = camina_registry::sign::sign(
         key,
         &signer,
-        &camina_registry::digest(&wasm),
-        &camina_policy::hash_text(&policy_text),
+        &camina_registry::digest(&wasm).to_string(),
+        &camina_policy::hash_text(&policy_text).to_string(),
     )?;
     let out = output.unwrap_or_else(|| PathBuf::from(format!("{}.sig", file.display())));
     std::fs::write(&out, serde_json::to_string_pretty(&sig)?)
@@ -217,17 +217,9 @@ fn sign(
 /// `--sha256`: 64 hex digits, optionally `sha256:`-prefixed (a usage
 /// error, exit 2, otherwise).
 fn parse_sha256(text: &str) -> Result<String, String> {
-    let hex = text.trim().trim_start_matches("sha256:");
-    if hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(hex.to_ascii_lowercase())
-    } else {
-        Err(format!("`{text}` is not 64 hex digits"))
-    }
-}
-
-fn short(digest: &str) -> &str {
-    let hex = digest.trim_start_matches("sha256:");
-    &hex[..hex.len().min(12)]
+    camina_registry::Digest::parse(text)
+        .map(|d| d.hex().to_owned())
+        .map_err(|_| format!("`{text}` is not 64 hex digits"))
 }
 
 fn list(cx: &crate::Context, json: bool) -> anyhow::Result<()> {
@@ -266,7 +258,7 @@ fn list(cx: &crate::Context, json: bool) -> anyhow::Result<()> {
             r.name,
             r.version,
             r.crew.map_or("-", |c| c.as_str()),
-            short(&r.digest),
+            r.digest.short(),
             r.signer.as_deref().unwrap_or("-"),
             approval,
             tools.join(", ")

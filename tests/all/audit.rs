@@ -389,7 +389,7 @@ fn install_from_a_url_with_a_pinned_digest() {
         serde_json::json!([]),
         "nothing stored"
     );
-    let hex = digest.trim_start_matches("sha256:");
+    let hex = digest.hex();
     let out = h.ok(&[
         "plugin",
         "install",
@@ -481,7 +481,7 @@ fn signatures_good_bad_untrusted_and_tampered() {
     assert!(stderr(&o).contains("another component"), "{}", stderr(&o));
     // A forged signature (digest edited to match, signature not).
     let mut forged: Value = serde_json::from_str(&std::fs::read_to_string(&sig).unwrap()).unwrap();
-    forged["component"] = Value::String(camina_registry::digest(&bytes));
+    forged["component"] = Value::String(camina_registry::digest(&bytes).to_string());
     let forged_path = wasm_dir.path().join("forged.sig");
     std::fs::write(&forged_path, forged.to_string()).unwrap();
     let o = h.run(&[

@@ -167,7 +167,7 @@ async fn install_refuses_a_digest_mismatch_and_stores_nothing() {
         r.install(&wasm, None, Some("abc"), "b").await,
         Err(Error::BadDigest(_))
     ));
-    let right = digest(&wasm);
+    let right = digest(&wasm).to_string();
     r.install(&wasm, None, Some(&right), "b").await.unwrap();
 }
 

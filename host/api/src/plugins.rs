@@ -35,7 +35,7 @@ fn view(r: &PluginRecord) -> PluginView {
         name: r.name.clone(),
         version: r.version.clone(),
         description: r.description.clone(),
-        digest: r.digest.clone(),
+        digest: r.digest.to_string(),
         crew: r.crew.map(|c| c.as_str().to_owned()),
         tools: r
             .tools

@@ -172,8 +172,8 @@ pub struct StepStarted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolIntent {
     pub plugin: String,
-    pub digest: String,
-    pub policy_hash: String,
+    pub digest: camina_policy::Digest,
+    pub policy_hash: camina_policy::Digest,
     pub tool: String,
     /// The function name the model used (`tool` or `plugin__tool`).
     pub function: String,

@@ -401,7 +401,8 @@ impl Engine {
 
     /// [`Self::check_plugins`] on records already read.
     fn check_plugins_in(&self, id: &str, records: &[camina_journal::Record]) -> Result<()> {
-        let mut seen: HashMap<String, (String, String)> = HashMap::new();
+        let mut seen: HashMap<String, (camina_policy::Digest, camina_policy::Digest)> =
+            HashMap::new();
         for r in records
             .iter()
             .filter(|r| Kind::of(r) == Some(Kind::ToolIntent))
@@ -413,16 +414,20 @@ impl Engine {
         names.sort();
         for plugin in names {
             let (digest, policy) = &seen[&plugin];
-            let now = match self.registry.get(&plugin) {
-                Ok(p) => (p.record.digest.clone(), p.record.policy.hash.clone()),
-                Err(_) => ("(not installed)".into(), String::new()),
-            };
-            if (&now.0, &now.1) != (digest, policy) {
+            let now = self
+                .registry
+                .get(&plugin)
+                .ok()
+                .map(|p| (p.record.digest.clone(), p.record.policy.hash.clone()));
+            if now.as_ref() != Some(&(digest.clone(), policy.clone())) {
                 return Err(EngineError::PluginChanged {
                     task: id.to_owned(),
                     plugin,
                     was: format!("{digest} / {policy}"),
-                    now: format!("{} / {}", now.0, now.1),
+                    now: now.map_or_else(
+                        || "(not installed)".to_owned(),
+                        |(d, p)| format!("{d} / {p}"),
+                    ),
                 });
             }
         }

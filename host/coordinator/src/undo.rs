@@ -21,9 +21,9 @@
 //! restored is skipped, so an undo cut short is finished by running it
 //! again.
 
+use camina_policy::Digest;
 use camina_sandbox::{Change, Preserve, Prior};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -34,7 +34,7 @@ use std::sync::Mutex;
 pub enum State {
     Absent,
     File {
-        digest: String,
+        digest: Digest,
         size: u64,
         mode: u32,
     },
@@ -96,15 +96,13 @@ impl Store {
         self.root.join("tasks").join(format!("{task}.jsonl"))
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(digest.trim_start_matches("sha256:"))
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join(digest.hex())
     }
 
-    /// Keeps `bytes` (once), durably; returns `sha256:<hex>`.
-    fn put(&self, bytes: &[u8]) -> std::io::Result<String> {
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    /// Keeps `bytes` (once), durably; returns their digest.
+    fn put(&self, bytes: &[u8]) -> std::io::Result<Digest> {
+        let digest = Digest::of(bytes);
         let path = self.blob_path(&digest);
         if path.exists() {
             return Ok(digest);
@@ -119,10 +117,10 @@ impl Store {
     }
 
     /// A kept content, checked against its digest.
-    pub fn get(&self, digest: &str) -> std::io::Result<Vec<u8>> {
+    pub fn get(&self, digest: &Digest) -> std::io::Result<Vec<u8>> {
         let bytes = std::fs::read(self.blob_path(digest))?;
-        let got = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        if got != digest {
+        let got = Digest::of(&bytes);
+        if got != *digest {
             return Err(std::io::Error::other(format!(
                 "kept content {digest} is damaged (it hashes to {got})"
             )));
@@ -169,7 +167,7 @@ impl Store {
         match prior {
             Prior::File { bytes, mode } => State::File {
                 size: bytes.len() as u64,
-                digest: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+                digest: Digest::of(&bytes),
                 mode,
             },
             Prior::Absent => State::Absent,
@@ -267,7 +265,7 @@ impl Store {
         for t in tasks {
             for e in self.entries(t)? {
                 if let State::File { digest, .. } = e.state {
-                    digests.insert(digest.trim_start_matches("sha256:").to_owned());
+                    digests.insert(digest.hex().to_owned());
                 }
             }
         }

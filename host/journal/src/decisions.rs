@@ -33,7 +33,7 @@ pub struct DecisionEntry {
 
 impl DecisionEntry {
     /// An entry stamped now.
-    pub fn now(plugin: &str, digest: &str) -> Self {
+    pub fn now(plugin: &str, digest: impl std::fmt::Display) -> Self {
         let t = std::time::SystemTime::now();
         Self {
             at: humantime::format_rfc3339_millis(t).to_string(),
@@ -42,7 +42,7 @@ impl DecisionEntry {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             plugin: plugin.to_owned(),
-            digest: digest.to_owned(),
+            digest: digest.to_string(),
             task: None,
             step: None,
             capability: String::new(),

@@ -332,7 +332,12 @@ impl McpServer {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn log(&self, plugin: &str, digest: &str, decisions: &[camina_sandbox::Decision]) {
+    fn log(
+        &self,
+        plugin: &str,
+        digest: &camina_registry::Digest,
+        decisions: &[camina_sandbox::Decision],
+    ) {
         if decisions.is_empty() {
             return;
         }
@@ -353,7 +358,7 @@ impl McpServer {
     }
 
     /// What identifies the installed tools: a change means a new list.
-    fn fingerprint(&self) -> Vec<(String, String, String)> {
+    fn fingerprint(&self) -> Vec<(String, camina_registry::Digest, camina_registry::Digest)> {
         self.records()
             .into_iter()
             .map(|r| (r.name, r.digest, r.policy.hash))

@@ -17,18 +17,19 @@
 //! file, line and key at fault, never half-applied.
 
 pub mod audit;
+mod digest;
 mod fs;
 mod limits;
 mod locate;
 pub mod net;
 mod raw;
 
+pub use digest::{BadDigest, Digest};
 pub use fs::{Access, HostPath, Mount, ResolvedMount, WORKSPACE_TOKEN};
 pub use limits::Limits;
 pub use net::{NetDenial, NetPolicy, NetRule};
 pub use raw::valid_plugin_name;
 
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Errors from reading, validating or resolving a policy.
@@ -98,7 +99,7 @@ pub struct Policy {
     /// The policy text as written (empty for [`Policy::deny_all`]).
     pub source: String,
     /// `sha256:<hex>` of `source`; the journal records it with every call.
-    pub hash: String,
+    pub hash: Digest,
 }
 
 impl Policy {
@@ -208,9 +209,9 @@ impl Grants {
     }
 }
 
-/// `sha256:<hex>` of a text.
-pub fn hash_text(text: &str) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(text.as_bytes())))
+/// The digest of a text (a policy's hash).
+pub fn hash_text(text: &str) -> Digest {
+    Digest::of(text.as_bytes())
 }
 
 /// Expands a leading `~/` in a host path.

@@ -243,7 +243,7 @@ max_output_kib = 16
                 max_output_kib: 16
             }
         );
-        assert!(p.hash.starts_with("sha256:"));
+        assert_eq!(p.hash, crate::hash_text(FULL));
     }
 
     #[test]

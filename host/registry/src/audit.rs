@@ -2,6 +2,7 @@
 //! findings (least privilege, risk, drift since approval).
 
 use crate::{Error, PluginRecord, Registry, Result};
+use camina_policy::Digest;
 use camina_policy::audit::{ComponentFacts, Context, Finding, Level, audit};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -10,8 +11,8 @@ use std::path::Path;
 /// What `camina policy approve` recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
-    pub digest: String,
-    pub policy_hash: String,
+    pub digest: Digest,
+    pub policy_hash: Digest,
     pub approved_at: String,
 }
 
@@ -20,8 +21,8 @@ pub struct Approval {
 pub struct PluginAudit {
     pub plugin: String,
     pub version: String,
-    pub digest: String,
-    pub policy_hash: String,
+    pub digest: Digest,
+    pub policy_hash: Digest,
     pub crew: Option<camina_policy::Crew>,
     pub signer: Option<String>,
     /// `approved`, `not-approved` or `changed-since-approval`.

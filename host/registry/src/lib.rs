@@ -26,9 +26,9 @@ pub use audit::{Approval, AuditReport, PluginAudit};
 
 pub use record::{PluginRecord, PolicyRecord, ToolRecord};
 
+pub use camina_policy::Digest;
 use camina_policy::Policy;
 use camina_sandbox::{CallError, Outcome, Sandbox, Skill, ToolError, ToolErrorKind};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -94,8 +94,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 /// `sha256:<hex>` of bytes.
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+pub fn digest(bytes: &[u8]) -> Digest {
+    Digest::of(bytes)
 }
 
 /// A policy given at install time, with the name used in messages.
@@ -214,16 +214,18 @@ impl Registry {
         self.home.join("plugins").join(format!("{name}.json"))
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.home.join("blobs").join(format!("{hex}.wasm"))
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.home
+            .join("blobs")
+            .join(format!("{}.wasm", digest.hex()))
     }
 
-    fn cache_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.home
-            .join("cache")
-            .join(format!("{hex}-{}.cwasm", self.sandbox.fingerprint()))
+    fn cache_path(&self, digest: &Digest) -> PathBuf {
+        self.home.join("cache").join(format!(
+            "{}-{}.cwasm",
+            digest.hex(),
+            self.sandbox.fingerprint()
+        ))
     }
 
     /// Installs a component with an optional policy. Validates everything
@@ -251,18 +253,12 @@ impl Registry {
     ) -> Result<InstallReport> {
         let digest = digest(wasm);
         if let Some(expected) = expected_sha256 {
-            let expected = expected
-                .trim()
-                .trim_start_matches("sha256:")
-                .to_ascii_lowercase();
-            if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(Error::BadDigest(expected));
-            }
-            let actual = digest.trim_start_matches("sha256:");
-            if expected != actual {
+            let expected = Digest::parse(expected)
+                .map_err(|_| Error::BadDigest(expected.trim().to_owned()))?;
+            if expected != digest {
                 return Err(Error::DigestMismatch {
-                    expected,
-                    actual: actual.to_owned(),
+                    expected: expected.hex().to_owned(),
+                    actual: digest.hex().to_owned(),
                 });
             }
         }
@@ -277,8 +273,13 @@ impl Registry {
         let policy_hash = camina_policy::hash_text(policy.map_or("", |p| p.text.as_str()));
         let signer = match signature {
             Some(sig) => Some(
-                sign::verify(sig, &digest, &policy_hash, &self.trusted_keys_dir())
-                    .map_err(sig_err)?,
+                sign::verify(
+                    sig,
+                    &digest.to_string(),
+                    &policy_hash.to_string(),
+                    &self.trusted_keys_dir(),
+                )
+                .map_err(sig_err)?,
             ),
             None if self
                 .require_signatures
@@ -378,10 +379,10 @@ impl Registry {
     }
 
     /// Removes blob and cache of `digest` unless another record uses it.
-    fn collect_garbage(&self, digest: &str) {
+    fn collect_garbage(&self, digest: &Digest) {
         let in_use = self
             .list()
-            .map(|all| all.iter().any(|r| r.digest == digest))
+            .map(|all| all.iter().any(|r| r.digest == *digest))
             .unwrap_or(true);
         if !in_use {
             let _ = std::fs::remove_file(self.blob_path(digest));

@@ -1,6 +1,6 @@
 //! The on-disk record of an installed plugin.
 
-use camina_policy::{Crew, Policy};
+use camina_policy::{Crew, Digest, Policy};
 use camina_sandbox::{Effect, Manifest};
 use serde::{Deserialize, Serialize};
 
@@ -21,7 +21,7 @@ pub struct ToolRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRecord {
     /// `sha256:<hex>` of `source`.
-    pub hash: String,
+    pub hash: Digest,
     /// The policy file as installed (empty: installed without a policy).
     pub source: String,
     /// Where it was installed from, if from a file.
@@ -36,7 +36,7 @@ pub struct PluginRecord {
     pub version: String,
     pub description: String,
     /// `sha256:<hex>` of the component.
-    pub digest: String,
+    pub digest: Digest,
     /// Which crew is offered its tools (none: callable directly only).
     pub crew: Option<Crew>,
     pub tools: Vec<ToolRecord>,
@@ -53,7 +53,7 @@ pub struct PluginRecord {
 impl PluginRecord {
     pub(crate) fn new(
         manifest: &Manifest,
-        digest: &str,
+        digest: &Digest,
         policy: &Policy,
         policy_file: Option<String>,
         imports: &[String],
@@ -63,7 +63,7 @@ impl PluginRecord {
             name: manifest.name.clone(),
             version: manifest.version.clone(),
             description: manifest.description.clone(),
-            digest: digest.to_owned(),
+            digest: digest.clone(),
             crew: policy.crew,
             tools: manifest
                 .tools
