@@ -127,7 +127,7 @@ impl FileConfig {
 pub fn load(flag: Option<&Path>, home: &Path) -> anyhow::Result<(FileConfig, Option<PathBuf>)> {
     let (path, required) = match flag {
         Some(p) => (p.to_path_buf(), true),
-        None => (home.join("config.toml"), false),
+        None => (camina_coordinator::home::Home::new(home).config(), false),
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,

@@ -325,7 +325,7 @@ pub async fn eval(cx: &Context, args: EvalArgs) -> anyhow::Result<()> {
         Ok(r) => r.catalogue.clone().unwrap_or(r.model.clone()),
         Err(e) => return Err(anyhow::anyhow!("{e}")),
     };
-    let work = cx.home.join("eval-work");
+    let work = cx.layout().eval_work();
     let started_all = Instant::now();
     if !args.json {
         eprintln!(
@@ -443,7 +443,7 @@ pub async fn eval(cx: &Context, args: EvalArgs) -> anyhow::Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        cx.home.join("eval-reports").join(format!("{secs}.json"))
+        cx.layout().eval_reports().join(format!("{secs}.json"))
     });
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;

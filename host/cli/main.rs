@@ -83,6 +83,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The home directory's layout.
+    pub fn layout(&self) -> camina_coordinator::home::Home {
+        camina_coordinator::home::Home::new(&self.home)
+    }
+
     pub fn registry(&self) -> anyhow::Result<camina_registry::Registry> {
         let r = home::registry(&self.home)?;
         r.require_signatures(self.config.plugins.require_signatures);
@@ -95,8 +100,8 @@ impl Context {
             .server
             .workspace_root
             .as_deref()
-            .map(|p| PathBuf::from(p.replace("{home}", &self.home.display().to_string())))
-            .unwrap_or_else(|| self.home.join("workspaces"))
+            .map(|p| self.layout().expand(p))
+            .unwrap_or_else(|| self.layout().workspaces())
     }
 
     /// Records sandbox decisions of a direct tool call in the decision log
@@ -105,7 +110,7 @@ impl Context {
         if entries.is_empty() {
             return;
         }
-        match camina_journal::Journal::open(&self.home.join("journal")) {
+        match camina_journal::Journal::open(&self.layout().journal()) {
             Ok((j, _)) => {
                 let _ = j
                     .decision_log()

@@ -182,7 +182,7 @@ pub async fn audit(cx: &Context, cmd: AuditCommand) -> anyhow::Result<()> {
         json,
     } = cmd;
     let since_unix_ms = since_text.as_deref().map(since).transpose()?;
-    let (journal, _) = camina_journal::Journal::open(&cx.home.join("journal"))?;
+    let (journal, _) = camina_journal::Journal::open(&cx.layout().journal())?;
     let entries = journal
         .decision_log()
         .query(&camina_journal::DecisionFilter {
@@ -225,7 +225,7 @@ pub async fn key(cx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
     match cmd {
         KeyCommand::Generate { name } => {
             let (secret, public, key) =
-                camina_registry::sign::generate(&cx.home.join("keys"), &name)?;
+                camina_registry::sign::generate(&cx.layout().keys(), &name)?;
             println!("secret key: {} (keep it private)", secret.display());
             println!("public key: {} = {key}", public.display());
             println!("to trust it here: camina key trust {}", public.display());
@@ -235,7 +235,7 @@ pub async fn key(cx: &Context, cmd: KeyCommand) -> anyhow::Result<()> {
             let name = name
                 .or_else(|| file.file_stem().map(|s| s.to_string_lossy().into_owned()))
                 .unwrap_or_else(|| "key".into());
-            let dest = camina_registry::sign::trust(&file, &cx.home.join("trusted_keys"), &name)?;
+            let dest = camina_registry::sign::trust(&file, &cx.layout().trusted_keys(), &name)?;
             println!(
                 "trusted {} as `{name}` ({})",
                 file.display(),

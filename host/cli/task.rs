@@ -130,7 +130,7 @@ fn note_interrupted(engine: &Engine, except: &str) {
 /// Opens the engine; a journal held by another process is reported as
 /// such.
 pub async fn engine(cx: &Context, model: Option<&str>) -> anyhow::Result<Arc<Engine>> {
-    let path = cx.home.join("journal");
+    let path = cx.layout().journal();
     let (journal, _) = camina_journal::Journal::open(&path)?;
     journal
         .decision_log()
@@ -598,7 +598,7 @@ pub async fn task(cx: &Context, cmd: TaskCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TaskCommand::Cancel { id } => {
-            match camina_journal::Journal::open(&cx.home.join("journal")) {
+            match camina_journal::Journal::open(&cx.layout().journal()) {
                 Err(camina_journal::Error::Locked { .. }) => {
                     // Another process runs it: leave a request it polls for.
                     let dir = camina_coordinator::cancel_dir(&cx.home);

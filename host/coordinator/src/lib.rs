@@ -33,6 +33,7 @@ pub mod checks;
 pub mod durable;
 pub mod events;
 pub mod ground;
+pub mod home;
 pub mod lines;
 pub mod prompts;
 pub mod replay;
@@ -734,5 +735,5 @@ pub struct LeftOver {
 
 /// Where cancel requests for tasks of other processes are dropped.
 pub fn cancel_dir(home: &Path) -> PathBuf {
-    home.join("cancel")
+    home::Home::new(home).cancel()
 }

@@ -88,7 +88,7 @@ pub struct Store {
 impl Store {
     pub fn new(home: &Path) -> Self {
         Self {
-            root: home.join("undo"),
+            root: crate::home::Home::new(home).undo(),
         }
     }
 

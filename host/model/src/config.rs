@@ -308,7 +308,7 @@ impl Config {
     /// a catalogue model at `<home>/models/<file>` when present there, else
     /// in the cache (where `camina model fetch` puts it).
     pub fn embedded_target(&self, which: &EmbeddedModel, home: &Path) -> EmbeddedTarget {
-        let expand = |p: &str| PathBuf::from(p.replace("{home}", &home.display().to_string()));
+        let expand = |p: &str| expand_home(p, home);
         let file = |path: PathBuf| EmbeddedTarget {
             catalogue: catalogue::identify(&path),
             path,
@@ -373,6 +373,12 @@ fn normalise_ollama_host(v: &str) -> String {
     } else {
         format!("{scheme}://{rest}:11434")
     }
+}
+
+/// A configured path with `{home}` replaced by the home directory (the
+/// one place this expansion is written).
+pub fn expand_home(text: &str, home: &Path) -> PathBuf {
+    PathBuf::from(text.replace("{home}", &home.display().to_string()))
 }
 
 #[cfg(test)]
