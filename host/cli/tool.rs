@@ -105,6 +105,6 @@ pub fn workspace_arg(workspace: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     };
     // "--workspace x: No such file…", "--workspace x is not a directory".
     let canonical = camina_coordinator::workspace::canonical_dir(&workspace)
-        .map_err(|e| UsageError(format!("--{e}")))?;
+        .map_err(|e| UsageError(format!("--{}", camina_sandbox::error_chain(&e))))?;
     Ok(canonical)
 }

@@ -4,6 +4,7 @@
 use crate::support::{artifacts, sandbox, shipped_policy};
 use camina_registry::{Error, PolicySource, Registry, digest};
 use camina_sandbox::ToolErrorKind;
+use camina_sandbox::error_chain;
 
 fn registry() -> (tempfile::TempDir, Registry) {
     let home = tempfile::tempdir().unwrap();
@@ -179,7 +180,7 @@ async fn install_refuses_a_core_module() {
         .install(&module, None, None, "core.wasm")
         .await
         .unwrap_err();
-    let msg = err.to_string();
+    let msg = error_chain(&err);
     assert!(
         msg.starts_with("core.wasm:") && msg.contains("core WebAssembly module, not a component"),
         "{msg}"
@@ -193,8 +194,8 @@ async fn install_refuses_the_wrong_world() {
     let msg = r
         .install(&component, None, None, "empty.wasm")
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let msg = error_chain(&msg);
     assert!(
         msg.contains("does not implement the camina:skill@0.1.0 `skill` world")
             && msg.contains("describe"),
@@ -213,8 +214,8 @@ async fn install_refuses_the_wrong_world() {
     let msg = r
         .install(&wrong_types, None, None, "typed.wasm")
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let msg = error_chain(&msg);
     assert!(msg.contains("skill` world"), "{msg}");
 }
 
@@ -224,15 +225,15 @@ async fn install_refuses_garbage_and_truncated_components() {
     let msg = r
         .install(b"hello world", None, None, "junk.wasm")
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let msg = error_chain(&msg);
     assert!(msg.contains("not a WebAssembly file"), "{msg}");
     let wasm = read(artifacts::BELTER_FS);
     let msg = r
         .install(&wasm[..wasm.len() / 2], None, None, "cut.wasm")
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let msg = error_chain(&msg);
     assert!(msg.contains("invalid or cannot be compiled"), "{msg}");
     assert!(r.list().unwrap().is_empty());
 }
@@ -243,8 +244,8 @@ async fn install_refuses_a_component_that_imports_sockets() {
     let msg = r
         .install(&read(artifacts::SOCKET_USER), None, None, "s.wasm")
         .await
-        .unwrap_err()
-        .to_string();
+        .unwrap_err();
+    let msg = error_chain(&msg);
     assert!(msg.contains("wasi:sockets"), "{msg}");
     assert!(r.list().unwrap().is_empty());
 }

@@ -56,12 +56,7 @@ impl ApiError {
     /// A 500; the log gets the error with its causes.
     pub fn internal(detail: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         let detail = detail.into();
-        let mut text = detail.to_string();
-        let mut cause = detail.source();
-        while let Some(c) = cause {
-            text.push_str(&format!(": {c}"));
-            cause = c.source();
-        }
+        let text = chain(&*detail);
         tracing::error!("internal error: {text}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -69,6 +64,17 @@ impl ApiError {
             "internal error (see the server log)",
         )
     }
+}
+
+/// An error and its causes, `: `-separated: what a client is told.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 impl IntoResponse for ApiError {
@@ -96,7 +102,7 @@ impl From<EngineError> for ApiError {
             EngineError::Finished { .. }
             | EngineError::AlreadyRunning(_)
             | EngineError::PluginChanged { .. } => ApiError::conflict(e.to_string()),
-            EngineError::Workspace(_) => ApiError::bad_request(e.to_string()),
+            EngineError::Workspace(_) => ApiError::bad_request(chain(&e)),
             EngineError::ShuttingDown => ApiError::unavailable(e.to_string()),
             EngineError::Running(_) => ApiError::conflict(e.to_string()),
             EngineError::Undo {
@@ -117,8 +123,8 @@ impl From<camina_registry::Error> for ApiError {
         use camina_registry::Error as E;
         use camina_registry::sign::SignError;
         match e {
-            E::UnknownPlugin(_) => ApiError::not_found(e.to_string()),
-            E::BadDigest(_) => ApiError::bad_request(e.to_string()),
+            E::UnknownPlugin(_) => ApiError::not_found(chain(&e)),
+            E::BadDigest(_) => ApiError::bad_request(chain(&e)),
             E::DigestMismatch { .. }
             | E::Policy(_)
             | E::Component { .. }
@@ -127,7 +133,7 @@ impl From<camina_registry::Error> for ApiError {
             | E::NameMismatch { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_plugin",
-                e.to_string(),
+                chain(&e),
             ),
             // No signature where one is required, or one by a key this
             // host does not trust: refused. A signature that does not
@@ -135,11 +141,11 @@ impl From<camina_registry::Error> for ApiError {
             E::Signature {
                 error: SignError::Missing | SignError::Untrusted { .. },
                 ..
-            } => ApiError::new(StatusCode::FORBIDDEN, "untrusted_signature", e.to_string()),
+            } => ApiError::new(StatusCode::FORBIDDEN, "untrusted_signature", chain(&e)),
             E::Signature { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_signature",
-                e.to_string(),
+                chain(&e),
             ),
             // The host's own store or a sandbox call failing: ours.
             E::Io { .. } | E::CorruptRecord { .. } | E::Call(_) => ApiError::internal(e),

@@ -89,7 +89,7 @@ fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiEr
     };
     confine(&state.settings.workspace_root, &requested).map_err(|e| match e {
         WorkspaceError::Root { .. } => ApiError::internal(e),
-        other => ApiError::bad_request(other.to_string()),
+        other => ApiError::bad_request(crate::error::chain(&other)),
     })
 }
 

@@ -12,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
-    #[error("workspace {path}: {source}")]
+    #[error("workspace {path}")]
     Unreadable {
         path: String,
         #[source]
@@ -28,13 +28,13 @@ pub enum WorkspaceError {
         "workspace: a task's workspace is a directory under the workspace root, not the root itself"
     )]
     IsRoot,
-    #[error("workspace {path}: cannot create it under the workspace root: {source}")]
+    #[error("workspace {path}: cannot create it under the workspace root")]
     Create {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("the workspace root {path}: {source}")]
+    #[error("the workspace root {path}")]
     Root {
         path: String,
         #[source]

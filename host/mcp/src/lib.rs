@@ -225,7 +225,12 @@ impl McpServer {
                 }
                 Err(e) => error(format!("{}: {}", e.kind.as_str(), e.message)),
             },
-            Err(e) => error(format!("{}.{}: {e}", target.plugin, target.tool)),
+            Err(e) => error(format!(
+                "{}.{}: {}",
+                target.plugin,
+                target.tool,
+                camina_sandbox::error_chain(&e)
+            )),
         }
     }
 
@@ -244,7 +249,12 @@ impl McpServer {
         };
         let task = match self.engine.submit(&prompt, &self.workspace, budgets).await {
             Ok(t) => t,
-            Err(e) => return error(format!("the task could not be submitted: {e}")),
+            Err(e) => {
+                return error(format!(
+                    "the task could not be submitted: {}",
+                    camina_sandbox::error_chain(&e)
+                ));
+            }
         };
         let id = task.id.clone();
         let progress = context.meta.get_progress_token().map(|token| {
@@ -324,7 +334,7 @@ impl McpServer {
                 result.structured_content = Some(structured);
                 result
             }
-            Err(e) => error(format!("task {id}: {e}")),
+            Err(e) => error(format!("task {id}: {}", camina_sandbox::error_chain(&e))),
         }
     }
 

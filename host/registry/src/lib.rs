@@ -51,9 +51,10 @@ pub enum Error {
     BadDigest(String),
     #[error(transparent)]
     Policy(#[from] camina_policy::Error),
-    #[error("{source_name}: {error}")]
+    #[error("{source_name}")]
     Component {
         source_name: String,
+        #[source]
         error: camina_sandbox::Error,
     },
     #[error("{source_name}: describe() failed: {error}")]
@@ -300,11 +301,7 @@ impl Registry {
         let (skill, native) =
             tokio::task::spawn_blocking(move || sandbox.compile_for_cache(&bytes))
                 .await
-                .map_err(|e| {
-                    component_err(camina_sandbox::Error::Compile(format!(
-                        "the compiler stopped: {e}"
-                    )))
-                })?
+                .map_err(|e| component_err(camina_sandbox::Error::Compile(e.into())))?
                 .map_err(component_err)?;
         let hint = parsed_policy
             .as_ref()

@@ -60,8 +60,8 @@ impl Drop for Sandbox {
     }
 }
 
-fn engine_error(e: impl std::fmt::Display) -> Error {
-    Error::Engine(e.to_string())
+fn engine_error(e: impl Into<crate::BoxError>) -> Error {
+    Error::Engine(e.into())
 }
 
 impl Sandbox {
@@ -123,8 +123,7 @@ impl Sandbox {
     /// Compiles component bytes and links them against the sandbox.
     pub fn compile(&self, wasm: &[u8]) -> Result<Skill> {
         check_is_component(wasm)?;
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| Error::Compile(format!("{e:#}")))?;
+        let component = Component::new(&self.engine, wasm).map_err(|e| Error::Compile(e.into()))?;
         Skill::prepare(self, component)
     }
 
@@ -133,7 +132,7 @@ impl Sandbox {
         check_is_component(wasm)?;
         self.engine
             .precompile_component(wasm)
-            .map_err(|e| Error::Compile(format!("{e:#}")))
+            .map_err(|e| Error::Compile(e.into()))
     }
 
     /// Compiles once and returns both the loaded skill and its native code
@@ -148,21 +147,21 @@ impl Sandbox {
         // SAFETY: `native` was produced a moment ago by this very engine's
         // `precompile_component` and never left this process.
         let component = unsafe { Component::deserialize(&self.engine, &native) }
-            .map_err(|e| Error::Compile(format!("{e:#}")))?;
+            .map_err(|e| Error::Compile(e.into()))?;
         Ok((Skill::prepare(self, component)?, native))
     }
 
     /// Loads a component precompiled by [`Sandbox::precompile`] from the
     /// plugin store (memory-mapped, no compilation).
     pub fn load_precompiled(&self, path: &Path) -> Result<Skill> {
-        let load = |reason: String| Error::Load {
+        let load = |source: crate::BoxError| Error::Load {
             path: path.display().to_string(),
-            reason,
+            source,
         };
         match Engine::detect_precompiled_file(path) {
             Ok(Some(wasmtime::Precompiled::Component)) => {}
             Ok(_) => return Err(load("not a precompiled component".into())),
-            Err(e) => return Err(load(e.to_string())),
+            Err(e) => return Err(load(e.into())),
         }
         #[expect(
             unsafe_code,
@@ -173,7 +172,7 @@ impl Sandbox {
         // engine with the same fingerprint (part of its name), and wasmtime
         // checks the header and engine compatibility before mapping it.
         let component = unsafe { Component::deserialize_file(&self.engine, path) }
-            .map_err(|e| load(format!("{e:#}")))?;
+            .map_err(|e| load(e.into()))?;
         Skill::prepare(self, component)
     }
 }

@@ -63,10 +63,10 @@ pub enum Error {
          `wasm-tools component new`"
     )]
     CoreModule,
-    #[error("the component is invalid or cannot be compiled: {0}")]
-    Compile(String),
-    #[error("the component does not implement the camina:skill@0.1.0 `skill` world: {0}")]
-    WrongWorld(String),
+    #[error("the component is invalid or cannot be compiled")]
+    Compile(#[source] BoxError),
+    #[error("the component does not implement the camina:skill@0.1.0 `skill` world")]
+    WrongWorld(#[source] BoxError),
     #[error(
         "the component imports what Caminaå never grants: {}. Skills may import \
          wasi:filesystem, wasi:http (outgoing-handler, types), wasi:io, wasi:clocks, \
@@ -74,10 +74,29 @@ pub enum Error {
         .0.join(", ")
     )]
     UnsupportedImports(Vec<String>),
-    #[error("loading the precompiled component {path}: {reason}")]
-    Load { path: String, reason: String },
-    #[error("sandbox engine: {0}")]
-    Engine(String),
+    #[error("loading the precompiled component {path}")]
+    Load {
+        path: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("starting the sandbox engine")]
+    Engine(#[source] BoxError),
+}
+
+/// The cause an [`Error`] or [`CallError`] keeps (wasmtime's errors, I/O).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error and its causes, `: `-separated, for one-line reports (a tool
+/// result a model reads, an MCP error result).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -217,8 +236,12 @@ pub enum CallError {
         message: String,
         decisions: Vec<Decision>,
     },
-    #[error("cannot set up the sandbox: {0}")]
-    Setup(String),
+    #[error("cannot set up the sandbox: {what}")]
+    Setup {
+        what: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("the skill broke the contract: {0}")]
     Contract(String),
 }

@@ -80,21 +80,24 @@ impl Skill {
         for want in ["describe", "call"] {
             if !exports.iter().any(|(n, is_func)| n == want && *is_func) {
                 let have: Vec<&str> = exports.iter().map(|(n, _)| n.as_str()).collect();
-                return Err(Error::WrongWorld(format!(
-                    "it exports no function `{want}` (its exports: {})",
-                    if have.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        have.join(", ")
-                    }
-                )));
+                return Err(Error::WrongWorld(
+                    format!(
+                        "it exports no function `{want}` (its exports: {})",
+                        if have.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            have.join(", ")
+                        }
+                    )
+                    .into(),
+                ));
             }
         }
         let instance_pre = sandbox
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| Error::WrongWorld(format!("{e:#}")))?;
-        let pre = SkillPre::new(instance_pre).map_err(|e| Error::WrongWorld(format!("{e:#}")))?;
+            .map_err(|e| Error::WrongWorld(e.into()))?;
+        let pre = SkillPre::new(instance_pre).map_err(|e| Error::WrongWorld(e.into()))?;
         Ok(Self {
             pre,
             engine: sandbox.engine.clone(),
@@ -243,11 +246,10 @@ impl Skill {
                 Box<dyn Future<Output = wasmtime::Result<R>> + Send + 'a>,
             > + Send,
     {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| CallError::Setup(e.to_string()))?;
+        let _permit = self.permits.acquire().await.map_err(|e| CallError::Setup {
+            what: "waiting for a call slot".into(),
+            source: e.into(),
+        })?;
         let plugin: Arc<str> = grants.plugin.as_str().into();
         let limits = grants.limits;
         let decisions = Decisions::default();
@@ -273,9 +275,11 @@ impl Skill {
                 Access::Read => FsPerms::ReadOnly,
                 Access::ReadWrite => FsPerms::ReadWrite,
             };
-            wasi.preopened_dir(&m.host, &m.guest, perms).map_err(|e| {
-                CallError::Setup(format!("mount {} -> {}: {e:#}", m.host.display(), m.guest))
-            })?;
+            wasi.preopened_dir(&m.host, &m.guest, perms)
+                .map_err(|e| CallError::Setup {
+                    what: format!("mount {} -> {}", m.host.display(), m.guest),
+                    source: e.into(),
+                })?;
         }
         let net = NetGate {
             plugin: plugin.clone(),

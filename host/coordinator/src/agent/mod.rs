@@ -394,9 +394,17 @@ impl Agent<'_> {
                     _ => "failed",
                 };
                 let d = denials(e.decisions());
-                (None, Some((kind.to_owned(), e.to_string())), d)
+                (
+                    None,
+                    Some((kind.to_owned(), camina_sandbox::error_chain(&e))),
+                    d,
+                )
             }
-            Err(e) => (None, Some(("failed".to_owned(), e.to_string())), Vec::new()),
+            Err(e) => (
+                None,
+                Some(("failed".to_owned(), camina_sandbox::error_chain(&e))),
+                Vec::new(),
+            ),
         };
         let result = ToolResult {
             key: intent.key.clone(),
