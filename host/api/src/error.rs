@@ -67,15 +67,7 @@ impl ApiError {
 }
 
 /// An error and its causes, `: `-separated: what a client is told.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    text
-}
+pub use camina_sandbox::error_chain as chain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

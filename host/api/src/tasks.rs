@@ -401,15 +401,16 @@ pub async fn events(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
-    let engine = state.engine.clone();
-    let t = engine.task(&id)?;
+    let t = state.engine.task(&id)?;
+    // Full-id lookups from here on (the stream polls the status).
+    let reader = state.engine.reader();
     let after: Option<u64> = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     // Subscribe before reading the past, so nothing falls in between.
-    let mut feed = engine.subscribe();
-    let past = engine.records(&t.id)?;
+    let mut feed = state.engine.subscribe();
+    let past = reader.records(&t.id)?;
     let id = t.id.clone();
     let stream = async_stream(move |tx| async move {
         let mut last = after;
@@ -422,7 +423,7 @@ pub async fn events(
         // Sends what the journal holds after `last`; true when the stream
         // should end (the client left, or the task's last record was sent).
         let catch_up = async |last: &mut Option<u64>| -> bool {
-            let Ok(all) = engine.records(&id) else {
+            let Ok(all) = reader.records(&id) else {
                 return true;
             };
             let from = *last;
@@ -434,15 +435,15 @@ pub async fn events(
             }
             false
         };
-        let live = |engine: &camina_coordinator::Engine| {
+        let live = |reader: &camina_coordinator::Reader| {
             matches!(
-                engine.task(&id).map(|t| t.status),
+                reader.task(&id).map(|t| t.status),
                 Ok(Status::Running | Status::Queued)
             )
         };
         // A task that is not running (or about to) ends the stream after
         // its history, including anything written since it was read.
-        if !live(&engine) {
+        if !live(&reader) {
             catch_up(&mut last).await;
             return;
         }
@@ -473,7 +474,7 @@ pub async fn events(
                     Err(_) => return,
                 },
                 _ = tick.tick() => {
-                    if !live(&engine) || state.closing() {
+                    if !live(&reader) || state.closing() {
                         catch_up(&mut last).await;
                         return;
                     }
