@@ -106,7 +106,7 @@ impl Context {
 
     /// Records sandbox decisions of a direct tool call in the decision log
     /// (skipped, with a note, while another process holds the journal).
-    pub fn log_decisions(&self, entries: &[camina_journal::DecisionEntry]) {
+    pub fn log_decisions(&self, entries: Vec<camina_journal::DecisionEntry>) {
         if entries.is_empty() {
             return;
         }

@@ -76,7 +76,7 @@ async fn call(
                 ..camina_journal::DecisionEntry::now(plugin, &p.record.digest)
             })
             .collect();
-        cx.log_decisions(&entries);
+        cx.log_decisions(entries);
     }
     match outcome {
         Ok(outcome) => match outcome.result {

@@ -320,8 +320,9 @@ impl Engine {
         Ok(self.journal.decision_log().query(filter)?)
     }
 
-    /// Appends capability decisions to the decision log (buffered).
-    pub fn record_decisions(&self, entries: &[camina_journal::DecisionEntry]) -> Result<()> {
+    /// Appends capability decisions to the decision log (queued; on disk
+    /// with the journal's next flush).
+    pub fn record_decisions(&self, entries: Vec<camina_journal::DecisionEntry>) -> Result<()> {
         Ok(self.journal.decision_log().record(entries)?)
     }
 

@@ -1,13 +1,15 @@
 //! The sandbox's decision log: every capability decision (what a skill
 //! tried, on what, the verdict), kept beside the task journal in the same
 //! sled database (tree `decisions`, key: time ‖ unique id) with its own
-//! retention. An audit trail, not a durability point: appends are
-//! buffered and reach disk with the journal's next flush.
+//! retention. An audit trail, not a durability point: appends are queued,
+//! stored in batches off the caller's path, and reach disk with the
+//! journal's next flush.
 
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 /// One capability decision of the sandbox, as the decision log keeps it.
 /// Never file contents or bodies: what was tried, on what, the verdict.
@@ -104,56 +106,120 @@ impl Default for Retention {
 }
 
 /// The decision log of one journal ([`crate::Journal::decision_log`]).
+///
+/// Recording is off the tool-call path: [`DecisionLog::record`] queues the
+/// entries and returns; a writer thread stores them in batches (at least
+/// every [`WRITE_EVERY`], or as soon as [`WAKE_AT`] entries wait). The
+/// journal's flush stores whatever still waits before it syncs, so a
+/// decision is on disk with the next durable record of its task, as
+/// before; a query stores them first too (a reader sees every entry
+/// recorded before it asked).
 pub struct DecisionLog {
+    inner: Arc<Inner>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// How long queued decisions wait at most for the writer thread.
+pub const WRITE_EVERY: Duration = Duration::from_millis(50);
+/// Queued decisions that wake the writer at once.
+pub const WAKE_AT: usize = 512;
+
+pub(crate) struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     retention: Mutex<Retention>,
-    /// Entries recorded since the last pruning.
+    /// Entries stored since the last pruning.
     since_prune: AtomicU64,
+    /// Entries in the tree (counted once at open, then kept): pruning by
+    /// size must not walk the whole log every time.
+    count: AtomicU64,
+    queue: Mutex<Vec<DecisionEntry>>,
+    wake: Condvar,
+    stop: AtomicBool,
 }
 
 impl std::fmt::Debug for DecisionLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecisionLog")
-            .field("entries", &self.tree.len())
+            .field("entries", &self.inner.count.load(Ordering::Relaxed))
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for DecisionLog {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_all();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        // The writer stores what waits before it stops; this covers a log
+        // without a writer thread.
+        if let Err(e) = self.inner.store_queued() {
+            tracing::error!("decision log: queued decisions were not stored: {e}");
+        }
     }
 }
 
 impl DecisionLog {
     /// Opens the log in `db` and prunes it with the default retention.
     pub(crate) fn open(db: &sled::Db) -> Result<Self> {
-        let log = Self {
-            tree: db.open_tree("decisions")?,
+        let tree = db.open_tree("decisions")?;
+        let inner = Arc::new(Inner {
+            count: AtomicU64::new(tree.len() as u64),
+            tree,
             db: db.clone(),
             retention: Mutex::new(Retention::default()),
             since_prune: AtomicU64::new(0),
-        };
-        log.prune()?;
-        Ok(log)
+            queue: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        inner.prune()?;
+        let me = inner.clone();
+        let writer = std::thread::Builder::new()
+            .name("camina-decisions".into())
+            .spawn(move || me.write_loop())
+            .map_err(|e| {
+                tracing::warn!("decision log: no writer thread, storing on the caller's: {e}")
+            })
+            .ok();
+        Ok(Self { inner, writer })
+    }
+
+    /// What the journal's flush calls first: stores every queued entry.
+    pub(crate) fn storer(&self) -> Arc<Inner> {
+        self.inner.clone()
     }
 
     /// Sets how long the log keeps entries, and prunes now; returns how
     /// many were dropped.
     pub fn set_retention(&self, retention: Retention) -> Result<usize> {
-        *self.retention.lock().unwrap_or_else(|p| p.into_inner()) = retention;
-        self.prune()
+        *self
+            .inner
+            .retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = retention;
+        self.inner.store_queued()?;
+        self.inner.prune()
     }
 
-    /// Appends decisions (buffered: on disk with the journal's next flush).
-    pub fn record(&self, entries: &[DecisionEntry]) -> Result<()> {
-        for e in entries {
-            let mut key = e.at_unix_ms.to_be_bytes().to_vec();
-            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-            self.tree
-                .insert(key, serde_json::to_vec(e).map_err(Error::Encode)?)?;
+    /// Appends decisions: queued here, stored by the writer thread, on disk
+    /// with the journal's next flush.
+    pub fn record(&self, entries: Vec<DecisionEntry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
         }
-        let n = self
-            .since_prune
-            .fetch_add(entries.len() as u64, Ordering::Relaxed);
-        if n > 5_000 {
-            self.since_prune.store(0, Ordering::Relaxed);
-            self.prune()?;
+        if self.writer.is_none() {
+            return self.inner.store(entries);
+        }
+        let waiting = {
+            let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            q.extend(entries);
+            q.len()
+        };
+        if waiting >= WAKE_AT {
+            self.inner.wake.notify_one();
         }
         Ok(())
     }
@@ -161,31 +227,15 @@ impl DecisionLog {
     /// Drops decisions older than the retention age, then the oldest beyond
     /// the retention size. Returns how many were dropped.
     pub fn prune(&self) -> Result<usize> {
-        let r = *self.retention.lock().unwrap_or_else(|p| p.into_inner());
-        let cutoff = std::time::SystemTime::now()
-            .checked_sub(r.max_age)
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut dropped = 0;
-        for item in self.tree.range(..cutoff.to_be_bytes().to_vec()) {
-            let (k, _) = item?;
-            self.tree.remove(k)?;
-            dropped += 1;
-        }
-        let excess = self.tree.len().saturating_sub(r.max_entries);
-        for item in self.tree.iter().take(excess) {
-            let (k, _) = item?;
-            self.tree.remove(k)?;
-            dropped += 1;
-        }
-        Ok(dropped)
+        self.inner.store_queued()?;
+        self.inner.prune()
     }
 
     /// Decisions matching `filter`, newest first.
     pub fn query(&self, filter: &DecisionFilter) -> Result<Vec<DecisionEntry>> {
+        self.inner.store_queued()?;
         let mut out = Vec::new();
-        for item in self.tree.iter().rev() {
+        for item in self.inner.tree.iter().rev() {
             let (k, v) = item?;
             let e: DecisionEntry = serde_json::from_slice(&v).map_err(|err| {
                 let at = k
@@ -215,6 +265,88 @@ impl DecisionLog {
     }
 }
 
+impl Inner {
+    fn write_loop(&self) {
+        loop {
+            let stopping = {
+                let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let (_q, _) = self
+                    .wake
+                    .wait_timeout_while(q, WRITE_EVERY, |q| {
+                        q.len() < WAKE_AT && !self.stop.load(Ordering::SeqCst)
+                    })
+                    .unwrap_or_else(|p| p.into_inner());
+                self.stop.load(Ordering::SeqCst)
+            };
+            if let Err(e) = self.store_queued() {
+                tracing::error!("decision log: cannot store decisions: {e}");
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Stores every queued entry (the writer, a flush, a query).
+    pub(crate) fn store_queued(&self) -> Result<()> {
+        let entries = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        self.store(entries)
+    }
+
+    /// Stores `entries` in one batch (key: time ‖ unique id).
+    fn store(&self, entries: Vec<DecisionEntry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for e in &entries {
+            let mut key = e.at_unix_ms.to_be_bytes().to_vec();
+            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            batch.insert(key, serde_json::to_vec(e).map_err(Error::Encode)?);
+        }
+        self.tree.apply_batch(batch)?;
+        let n = entries.len() as u64;
+        self.count.fetch_add(n, Ordering::Relaxed);
+        if self.since_prune.fetch_add(n, Ordering::Relaxed) > 5_000 {
+            self.since_prune.store(0, Ordering::Relaxed);
+            self.prune()?;
+        }
+        Ok(())
+    }
+
+    fn prune(&self) -> Result<usize> {
+        let r = *self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(r.max_age)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut dropped = 0;
+        for item in self.tree.range(..cutoff.to_be_bytes().to_vec()) {
+            let (k, _) = item?;
+            if self.tree.remove(k)?.is_some() {
+                dropped += 1;
+            }
+        }
+        let count = self
+            .count
+            .load(Ordering::Relaxed)
+            .saturating_sub(dropped as u64);
+        let excess = (count as usize).saturating_sub(r.max_entries);
+        for item in self.tree.iter().take(excess) {
+            let (k, _) = item?;
+            if self.tree.remove(k)?.is_some() {
+                dropped += 1;
+            }
+        }
+        self.count.fetch_sub(
+            (dropped as u64).min(self.count.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        Ok(dropped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,7 +367,7 @@ mod tests {
             e.task = (i > 5).then(|| "task1".to_owned());
             entries.push(e);
         }
-        log.record(&entries).unwrap();
+        log.record(entries.clone()).unwrap();
         let all = log.query(&DecisionFilter::default()).unwrap();
         assert_eq!(all.len(), 10);
         assert_eq!(all[0].target, "/w/9", "newest first");
@@ -285,6 +417,37 @@ mod tests {
             log.query(&DecisionFilter::default()).unwrap()[3].target,
             "/w/6"
         );
+    }
+
+    #[tokio::test]
+    async fn recorded_decisions_are_stored_off_the_callers_path_and_before_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = crate::Journal::open(&dir.path().join("j")).unwrap();
+        let log = j.decision_log();
+        let entry = |i: u64| {
+            let mut e = DecisionEntry::now("p", "sha256:x");
+            e.target = format!("/w/{i}");
+            e
+        };
+        // The writer thread stores queued entries by itself.
+        log.record(vec![entry(0)]).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while log.inner.tree.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "never stored");
+            std::thread::sleep(WRITE_EVERY / 4);
+        }
+        // A flush stores what still waits, whatever the writer's timing.
+        log.record(vec![entry(1), entry(2)]).unwrap();
+        j.flush().await.unwrap();
+        assert_eq!(log.inner.tree.len(), 3);
+        assert!(log.inner.queue.lock().unwrap().is_empty());
+        // So does dropping the journal: reopened, all entries are there.
+        log.record(vec![entry(3)]).unwrap();
+        drop(j);
+        let (j, _) = crate::Journal::open(&dir.path().join("j")).unwrap();
+        let all = j.decision_log().query(&DecisionFilter::default()).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].target, "/w/3");
     }
 
     #[test]

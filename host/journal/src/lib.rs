@@ -43,7 +43,6 @@ use keys::KeyEntry;
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The schema this build reads and writes.
@@ -63,8 +62,6 @@ pub struct Journal {
     seqs: Mutex<std::collections::HashMap<String, u64>>,
     /// Tasks in the journal, and the file beside it that remembers how
     /// many (written after each creation is durable, so never ahead).
-    task_count: AtomicU64,
-    count_file: PathBuf,
     committer: Arc<Committer>,
     failpoints: Failpoints,
     feed: tokio::sync::broadcast::Sender<(String, Record)>,
@@ -97,18 +94,17 @@ impl Journal {
     pub fn open(path: &Path) -> Result<(Self, Vec<TaskSummary>)> {
         let o = open::open(path)?;
         let (feed, _) = tokio::sync::broadcast::channel(1024);
+        let decisions = DecisionLog::open(&o.db)?;
         let journal = Self {
             path: path.to_path_buf(),
-            committer: Committer::new(o.db.clone()),
-            decisions: DecisionLog::open(&o.db)?,
+            committer: Committer::new(o.db.clone(), decisions.storer(), o.found, o.count_file),
+            decisions,
             _lock: o.lock,
             db: o.db,
             tasks: o.tasks,
             events: o.events,
             keys: o.keys,
             seqs: Mutex::new(std::collections::HashMap::new()),
-            task_count: AtomicU64::new(o.found),
-            count_file: o.count_file,
             failpoints: Failpoints::from_env(),
             feed,
         };
@@ -127,6 +123,12 @@ impl Journal {
             journal.db.flush()?;
         }
         Ok((journal, interrupted))
+    }
+
+    /// Durable flushes (fsyncs) this journal made since it was opened; one
+    /// serves every append that waited for it (group commit).
+    pub fn flushes(&self) -> u64 {
+        self.committer.flushes()
     }
 
     /// The sandbox's decision log, kept in this journal's database.
@@ -203,9 +205,11 @@ impl Journal {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(Error::Encode)?;
-        let result =
-            (&self.tasks, &self.events, &self.keys).transaction(|(tasks, events, keys)| {
-                if let (Some(k), Some(bytes)) = (&key, &entry_bytes) {
+        if let (Some(k), Some(bytes)) = (&key, &entry_bytes) {
+            // With a key, the key and the task are written together (a
+            // retry must find either both or neither).
+            let result =
+                (&self.tasks, &self.events, &self.keys).transaction(|(tasks, events, keys)| {
                     if let Some(v) = keys.get(k.key.as_bytes())? {
                         return match KeyEntry::decode(&v) {
                             Ok(e) => Err(Tx::Abort(Abort::Existing(e))),
@@ -213,30 +217,40 @@ impl Journal {
                         };
                     }
                     keys.insert(k.key.as_bytes(), bytes.as_slice())?;
+                    tasks.insert(id.as_bytes(), summary_bytes.as_slice())?;
+                    events.insert(event_key(&id, 0), record_bytes.as_slice())?;
+                    Ok(())
+                });
+            match result {
+                Ok(()) => {}
+                Err(sled::transaction::TransactionError::Abort(Abort::Existing(e))) => {
+                    return Ok(Created::Existing(KeyUse::new(e, k)));
                 }
-                tasks.insert(id.as_bytes(), summary_bytes.as_slice())?;
-                events.insert(event_key(&id, 0), record_bytes.as_slice())?;
-                Ok(())
-            });
-        match result {
-            Ok(()) => {}
-            Err(sled::transaction::TransactionError::Abort(Abort::Existing(e))) => {
-                let k = key.as_ref().expect("only a key aborts");
-                return Ok(Created::Existing(KeyUse::new(e, k)));
+                Err(sled::transaction::TransactionError::Abort(Abort::Failed(e))) => {
+                    return Err(e);
+                }
+                Err(sled::transaction::TransactionError::Storage(e)) => return Err(e.into()),
             }
-            Err(sled::transaction::TransactionError::Abort(Abort::Failed(e))) => return Err(e),
-            Err(sled::transaction::TransactionError::Storage(e)) => return Err(e.into()),
+        } else {
+            // Without a key no transaction: sled's transactions exclude each
+            // other and every flush, so concurrent creates (`POST
+            // /v1/tasks`) would not share flushes. The first event goes
+            // first; the summary makes the task exist (a crash between the
+            // two leaves an event of no task, never listed).
+            self.events
+                .insert(event_key(&id, 0), record_bytes.as_slice())?;
+            self.tasks.insert(id.as_bytes(), summary_bytes.as_slice())?;
         }
+        // Counted before the flush that makes it durable: the committer
+        // writes the count file after each flush (one write per flush, not
+        // one per task).
+        self.committer.task_created();
         self.seqs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(id.clone())
             .or_insert(1);
         self.committer.commit().await?;
-        let count = self.task_count.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Err(e) = std::fs::write(&self.count_file, count.to_string()) {
-            tracing::warn!(file = %self.count_file.display(), "cannot record the task count: {e}");
-        }
         let _ = self.feed.send((id.clone(), record));
         self.failpoints.after_append(n);
         self.task(&id).map(Created::New)

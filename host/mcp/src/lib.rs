@@ -362,7 +362,7 @@ impl McpServer {
                 ..DecisionEntry::now(plugin, digest)
             })
             .collect();
-        if let Err(e) = self.engine.record_decisions(&entries) {
+        if let Err(e) = self.engine.record_decisions(entries) {
             tracing::warn!("decision log: {e}");
         }
     }

@@ -361,7 +361,7 @@ impl Agent<'_> {
                 ..camina_journal::DecisionEntry::now(&intent.plugin, &intent.digest)
             })
             .collect();
-        if let Err(e) = self.d.journal().decision_log().record(&entries) {
+        if let Err(e) = self.d.journal().decision_log().record(entries) {
             tracing::warn!("decision log: {e}");
         }
         let denials = |ds: &[camina_sandbox::Decision]| {
