@@ -57,6 +57,27 @@ pub fn report(name: &str, rows: &[Row]) {
     }
 }
 
+/// The sandbox of a bench: default options, or fewer pool slots with
+/// `CAMINA_BENCH_SLOTS` (e.g. 1 under valgrind, whose address space cannot
+/// hold the default pools' reservations).
+pub fn sandbox() -> camina_sandbox::Sandbox {
+    camina_sandbox::Sandbox::with_options(camina_sandbox::SandboxOptions {
+        max_concurrent_calls: slots().unwrap_or(128),
+        ..Default::default()
+    })
+    .expect("sandbox")
+}
+
+/// `CAMINA_BENCH_SLOTS`, when set.
+pub fn slots() -> Option<u32> {
+    std::env::var("CAMINA_BENCH_SLOTS").ok()?.parse().ok()
+}
+
+/// `a / b` as a ratio, `1.23×`.
+pub fn ratio(a: f64, b: f64) -> String {
+    format!("{:.2}×", a / b)
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -81,7 +81,7 @@ impl Sandbox {
             .max_memory_size(options.max_memory_mib as usize * 1024 * 1024)
             // Reuse pages between calls instead of unmapping them: the
             // fresh-instance path stays in the tens of microseconds.
-            .linear_memory_keep_resident(1 << 20)
+            .linear_memory_keep_resident(2 << 20)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);
 
