@@ -81,7 +81,38 @@ fn config(fake: &FakeOllama) -> Config {
     }
 }
 
+/// A registry under `home` with belter-fs and drummer-search installed.
+/// They are compiled once per process (a template home) and copied with
+/// their precompiled code, so each run's setup is not a compile.
 async fn registry(home: &Path) -> Arc<Registry> {
+    static TEMPLATE: tokio::sync::OnceCell<tempfile::TempDir> = tokio::sync::OnceCell::const_new();
+    let template = TEMPLATE
+        .get_or_init(|| async {
+            let dir = tempfile::tempdir().expect("tmp");
+            install(dir.path()).await;
+            dir
+        })
+        .await;
+    for sub in ["plugins", "blobs", "cache"] {
+        copy_dir(&template.path().join(sub), &home.join(sub));
+    }
+    let sandbox = Arc::new(crate::sandbox());
+    Arc::new(Registry::open(home, sandbox).expect("registry"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy");
+        }
+    }
+}
+
+async fn install(home: &Path) {
     let sandbox = Arc::new(crate::sandbox());
     let r = Registry::open(home, sandbox).expect("registry");
     for (file, name) in [
@@ -105,7 +136,6 @@ async fn registry(home: &Path) -> Arc<Registry> {
         .await
         .expect("install");
     }
-    Arc::new(r)
 }
 
 /// Records a task with `steps` steps on the fake server; returns its

@@ -62,6 +62,14 @@ pub struct ModelRequestEvent {
     pub request: ChatRequest,
 }
 
+/// [`ModelRequestEvent`] as it is written: the same fields, borrowing the
+/// request (a whole conversation) instead of copying it.
+#[derive(Debug, Serialize)]
+pub struct ModelRequestRef<'a> {
+    pub role: ModelRole,
+    pub request: &'a ChatRequest,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelReplyEvent {
     pub role: ModelRole,

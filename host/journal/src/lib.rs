@@ -261,14 +261,16 @@ impl Journal {
     fn apply(
         &self,
         id: &str,
-        record: Option<&NewRecord>,
+        record: Option<NewRecord>,
         update: &Update,
     ) -> Result<(Option<TaskSummary>, Option<Record>)> {
         use sled::Transactional;
         let plain = update.is_plain();
         // The common case, a record without a state change, is one insert:
         // the summary's record count and time are derived on read.
-        if let (Some(r), true) = (record, plain) {
+        // The record's data (a model request can be large) is moved, not
+        // copied.
+        if plain && let Some(r) = record {
             if !self.tasks.contains_key(id.as_bytes())? {
                 return Err(Error::UnknownTask(id.to_owned()));
             }
@@ -276,9 +278,9 @@ impl Journal {
                 seq: self.next_seq(id)?,
                 at: now(),
                 elapsed_ms: r.elapsed_ms,
-                step: r.step.clone(),
-                kind: r.kind.clone(),
-                data: r.data.clone(),
+                step: r.step,
+                kind: r.kind,
+                data: r.data,
             };
             let bytes = serde_json::to_vec(&rec).map_err(Error::Encode)?;
             self.events.insert(event_key(id, rec.seq), bytes)?;
@@ -288,6 +290,7 @@ impl Journal {
             Some(_) => Some(self.next_seq(id)?),
             None => None,
         };
+        let record = record.as_ref();
         let result = (&self.tasks, &self.events).transaction(|(tasks, events)| {
             let Some(raw) = tasks.get(id.as_bytes())? else {
                 return sled::transaction::abort(Error::UnknownTask(id.to_owned()));
@@ -380,12 +383,15 @@ impl Journal {
         durability: Durability,
     ) -> Result<Record> {
         let n = self.failpoints.before_append();
-        let (_, rec) = self.apply(id, Some(&record), &update)?;
+        let (_, rec) = self.apply(id, Some(record), &update)?;
         let rec = rec.expect("an append with a record writes it");
         if durability == Durability::Flush {
             self.committer.commit().await?;
         }
-        let _ = self.feed.send((id.to_owned(), rec.clone()));
+        // Copied only for live watchers (SSE, `task watch`).
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send((id.to_owned(), rec.clone()));
+        }
         self.failpoints.after_append(n);
         Ok(rec)
     }

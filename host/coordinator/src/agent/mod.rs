@@ -175,9 +175,9 @@ impl Agent<'_> {
     ) -> Flow<ChatReply> {
         self.check()?;
         if record_request {
-            let event = ModelRequestEvent {
+            let event = crate::events::ModelRequestRef {
                 role,
-                request: req.clone(),
+                request: &req,
             };
             self.d
                 .record(step, Kind::ModelRequest, &event, Durability::Buffered)
