@@ -60,8 +60,9 @@ pub struct Journal {
     decisions: DecisionLog,
     /// Next sequence number per task (this process owns the journal).
     seqs: Mutex<std::collections::HashMap<String, u64>>,
-    /// Tasks in the journal, and the file beside it that remembers how
-    /// many (written after each creation is durable, so never ahead).
+    /// Group commit; it also keeps the task count and writes the file
+    /// beside the database that remembers it (after the flush that made
+    /// those tasks durable, so never ahead).
     committer: Arc<Committer>,
     failpoints: Failpoints,
     feed: tokio::sync::broadcast::Sender<(String, Record)>,
