@@ -200,8 +200,7 @@ impl DecisionLog {
             .retention
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = retention;
-        self.inner.store_queued()?;
-        self.inner.prune()
+        self.prune()
     }
 
     /// Appends decisions: queued here, stored by the writer thread, on disk
@@ -339,10 +338,11 @@ impl Inner {
                 dropped += 1;
             }
         }
-        self.count.fetch_sub(
-            (dropped as u64).min(self.count.load(Ordering::Relaxed)),
-            Ordering::Relaxed,
-        );
+        let _ = self
+            .count
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(c.saturating_sub(dropped as u64))
+            });
         Ok(dropped)
     }
 }
