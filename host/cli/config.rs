@@ -22,6 +22,21 @@ pub struct FileConfig {
     pub audit: AuditSection,
     #[serde(default)]
     pub journal: JournalSection,
+    #[serde(default)]
+    pub restate: RestateSection,
+}
+
+/// `[restate]`: where the Restate cluster is, for `camina worker` (and the
+/// multi-node mode). Single-node sled needs none of it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestateSection {
+    /// Restate's ingress (where tasks are submitted), e.g.
+    /// `http://127.0.0.1:8080`; `--restate` wins.
+    pub ingress: Option<String>,
+    /// Restate's admin API (where workers register); default: the
+    /// ingress host on port 9070.
+    pub admin: Option<String>,
 }
 
 /// `[journal]`: what tasks leave behind.

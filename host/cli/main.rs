@@ -14,6 +14,7 @@ mod policy;
 mod serve;
 mod task;
 mod tool;
+mod worker;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -61,6 +62,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Serve the HTTP API (tasks, events, plugins, audit).
     Serve(serve::ServeArgs),
+    /// Run tasks for a Restate cluster: serve the agent loop as a Restate
+    /// service endpoint and register it (multi-node mode).
+    Worker(worker::WorkerArgs),
     /// Serve the installed skills to MCP clients (Model Context Protocol,
     /// JSON-RPC on stdin/stdout; logs on stderr).
     Mcp(mcp::McpArgs),
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
             Command::Eval(args) => eval::eval(&cx, args).await,
             Command::Serve(args) => serve::serve(&cx, args).await,
             Command::Mcp(args) => mcp::mcp(&cx, args).await,
+            Command::Worker(args) => worker::worker(&cx, args).await,
             Command::Policy(cmd) => policy::policy(&cx, cmd).await,
             Command::Audit(cmd) => policy::audit(&cx, cmd).await,
             Command::Key(cmd) => policy::key(&cx, cmd).await,

@@ -6,6 +6,7 @@ mod api;
 mod api_sockets;
 mod audit;
 mod cli;
+mod cluster;
 mod crash;
 mod embedded;
 mod engine;

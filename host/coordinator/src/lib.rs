@@ -511,7 +511,63 @@ impl Engine {
         )
         .await?;
         let watcher = self.watch_cancel_files(id);
-        let mut agent = agent::Agent {
+        let mut agent = self.agent(d, submitted, crews, opts, cancel);
+        let outcome = agent.drive().await;
+        watcher.abort();
+        settle(&agent.d, outcome).await?;
+        Ok(self.journal.task(id)?)
+    }
+
+    /// Runs task `id` with its steps journaled by an outside
+    /// durable-execution engine (Restate, through `camina-cluster`), which
+    /// replays this after a worker dies: the same loop, the same records
+    /// (published to the engine's state from sequence number 1; `submitted`
+    /// is 0). This process's journal keeps only the decision log. Returns
+    /// the status the task stopped in; `Err`: the engine could not run it
+    /// here (e.g. a plugin differs from the one a recorded call used), and
+    /// nothing was recorded for that.
+    pub async fn run_on<'a>(
+        &'a self,
+        id: &str,
+        submitted: Submitted,
+        steps: Box<dyn durable::Steps + 'a>,
+        opts: RunOptions,
+    ) -> Result<Status> {
+        let crews = toolbox::crews(&self.registry.list()?);
+        let d = durable::Durable::on(&self.journal, id, steps, 1);
+        let started = Started {
+            pid: std::process::id(),
+            resumed: false,
+        };
+        d.record_with(
+            "started",
+            Kind::Started,
+            &started,
+            Durability::Flush,
+            Update {
+                status: Some(Status::Running),
+                clear_error: true,
+                ..Default::default()
+            },
+        )
+        .await?;
+        // Cancellation comes from the engine (its own cancel), not from a
+        // watch here.
+        let (_stop, cancel) = tokio::sync::watch::channel(None);
+        let mut agent = self.agent(d, submitted, crews, opts, cancel);
+        let outcome = agent.drive().await;
+        settle(&agent.d, outcome).await
+    }
+
+    fn agent<'a>(
+        &'a self,
+        d: durable::Durable<'a>,
+        submitted: Submitted,
+        crews: Vec<toolbox::Crew>,
+        opts: RunOptions,
+        cancel: tokio::sync::watch::Receiver<Option<agent::Stop>>,
+    ) -> agent::Agent<'a> {
+        agent::Agent {
             d,
             bridge: &self.bridge,
             registry: &self.registry,
@@ -528,71 +584,7 @@ impl Engine {
             seen: ground::Seen::default(),
             check: None,
             undo: undo::Store::new(&self.home),
-        };
-        let outcome = agent.drive().await;
-        watcher.abort();
-        let d = &agent.d;
-        // How the task stopped: the record, the state, the reason.
-        let (kind, status, error, data) = match outcome {
-            Ok(_) => return Ok(self.journal.task(id)?),
-            Err(agent::Halt::Failed(reason)) => {
-                tracing::warn!(task = id, "task failed: {reason}");
-                let data = serde_json::json!(Reason {
-                    reason: reason.clone()
-                });
-                (Kind::Failed, Status::Failed, Some(reason), data)
-            }
-            Err(agent::Halt::Cancelled(reason)) => {
-                let data = serde_json::json!(Reason {
-                    reason: reason.clone()
-                });
-                (Kind::Cancelled, Status::Cancelled, Some(reason), data)
-            }
-            Err(agent::Halt::Paused) => {
-                let reason = "the engine shut down; resume to continue".to_owned();
-                (
-                    Kind::Paused,
-                    Status::Interrupted,
-                    None,
-                    serde_json::json!(Reason { reason }),
-                )
-            }
-            Err(agent::Halt::Review { key, reason }) => {
-                let data = serde_json::json!(NeedsReview {
-                    key,
-                    reason: reason.clone()
-                });
-                (Kind::NeedsReview, Status::NeedsReview, Some(reason), data)
-            }
-            Err(agent::Halt::Engine(e)) => {
-                // The task cannot continue; say why in the journal, then
-                // report the engine error.
-                let reason = e.to_string();
-                let update = Update {
-                    status: Some(Status::Failed),
-                    error: Some(reason.clone()),
-                    ..Default::default()
-                };
-                let _ = d
-                    .record_with(
-                        "failed",
-                        Kind::Failed,
-                        &Reason { reason },
-                        Durability::Flush,
-                        update,
-                    )
-                    .await;
-                return Err(e);
-            }
-        };
-        let update = Update {
-            status: Some(status),
-            error,
-            ..Default::default()
-        };
-        d.record_with(kind.as_str(), kind, &data, Durability::Flush, update)
-            .await?;
-        Ok(self.journal.task(id)?)
+        }
     }
 
     /// Polls `<home>/cancel/` for a file named by (a prefix of) the task id:
@@ -678,6 +670,77 @@ impl Engine {
             .await?;
         Ok(self.journal.task(id)?)
     }
+}
+
+/// Records how a run stopped (the record, the state, the reason) and
+/// returns the state.
+async fn settle(d: &durable::Durable<'_>, outcome: agent::Flow<String>) -> Result<Status> {
+    // How the task stopped: the record, the state, the reason.
+    let (kind, status, error, data) = match outcome {
+        Ok(_) => return Ok(Status::Succeeded),
+        Err(agent::Halt::Failed(reason)) => {
+            tracing::warn!(task = %d.task, "task failed: {reason}");
+            let data = serde_json::json!(Reason {
+                reason: reason.clone()
+            });
+            (Kind::Failed, Status::Failed, Some(reason), data)
+        }
+        Err(agent::Halt::Cancelled(reason)) => {
+            let data = serde_json::json!(Reason {
+                reason: reason.clone()
+            });
+            (Kind::Cancelled, Status::Cancelled, Some(reason), data)
+        }
+        Err(agent::Halt::Paused) => {
+            let reason = "the engine shut down; resume to continue".to_owned();
+            (
+                Kind::Paused,
+                Status::Interrupted,
+                None,
+                serde_json::json!(Reason { reason }),
+            )
+        }
+        Err(agent::Halt::Review { key, reason }) => {
+            let data = serde_json::json!(NeedsReview {
+                key,
+                reason: reason.clone()
+            });
+            (Kind::NeedsReview, Status::NeedsReview, Some(reason), data)
+        }
+        Err(agent::Halt::Engine(e)) if d.external() => {
+            // The engine retries the handler (perhaps on another
+            // worker): nothing is recorded.
+            return Err(e);
+        }
+        Err(agent::Halt::Engine(e)) => {
+            // The task cannot continue; say why in the journal, then
+            // report the engine error.
+            let reason = e.to_string();
+            let update = Update {
+                status: Some(Status::Failed),
+                error: Some(reason.clone()),
+                ..Default::default()
+            };
+            let _ = d
+                .record_with(
+                    "failed",
+                    Kind::Failed,
+                    &Reason { reason },
+                    Durability::Flush,
+                    update,
+                )
+                .await;
+            return Err(e);
+        }
+    };
+    let update = Update {
+        status: Some(status),
+        error,
+        ..Default::default()
+    };
+    d.record_with(kind.as_str(), kind, &data, Durability::Flush, update)
+        .await?;
+    Ok(status)
 }
 
 /// Whether these records end with an undo that started and did not

@@ -76,7 +76,8 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-fn now() -> String {
+/// Now, as records stamp it (RFC 3339, UTC, milliseconds).
+pub fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 

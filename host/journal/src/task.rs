@@ -115,7 +115,7 @@ impl Update {
     }
 
     /// Applies the change to `summary`, stamped `at`.
-    pub(crate) fn apply_to(&self, summary: &mut TaskSummary, at: String) {
+    pub fn apply_to(&self, summary: &mut TaskSummary, at: String) {
         if let Some(s) = self.status {
             summary.status = s;
         }

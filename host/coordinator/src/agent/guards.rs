@@ -37,25 +37,29 @@ impl Agent<'_> {
         scope: &crate::scope::Scope,
         sources: &[String],
     ) -> Flow<Option<ToolRefused>> {
-        match self.d.peek_kind(step) {
-            Some(Kind::ToolRefused) => {
-                if let Some(r) = self.d.take_kind(step, Kind::ToolRefused)? {
-                    return Ok(Some(decode::<ToolRefused>(&r)?));
-                }
-            }
-            Some(_) => return Ok(None),
-            None => {}
-        }
-        let Some(ct) = crew.find(&call.name) else {
-            return Ok(None);
-        };
+        let this = &*self;
+        let live = async move { Ok(this.refusal(crew, call, scope, sources)) };
+        self.d
+            .maybe(step, Kind::ToolRefused, Durability::Buffered, live)
+            .await
+    }
+
+    /// The refusal of `call` decided now (see [`Self::refused`]).
+    fn refusal(
+        &self,
+        crew: &Crew,
+        call: &ToolCall,
+        scope: &crate::scope::Scope,
+        sources: &[String],
+    ) -> Option<ToolRefused> {
+        let ct = crew.find(&call.name)?;
         let effect = self
             .registry
             .get(&ct.plugin)
             .ok()
             .and_then(|p| p.record.tool(&ct.tool).map(|t| t.effect));
         if effect == Some(Effect::ReadOnly) {
-            return Ok(None);
+            return None;
         }
         let workspace = std::path::Path::new(&self.submitted.workspace);
         let mut refusal = None;
@@ -136,12 +140,7 @@ impl Agent<'_> {
                 });
             }
         }
-        if let Some(r) = &refusal {
-            self.d
-                .record(step, Kind::ToolRefused, r, Durability::Buffered)
-                .await?;
-        }
-        Ok(refusal)
+        refusal
     }
 
     /// Files that match a pattern the task names ("every .tmp file") and

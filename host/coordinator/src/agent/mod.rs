@@ -1,7 +1,7 @@
 //! The agent loop: consult the reasoner, plan, let the crews work, answer.
 //! Written only against [`Durable`], so a resumed task replays it.
 
-use crate::durable::{Durable, decode};
+use crate::durable::Durable;
 use crate::events::*;
 use crate::prompts;
 use crate::toolbox::Crew;
@@ -126,87 +126,48 @@ impl Agent<'_> {
         }
     }
 
-    /// A model call as a durable step.
+    /// A model call as a durable step: its request recorded (or compared
+    /// with the recorded one), then its reply.
     async fn model(&mut self, step: &str, role: ModelRole, req: ChatRequest) -> Flow<ChatReply> {
-        if let Some(r) = self.d.take(step)? {
-            match Kind::of(&r) {
-                Some(Kind::ModelRequest) => {
-                    let recorded: ModelRequestEvent = decode(&r)?;
-                    if recorded.request != req || recorded.role != role {
-                        return Err(EngineError::Diverged {
-                            seq: r.seq,
-                            recorded: format!("a different {} request at `{step}`", recorded.role),
-                            now: format!(
-                                "this {role} request (code, plugins or configuration changed)"
-                            ),
-                        }
-                        .into());
-                    }
-                    if let Some(reply) = self.d.take_kind(step, Kind::ModelReply)? {
-                        self.model_calls += 1;
-                        return Ok(decode::<ModelReplyEvent>(&reply)?.reply);
-                    }
-                    // Asked, but the answer was never recorded: ask again.
-                    return self.ask(step, role, req, false).await;
-                }
-                Some(Kind::ModelReply) => {
-                    self.model_calls += 1;
-                    return Ok(decode::<ModelReplyEvent>(&r)?.reply);
-                }
-                _ => {
-                    return Err(EngineError::Diverged {
-                        seq: r.seq,
-                        recorded: format!("{} `{}`", r.kind, r.step),
-                        now: format!("model call `{step}`"),
-                    }
-                    .into());
-                }
-            }
-        }
-        self.ask(step, role, req, true).await
-    }
-
-    async fn ask(
-        &mut self,
-        step: &str,
-        role: ModelRole,
-        req: ChatRequest,
-        record_request: bool,
-    ) -> Flow<ChatReply> {
-        self.check()?;
-        if record_request {
-            let event = crate::events::ModelRequestRef {
-                role,
-                request: &req,
-            };
-            self.d
-                .record(step, Kind::ModelRequest, &event, Durability::Buffered)
-                .await?;
+        if let Some(reply) = self.d.request(step, role, &req).await? {
+            self.model_calls += 1;
+            return Ok(reply);
         }
         // What came before this call (the previous reply, tool results,
-        // step records) is durable before the model is asked again.
+        // step records) is durable before the model is asked.
         self.d.sync().await?;
-        let mut cancel = self.cancel.clone();
-        // A model call is abandoned for a pause too: asking again is harmless.
-        let reply = tokio::select! {
-            r = self.bridge.chat(role, &req, None) => r,
-            halt = Self::until_stopped(&mut cancel, true) => return Err(halt),
+        let this = &*self;
+        let live = async move {
+            this.check()?;
+            let mut cancel = this.cancel.clone();
+            // A model call is abandoned for a pause too: asking again is
+            // harmless.
+            let reply = tokio::select! {
+                r = this.bridge.chat(role, &req, None) => r,
+                halt = Self::until_stopped(&mut cancel, true) => return Err(halt),
+            };
+            let reply = reply.map_err(|e| {
+                Halt::Failed(format!("the {role} model failed: {}", e.with_causes()))
+            })?;
+            Ok(ModelReplyEvent { role, reply })
         };
-        let reply = reply
-            .map_err(|e| Halt::Failed(format!("the {role} model failed: {}", e.with_causes())))?;
-        self.model_calls += 1;
-        let event = ModelReplyEvent {
-            role,
-            reply: reply.clone(),
-        };
-        self.d
-            .record(step, Kind::ModelReply, &event, Durability::Buffered)
+        let (event, _) = self
+            .d
+            .step(
+                step,
+                Kind::ModelReply,
+                Durability::Buffered,
+                |_| Update::default(),
+                live,
+            )
             .await?;
-        Ok(reply)
+        self.model_calls += 1;
+        Ok(event.reply)
     }
 
     /// A tool call as a durable step: intent durable before it runs, result
-    /// durable before the next model request.
+    /// durable before the next model request (a side-effecting call's at
+    /// once).
     async fn tool(
         &mut self,
         step: &str,
@@ -214,102 +175,149 @@ impl Agent<'_> {
         crew: &Crew,
         call: &ToolCall,
     ) -> Flow<ToolResult> {
-        if let Some(r) = self.d.take_kind(step, Kind::ToolIntent)? {
-            let intent: ToolIntent = decode(&r)?;
-            if let Some(result) = self.d.take_kind(step, Kind::ToolResult)? {
-                return Ok(decode(&result)?);
-            }
-            // The call started but its result was never recorded.
-            if intent.effect == Effect::SideEffecting {
-                match self.opts.interrupted {
-                    Some(Decision::Retry) => {
-                        self.d
-                            .record(
-                                step,
-                                Kind::Review,
-                                &Review {
-                                    key: key.clone(),
-                                    decision: Decision::Retry,
-                                },
-                                Durability::Flush,
-                            )
-                            .await?;
-                    }
-                    Some(Decision::Skip) => {
-                        self.d
-                            .record(
-                                step,
-                                Kind::Review,
-                                &Review {
-                                    key: key.clone(),
-                                    decision: Decision::Skip,
-                                },
-                                Durability::Flush,
-                            )
-                            .await?;
-                        let result = ToolResult {
-                            key,
-                            output: None,
-                            error: Some((
-                                "skipped".into(),
-                                "this call was interrupted before its result was recorded and was not run \
-                                 again; whether it took effect is unknown"
-                                    .into(),
-                            )),
-                            elapsed_ms: 0,
-                            denials: Vec::new(),
-                        };
-                        self.d
-                            .record(step, Kind::ToolResult, &result, Durability::Flush)
-                            .await?;
-                        return Ok(result);
-                    }
-                    None => {
-                        return Err(Halt::Review {
-                            reason: format!(
-                                "the side-effecting call {} {} {} (key {key}) was interrupted; it may or may \
-                                 not have taken effect. Resume with --retry-interrupted or --skip-interrupted",
-                                intent.plugin, intent.tool, intent.input
-                            ),
-                            key,
-                        });
-                    }
-                }
-            }
-            return self.execute(step, &intent).await;
-        }
-        self.check()?;
-        let Some(ct) = crew.find(&call.name) else {
-            return Err(Halt::Failed(format!(
-                "internal: unknown tool `{}` reached execution",
-                call.name
-            )));
+        let this = &*self;
+        let intent_key = key.clone();
+        let live = async move {
+            this.check()?;
+            let Some(ct) = crew.find(&call.name) else {
+                return Err(Halt::Failed(format!(
+                    "internal: unknown tool `{}` reached execution",
+                    call.name
+                )));
+            };
+            let plugin = this
+                .registry
+                .get(&ct.plugin)
+                .map_err(|e| Halt::Failed(e.to_string()))?;
+            let effect = plugin
+                .record
+                .tool(&ct.tool)
+                .map_or(Effect::SideEffecting, |t| t.effect);
+            Ok(ToolIntent {
+                plugin: ct.plugin.clone(),
+                digest: plugin.record.digest.clone(),
+                policy_hash: plugin.record.policy.hash.clone(),
+                tool: ct.tool.clone(),
+                function: call.name.clone(),
+                input: call.arguments.clone(),
+                effect,
+                key: intent_key,
+            })
         };
-        let plugin = self
-            .registry
-            .get(&ct.plugin)
-            .map_err(|e| Halt::Failed(e.to_string()))?;
-        let effect = plugin
-            .record
-            .tool(&ct.tool)
-            .map_or(Effect::SideEffecting, |t| t.effect);
-        let intent = ToolIntent {
-            plugin: ct.plugin.clone(),
-            digest: plugin.record.digest.clone(),
-            policy_hash: plugin.record.policy.hash.clone(),
-            tool: ct.tool.clone(),
-            function: call.name.clone(),
-            input: call.arguments.clone(),
-            effect,
-            key,
-        };
-        self.d
-            .record(step, Kind::ToolIntent, &intent, Durability::Flush)
+        let (intent, fresh) = self
+            .d
+            .step(
+                step,
+                Kind::ToolIntent,
+                Durability::Flush,
+                |_| Update::default(),
+                live,
+            )
             .await?;
-        self.execute(step, &intent).await
+        if !fresh && self.d.external() && !self.opts.allow_changed_plugins {
+            self.same_plugin(&intent)?;
+        }
+        // A lost result of a side-effecting call would need a human (was
+        // it done?): flushed at once. Any other result is made durable
+        // before the next model request (`sync`); losing it re-runs a
+        // harmless call.
+        let durability = if intent.effect == Effect::SideEffecting {
+            Durability::Flush
+        } else {
+            Durability::Buffered
+        };
+        // An intent recorded by an earlier run whose result is not
+        // recorded: the call started and was interrupted. Run again unless
+        // it has side effects.
+        let interrupted = !fresh && intent.effect == Effect::SideEffecting;
+        let this = &*self;
+        let live = async {
+            if interrupted {
+                return Ok(None);
+            }
+            this.execute(step, &intent).await.map(Some)
+        };
+        if let Some(result) = self
+            .d
+            .maybe(step, Kind::ToolResult, durability, live)
+            .await?
+        {
+            return Ok(result);
+        }
+        let reason = format!(
+            "the side-effecting call {} {} {} (key {key}) was interrupted; it may or may not have \
+             taken effect. Resume with --retry-interrupted or --skip-interrupted",
+            intent.plugin, intent.tool, intent.input
+        );
+        let decision = self.d.review(&key, reason, self.opts.interrupted).await?;
+        self.d
+            .record(
+                step,
+                Kind::Review,
+                &Review {
+                    key: key.clone(),
+                    decision,
+                },
+                Durability::Flush,
+            )
+            .await?;
+        let this = &*self;
+        let live = async {
+            match decision {
+                Decision::Retry => this.execute(step, &intent).await,
+                Decision::Skip => Ok(ToolResult {
+                    key,
+                    output: None,
+                    error: Some((
+                        "skipped".into(),
+                        "this call was interrupted before its result was recorded and was not run \
+                         again; whether it took effect is unknown"
+                            .into(),
+                    )),
+                    elapsed_ms: 0,
+                    denials: Vec::new(),
+                }),
+            }
+        };
+        let (result, _) = self
+            .d
+            .step(
+                step,
+                Kind::ToolResult,
+                Durability::Flush,
+                |_| Update::default(),
+                live,
+            )
+            .await?;
+        Ok(result)
     }
 
-    async fn execute(&mut self, step: &str, intent: &ToolIntent) -> Flow<ToolResult> {
+    /// Refuses to replay an intent recorded with another build or policy of
+    /// its plugin than this process has (the journal's engine checks every
+    /// intent before the run; see [`crate::Engine::check_plugins`]).
+    fn same_plugin(&self, intent: &ToolIntent) -> Flow<()> {
+        let now = self
+            .registry
+            .get(&intent.plugin)
+            .ok()
+            .map(|p| (p.record.digest.clone(), p.record.policy.hash.clone()));
+        if now.as_ref() == Some(&(intent.digest.clone(), intent.policy_hash.clone())) {
+            return Ok(());
+        }
+        Err(EngineError::PluginChanged {
+            task: self.d.task.clone(),
+            plugin: intent.plugin.clone(),
+            was: format!("{} / {}", intent.digest, intent.policy_hash),
+            now: now.map_or_else(
+                || "(not installed)".to_owned(),
+                |(d, p)| format!("{d} / {p}"),
+            ),
+        }
+        .into())
+    }
+
+    /// Runs the call in the sandbox now; the caller records the result.
+    async fn execute(&self, step: &str, intent: &ToolIntent) -> Flow<ToolResult> {
         let started = Instant::now();
         let workspace = PathBuf::from(&self.submitted.workspace);
         let input = intent.input.to_string();
@@ -406,25 +414,13 @@ impl Agent<'_> {
                 Vec::new(),
             ),
         };
-        let result = ToolResult {
+        Ok(ToolResult {
             key: intent.key.clone(),
             output,
             error,
             elapsed_ms: started.elapsed().as_millis() as u64,
             denials: denied,
-        };
-        // A lost result of a side-effecting call would need a human (was
-        // it done?): flushed now. Any other result is made durable before
-        // the next model request (`sync`); losing it re-runs a harmless call.
-        let durability = if intent.effect == Effect::SideEffecting {
-            Durability::Flush
-        } else {
-            Durability::Buffered
-        };
-        self.d
-            .record(step, Kind::ToolResult, &result, durability)
-            .await?;
-        Ok(result)
+        })
     }
 
     /// Asks `role` for JSON until `parse` accepts it (with corrective
@@ -471,51 +467,54 @@ impl Agent<'_> {
         // 0. What the task works with: recorded at the first start and
         // replayed after, so installing a plugin (or a different reasoner)
         // between a crash and the resume does not change the questions.
-        let setup: Setup = match self.d.take_kind("setup", Kind::Setup)? {
-            Some(r) => decode(&r)?,
-            None => {
-                if self.crews.is_empty() {
-                    return Err(Halt::Failed(
+        let this = &*self;
+        let (t, ws) = (&task, &workspace);
+        let live = async move {
+            if this.crews.is_empty() {
+                return Err(Halt::Failed(
                         "no crew has tools: install plugins with a policy naming crew \"belter\" or \"drummer\""
                             .into(),
                     ));
-                }
-                let reasoner = match self.bridge.resolve(ModelRole::Reasoner).await {
-                    Ok(r) => r,
-                    Err(e) => return Err(Halt::Failed(e.to_string())),
-                };
-                let coordinator = match self.bridge.resolve(ModelRole::Coordinator).await {
-                    Ok(r) => r,
-                    Err(e) => return Err(Halt::Failed(e.to_string())),
-                };
-                // The same model giving itself advice first adds a call and
-                // nothing it would not think of when planning.
-                let consult = reasoner.backend != coordinator.backend
-                    || reasoner.model != coordinator.model
-                    || reasoner.can("thinking");
-                let setup = Setup {
-                    crews: self.crews.clone(),
-                    think: reasoner.can("thinking"),
-                    consult,
-                    files: crate::toolbox::workspace_listing(std::path::Path::new(&workspace), 60),
-                    outputs: crate::scope::expected_outputs(
-                        &task,
-                        std::path::Path::new(&workspace),
-                    ),
-                    // Measured on the embedded default (1.5B): its plans
-                    // for one-crew tasks (verification steps, a drummer
-                    // "fetching web pages" for a local search, one file per
-                    // step) were the first cause of failure on tasks the
-                    // prompts were not tuned on; the task in the user's
-                    // own words to one crew did better. Ollama models plan.
-                    plans: coordinator.backend != camina_model::Backend::Embedded,
-                };
-                self.d
-                    .record("setup", Kind::Setup, &setup, Durability::Buffered)
-                    .await?;
-                setup
             }
+            let reasoner = match this.bridge.resolve(ModelRole::Reasoner).await {
+                Ok(r) => r,
+                Err(e) => return Err(Halt::Failed(e.to_string())),
+            };
+            let coordinator = match this.bridge.resolve(ModelRole::Coordinator).await {
+                Ok(r) => r,
+                Err(e) => return Err(Halt::Failed(e.to_string())),
+            };
+            // The same model giving itself advice first adds a call and
+            // nothing it would not think of when planning.
+            let consult = reasoner.backend != coordinator.backend
+                || reasoner.model != coordinator.model
+                || reasoner.can("thinking");
+            let setup = Setup {
+                crews: this.crews.clone(),
+                think: reasoner.can("thinking"),
+                consult,
+                files: crate::toolbox::workspace_listing(std::path::Path::new(ws), 60),
+                outputs: crate::scope::expected_outputs(t, std::path::Path::new(ws)),
+                // Measured on the embedded default (1.5B): its plans
+                // for one-crew tasks (verification steps, a drummer
+                // "fetching web pages" for a local search, one file per
+                // step) were the first cause of failure on tasks the
+                // prompts were not tuned on; the task in the user's
+                // own words to one crew did better. Ollama models plan.
+                plans: coordinator.backend != camina_model::Backend::Embedded,
+            };
+            Ok(setup)
         };
+        let (setup, _): (Setup, _) = self
+            .d
+            .step(
+                "setup",
+                Kind::Setup,
+                Durability::Buffered,
+                |_| Update::default(),
+                live,
+            )
+            .await?;
         let crews = setup.crews.clone();
         let think = setup.think;
         self.outputs = setup.outputs.clone();
@@ -687,16 +686,15 @@ impl Agent<'_> {
 
     /// Records the answer. A task not done ends `failed`, its answer kept.
     async fn finish(&mut self, answer: String, done: bool) -> Flow<String> {
-        let a: Answer = if let Some(r) = self.d.take_kind("answer", Kind::Answer)? {
-            decode(&r)?
-        } else {
+        let this = &*self;
+        let live = async move {
             // The models' word against the workspace: a path the task
             // names that was not there at the start and is not there now
             // was not made.
             let missing = crate::scope::missing(
-                &self.outputs,
-                std::path::Path::new(&self.submitted.workspace),
-                &self.touched,
+                &this.outputs,
+                std::path::Path::new(&this.submitted.workspace),
+                &this.touched,
             );
             let a = if done && !missing.is_empty() {
                 Answer {
@@ -706,11 +704,11 @@ impl Agent<'_> {
                     ),
                     done: false,
                 }
-            } else if let Some(problems) = self
+            } else if let Some(problems) = this
                 .check
                 .as_ref()
                 .filter(|_| done)
-                .map(|c| c.verify(std::path::Path::new(&self.submitted.workspace)))
+                .map(|c| c.verify(std::path::Path::new(&this.submitted.workspace)))
                 .filter(|p| !p.is_empty())
             {
                 Answer {
@@ -718,9 +716,9 @@ impl Agent<'_> {
                     done: false,
                 }
             } else if done
-                && self.changes_files == Some(true)
-                && self.touched.is_empty()
-                && !self.kept
+                && this.changes_files == Some(true)
+                && this.touched.is_empty()
+                && !this.kept
             {
                 Answer {
                     text: format!(
@@ -732,7 +730,10 @@ impl Agent<'_> {
             } else {
                 Answer { text: answer, done }
             };
-            let update = if a.done {
+            Ok(a)
+        };
+        let update = |a: &Answer| {
+            if a.done {
                 Update {
                     status: Some(camina_journal::Status::Succeeded),
                     answer: Some(a.text.clone()),
@@ -744,12 +745,12 @@ impl Agent<'_> {
                     answer: Some(a.text.clone()),
                     ..Default::default()
                 }
-            };
-            self.d
-                .record_with("answer", Kind::Answer, &a, Durability::Flush, update)
-                .await?;
-            a
+            }
         };
+        let (a, _): (Answer, _) = self
+            .d
+            .step("answer", Kind::Answer, Durability::Flush, update, live)
+            .await?;
         if !a.done {
             return Err(Halt::Failed(format!(
                 "the coordinator reports the task not done: {}",

@@ -1,0 +1,476 @@
+//! Tasks as Restate workflows (issue 17), against a real `restate-server`
+//! (the npm package's binary, which `cargo xtask test` fetches) on
+//! loopback, the scripted fake Ollama and the shipped skills:
+//!
+//! - the conformance test runs the sample task on the sled journal and on
+//!   Restate and wants the same records, answer, workspace and model calls;
+//! - a `camina worker` killed while a model thinks is replayed by another
+//!   worker (its own home): no finished step asked or run again, the
+//!   side-effecting append done once;
+//! - a worker that dies between a side-effecting call and its journaled
+//!   result leaves the task `needs-review` until a decision arrives on its
+//!   durable promise.
+
+use crate::engine::{
+    COORDINATOR, EXPECTED_TODO, PROMPT, REASONER, WORKER, is_answer, models, setup, todo_script,
+};
+use crate::support::artifacts;
+use camina_cluster::Client;
+use camina_coordinator::RunOptions;
+use camina_coordinator::events::{Budgets, Decision, Submitted};
+use camina_journal::{Record, Status};
+use fake_ollama::{FakeOllama, Reply};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The Restate server binary `cargo xtask test` fetches from npm
+/// (`$CAMINA_TEST_RESTATE`, else the cache it puts it in).
+fn restate_server() -> PathBuf {
+    let path = std::env::var_os("CAMINA_TEST_RESTATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| camina_model::fetch::cache_dir().join("restate/1.7.12/restate-server"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`, which fetches it \
+         (npm @restatedev/restate-server), or `cargo xtask restate`",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One Restate node on loopback.
+struct Restate {
+    _child: Killed,
+    ingress: String,
+    admin: String,
+    dir: tempfile::TempDir,
+}
+
+impl Restate {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingress, admin, node) = (free_port(), free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("restate.log")).unwrap();
+        let child = Command::new(restate_server())
+            .args(["--no-logo", "--listen-mode", "tcp", "--base-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--bind-address", &format!("127.0.0.1:{node}")])
+            .args(["--advertised-address", &format!("http://127.0.0.1:{node}")])
+            .args(["--default-num-partitions", "2"])
+            .env(
+                "RESTATE_INGRESS__BIND_ADDRESS",
+                format!("127.0.0.1:{ingress}"),
+            )
+            .env("RESTATE_ADMIN__BIND_ADDRESS", format!("127.0.0.1:{admin}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let r = Self {
+            _child: Killed(child),
+            ingress: format!("http://127.0.0.1:{ingress}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            dir,
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..300 {
+            let up = |url: String| {
+                let http = http.clone();
+                async move {
+                    http.get(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            };
+            if up(format!("{}/health", r.admin)).await
+                && up(format!("{}/restate/health", r.ingress)).await
+            {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("restate-server did not come up:\n{}", r.log());
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.ingress, &self.admin)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("restate.log")).unwrap_or_default()
+    }
+}
+
+fn camina(home: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_camina"));
+    c.arg("--home")
+        .arg(home)
+        .env_remove("CAMINA_CRASH_IN_STEP")
+        .env_remove("OLLAMA_HOST")
+        .env("CAMINA_LOG", "warn");
+    c
+}
+
+/// A worker home: the bundled skills installed, the fake models
+/// configured. Each worker has its own.
+fn worker_home(fake: &FakeOllama, dir: &Path) -> PathBuf {
+    let home = dir.to_path_buf();
+    for (file, name) in [
+        (artifacts::BELTER_FS, "belter-fs"),
+        (artifacts::DRUMMER_SEARCH, "drummer-search"),
+        (artifacts::DRUMMER_WEB, "drummer-web"),
+    ] {
+        let policy = Path::new(artifacts::ROOT).join(format!("policies/{name}.toml"));
+        let o = camina(&home)
+            .args(["plugin", "install", file, "--policy"])
+            .arg(policy)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    std::fs::write(
+        home.join("config.toml"),
+        format!(
+            "[models]\ncoordinator = \"ollama:{COORDINATOR}\"\nreasoner = \"ollama:{REASONER}\"\n\
+             belter = \"ollama:{WORKER}\"\ndrummer = \"ollama:{WORKER}\"\n[ollama]\nurl = \"{}\"\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    home
+}
+
+/// `camina worker` serving on `port`, registered with `restate`.
+fn spawn_worker(home: &Path, restate: &Restate, port: u16, crash_in: Option<&str>) -> Killed {
+    let mut c = camina(home);
+    c.args([
+        "worker",
+        "--restate",
+        &restate.ingress,
+        "--restate-admin",
+        &restate.admin,
+    ])
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    if let Some(step) = crash_in {
+        c.env("CAMINA_CRASH_IN_STEP", step);
+    }
+    Killed(c.spawn().unwrap())
+}
+
+/// The sample project in a fresh directory; the task for it.
+fn project() -> (tempfile::TempDir, Submitted) {
+    let dir = tempfile::tempdir().unwrap();
+    crate::engine::project(dir.path());
+    let ws = dir.path().canonicalize().unwrap();
+    let submitted = Submitted {
+        prompt: PROMPT.into(),
+        workspace: ws.display().to_string(),
+        budgets: Budgets::default(),
+    };
+    (dir, submitted)
+}
+
+/// What a run did, independent of ids, times, workspace directories and
+/// which process ran it: each record's step, kind and data (the task id and
+/// the workspace path replaced), the process-specific `started` data left
+/// out.
+fn shape(records: &[Record], id: &str, ws: &str) -> Vec<(String, String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let data = match r.kind.as_str() {
+                "started" | "submitted" => String::new(),
+                _ => {
+                    let mut data = r.data.clone();
+                    untimed(&mut data);
+                    data.to_string()
+                        .replace(id, "<task>")
+                        .replace(ws, "<workspace>")
+                }
+            };
+            (r.step.clone(), r.kind.clone(), data)
+        })
+        .collect()
+}
+
+/// The sample task on the sled journal: its records (and the step of its
+/// side-effecting append).
+async fn on_the_journal() -> (Vec<(String, String, String)>, String) {
+    let fake = FakeOllama::start(models(), todo_script);
+    let s = setup(&fake).await;
+    let t = s
+        .engine
+        .submit(PROMPT, &s.ws, Budgets::default())
+        .await
+        .unwrap();
+    let done = s.engine.run(&t.id, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    let records = s.engine.journal().records(&t.id).unwrap();
+    let append = records
+        .iter()
+        .find(|r| r.kind == "tool_intent" && r.data["tool"] == "append_file")
+        .unwrap()
+        .step
+        .clone();
+    let ws = s.ws.canonicalize().unwrap();
+    (shape(&records, &t.id, &ws.display().to_string()), append)
+}
+
+/// Leaves out how long things took (tool and model timings).
+fn untimed(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("elapsed_ms");
+            m.remove("timing");
+            m.values_mut().for_each(untimed);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(untimed),
+        _ => {}
+    }
+}
+
+/// The two runs recorded the same steps with the same data.
+fn same_story(journal: &[(String, String, String)], restate: &[(String, String, String)]) {
+    for (i, (a, b)) in journal.iter().zip(restate).enumerate() {
+        assert_eq!(
+            a, b,
+            "record {i} differs between the journal (left) and Restate (right)"
+        );
+    }
+    assert_eq!(
+        journal.len(),
+        restate.len(),
+        "records on the journal and on Restate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sample_task_runs_the_same_on_restate_as_on_the_journal() {
+    let (journal, _) = on_the_journal().await;
+
+    let restate = Restate::start().await;
+    let fake = FakeOllama::start(models(), todo_script);
+    let s = setup(&fake).await;
+    let engine = Arc::new(s.engine);
+    let client = restate.client();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            camina_cluster::worker::serve(engine, listener, &client, &url, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+
+    client.ready(Duration::from_secs(60)).await.unwrap();
+    let (ws, submitted) = project();
+    let id = client.submit(&submitted).await.unwrap();
+    let done = client
+        .wait(&id, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", restate.log()));
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        done.answer.as_deref(),
+        Some("The TODO lines are in todo.md.")
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("todo.md")).unwrap(),
+        EXPECTED_TODO
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
+        "collected\n"
+    );
+    let records = client.records(&id, 0).await.unwrap();
+    assert_eq!(done.events, records.len() as u64);
+    assert_eq!(
+        records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (0..records.len() as u64).collect::<Vec<_>>()
+    );
+    let restate_shape = shape(&records, &id, &submitted.workspace);
+    same_story(&journal, &restate_shape);
+    // A submitted id names one task: submitting it again starts nothing.
+    client.submit_as(&id, &submitted).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client.records(&id, 0).await.unwrap().len(), records.len());
+
+    let _ = stop.send(());
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_task_is_replayed_by_another_without_reasking_or_repeating() {
+    let (journal, _) = on_the_journal().await;
+    // The final answer takes long the first time: the worker is killed
+    // while the model thinks.
+    let mut slow = true;
+    let fake = FakeOllama::start(models(), move |req| {
+        let reply = todo_script(req);
+        if is_answer(req) && std::mem::take(&mut slow) {
+            Reply::Delayed {
+                ms: 30_000,
+                reply: Box::new(reply),
+            }
+        } else {
+            reply
+        }
+    });
+    let restate = Restate::start().await;
+    let homes = tempfile::tempdir().unwrap();
+    let first = worker_home(&fake, &homes.path().join("a"));
+    let second = worker_home(&fake, &homes.path().join("b"));
+    let port = free_port();
+    let worker = spawn_worker(&first, &restate, port, None);
+    let client = restate.client();
+    client.ready(Duration::from_secs(60)).await.unwrap();
+    let (ws, submitted) = project();
+    let id = client.submit(&submitted).await.unwrap();
+
+    let mut asked = 0;
+    for _ in 0..600 {
+        let chats = fake.chats();
+        if chats.iter().any(is_answer) {
+            asked = chats.len();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        asked > 0,
+        "the task never reached its answer\n{}",
+        restate.log()
+    );
+    drop(worker); // SIGKILL, mid model call
+    let _worker = spawn_worker(&second, &restate, port, None);
+
+    let done = client
+        .wait(&id, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", restate.log()));
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        fake.chats().len(),
+        asked + 1,
+        "only the call in flight is asked again"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
+        "collected\n",
+        "the append ran once"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("todo.md")).unwrap(),
+        EXPECTED_TODO
+    );
+    let records = client.records(&id, 0).await.unwrap();
+    same_story(&journal, &shape(&records, &id, &submitted.workspace));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_side_effecting_call_cut_off_by_a_worker_death_waits_for_a_decision() {
+    let (_, append) = on_the_journal().await;
+    let fake = FakeOllama::start(models(), todo_script);
+    let restate = Restate::start().await;
+    let homes = tempfile::tempdir().unwrap();
+    let first = worker_home(&fake, &homes.path().join("a"));
+    let second = worker_home(&fake, &homes.path().join("b"));
+    let port = free_port();
+    // Dies after the append ran, before Restate journaled its result.
+    let crash = format!("{append} tool_result?");
+    let mut worker = spawn_worker(&first, &restate, port, Some(&crash));
+    let client = restate.client();
+    client.ready(Duration::from_secs(60)).await.unwrap();
+    let (ws, submitted) = project();
+    let id = client.submit(&submitted).await.unwrap();
+    let mut died = false;
+    for _ in 0..600 {
+        if worker.0.try_wait().unwrap().is_some() {
+            died = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(died, "the failpoint did not fire\n{}", restate.log());
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
+        "collected\n",
+        "the append ran before the worker died"
+    );
+
+    let _worker = spawn_worker(&second, &restate, port, None);
+    let review = client
+        .wait(&id, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", restate.log()));
+    assert_eq!(review.status, Status::NeedsReview, "{:?}", review.error);
+    let reason = review.error.unwrap();
+    assert!(reason.contains("append_file"), "{reason}");
+    let records = client.records(&id, 0).await.unwrap();
+    let key = records
+        .iter()
+        .rev()
+        .find(|r| r.kind == "tool_intent")
+        .unwrap()
+        .data["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(key, format!("{id}:1:3"));
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
+        "collected\n",
+        "not run again without a decision"
+    );
+
+    client.decide(&id, &key, Decision::Skip).await.unwrap();
+    let done = client
+        .wait_final(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
+        "collected\n",
+        "skipped, not run again"
+    );
+    let records = client.records(&id, 0).await.unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "review" && r.data["decision"] == "skip")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.kind == "tool_result" && r.data["error"][0] == "skipped"),
+        "the model was told the call was skipped"
+    );
+}
