@@ -12,6 +12,24 @@ pub struct ServeArgs {
     /// Address to listen on (default: [server] listen, else 127.0.0.1:7700).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Who runs the tasks: `sled` (this process, the default) or `restate`
+    /// (`camina worker`s behind a Restate cluster; see --restate).
+    #[arg(long, value_name = "ENGINE", default_value = "sled")]
+    pub engine: EngineKind,
+    /// Restate's ingress URL with `--engine restate` (default: [restate]
+    /// ingress).
+    #[arg(long, value_name = "URL")]
+    pub restate: Option<String>,
+    /// Restate's admin URL (default: [restate] admin, else the ingress host
+    /// on port 9070).
+    #[arg(long, value_name = "URL")]
+    pub restate_admin: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    Sled,
+    Restate,
 }
 
 pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<()> {
@@ -33,12 +51,22 @@ pub async fn serve(cx: &Context, args: ServeArgs) -> anyhow::Result<()> {
         max_upload_bytes: s.max_upload_mib.unwrap_or(64) * 1024 * 1024,
         request_timeout: Duration::from_secs(s.request_timeout_s.unwrap_or(30)),
     };
+    if args.engine == EngineKind::Sled && (args.restate.is_some() || args.restate_admin.is_some()) {
+        return Err(UsageError("--restate needs --engine restate".into()).into());
+    }
     let engine = crate::task::engine(cx, None).await?;
-    let state = AppState::new(engine, settings);
-    let resumed = state
-        .resume_interrupted()
-        .await
-        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let mut state = AppState::new(engine, settings);
+    let mut resumed = Vec::new();
+    if args.engine == EngineKind::Restate {
+        let (ingress, admin) = crate::worker::restate_urls(cx, args.restate, args.restate_admin)?;
+        eprintln!("tasks go through Restate at {ingress} (admin {admin}) to camina workers");
+        state = state.with_cluster(camina_cluster::Client::new(&ingress, &admin));
+    } else {
+        resumed = state
+            .resume_interrupted()
+            .await
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    }
     if !resumed.is_empty() {
         eprintln!(
             "resuming {} interrupted task(s): {}",

@@ -474,3 +474,242 @@ async fn a_side_effecting_call_cut_off_by_a_worker_death_waits_for_a_decision() 
         "the model was told the call was skipped"
     );
 }
+
+/// Serves the task workflow in this process on a fresh port; stops when
+/// the sender is dropped or sent to.
+async fn in_process_worker(
+    engine: camina_coordinator::Engine,
+    client: &Client,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), camina_cluster::ClientError>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            camina_cluster::worker::serve(Arc::new(engine), listener, &client, &url, async {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    };
+    client_ready(client).await;
+    (stop, serving)
+}
+
+async fn client_ready(client: &Client) {
+    client.ready(Duration::from_secs(60)).await.unwrap();
+}
+
+/// `camina serve --engine restate`'s router over a socket: the same routes
+/// as one machine, the tasks run by a worker through Restate.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_submits_lists_watches_shows_and_cancels_tasks_through_restate() {
+    // A task that says "slowly" gets a reasoner that takes its time, so it
+    // can be cancelled while it runs (the cancellation lands when the call
+    // in flight ends: a step is not interrupted).
+    let fake = FakeOllama::start(models(), |req| {
+        let reply = todo_script(req);
+        if req["model"] == REASONER && req.to_string().contains("slowly") {
+            Reply::Delayed {
+                ms: 3_000,
+                reply: Box::new(reply),
+            }
+        } else {
+            reply
+        }
+    });
+    let restate = Restate::start().await;
+    let client = restate.client();
+    let worker_side = setup(&fake).await;
+    let (_stop, _serving) = in_process_worker(worker_side.engine, &client).await;
+
+    let api_side = setup(&fake).await;
+    let root = tempfile::tempdir().unwrap();
+    crate::engine::project(&root.path().join("proj"));
+    let settings = camina_api::Settings {
+        tokens: Vec::new(),
+        workspace_root: root.path().to_path_buf(),
+        max_running: 2,
+        max_json_bytes: 64 * 1024,
+        max_upload_bytes: 1024 * 1024,
+        request_timeout: Duration::from_secs(30),
+    };
+    let state =
+        camina_api::AppState::new(Arc::new(api_side.engine), settings).with_cluster(client.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, camina_api::router(state))
+            .await
+            .unwrap();
+    });
+    let http = reqwest::Client::new();
+
+    let created = http
+        .post(format!("{api}/v1/tasks"))
+        .json(&serde_json::json!({"prompt": PROMPT, "workspace": "proj"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let task: serde_json::Value = created.json().await.unwrap();
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(task["status"], "queued");
+
+    // The event stream follows the task to its answer, then ends.
+    let events = tokio::time::timeout(
+        Duration::from_secs(120),
+        http.get(format!("{api}/v1/tasks/{id}/events")).send(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(events.status(), 200);
+    let stream = tokio::time::timeout(Duration::from_secs(120), events.text())
+        .await
+        .expect("the stream ends with the task")
+        .unwrap();
+    for kind in [
+        "submitted",
+        "started",
+        "tool_intent",
+        "tool_result",
+        "answer",
+    ] {
+        assert!(
+            stream.contains(&format!("event: {kind}\n")),
+            "{kind} missing from the stream"
+        );
+    }
+    assert!(
+        stream.contains("id: 0\n"),
+        "events carry their sequence numbers"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("proj/todo.md")).unwrap(),
+        EXPECTED_TODO
+    );
+
+    let shown: serde_json::Value = http
+        .get(format!("{api}/v1/tasks/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["answer"], "The TODO lines are in todo.md.");
+    assert!(
+        shown["steps"].as_array().is_some_and(|s| s.len() == 2),
+        "{shown}"
+    );
+
+    // A resumed stream starts after the last event it saw.
+    let tail = http
+        .get(format!("{api}/v1/tasks/{id}/events"))
+        .header(
+            "last-event-id",
+            (shown["events"].as_array().unwrap().len() - 2).to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(tail.matches("event: ").count(), 1, "{tail}");
+
+    // An idempotency key names one task; another request under it is 422.
+    let keyed = |prompt: &str| {
+        http.post(format!("{api}/v1/tasks"))
+            .header("idempotency-key", "nightly-todo-slowly")
+            .json(&serde_json::json!({"prompt": prompt, "workspace": "proj"}))
+            .send()
+    };
+    let slow_prompt = format!("{PROMPT}, slowly");
+    let first = keyed(&slow_prompt).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let slow: serde_json::Value = first.json().await.unwrap();
+    let slow_id = slow["id"].as_str().unwrap().to_owned();
+    let mut running = false;
+    for _ in 0..300 {
+        if client
+            .summary(&slow_id)
+            .await
+            .unwrap()
+            .is_some_and(|s| s.status == Status::Running)
+        {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running, "the second task never started");
+    let again = keyed(&slow_prompt).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again["id"], slow_id.as_str());
+    assert_eq!(keyed("something else").await.unwrap().status(), 422);
+
+    let listed: serde_json::Value = http
+        .get(format!("{api}/v1/tasks"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statuses: Vec<(String, String)> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_owned(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        statuses.contains(&(id.clone(), "succeeded".into())),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&(slow_id.clone(), "running".into())),
+        "{statuses:?}"
+    );
+
+    // Cancelling reaches the task after its model call.
+    let cancelled = http
+        .post(format!("{api}/v1/tasks/{slow_id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let cancelled: serde_json::Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let again = http
+        .post(format!("{api}/v1/tasks/{slow_id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    // What only one machine has says so.
+    let diff = http
+        .get(format!("{api}/v1/tasks/{id}/diff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(diff.status(), 501);
+    let unknown = http
+        .get(format!("{api}/v1/tasks/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}

@@ -10,6 +10,7 @@
 //!
 //! Not here: listening and signals (`camina serve`, in the CLI).
 
+mod cluster;
 mod error;
 mod openapi;
 mod plugins;
@@ -72,6 +73,9 @@ pub struct AppState {
     /// from: a task whose summary is unchanged (no new record, same status)
     /// is served without reading and assembling its records again.
     pub(crate) docs: Arc<DocCache>,
+    /// The multi-node mode: tasks go through Restate to `camina worker`s
+    /// (`camina serve --engine restate`); `None`: this process runs them.
+    pub cluster: Option<camina_cluster::Client>,
 }
 
 /// Rendered task documents (JSON bytes), at most [`DocCache::MAX_BYTES`]
@@ -133,7 +137,14 @@ impl AppState {
             engine,
             settings: Arc::new(settings),
             docs: Arc::default(),
+            cluster: None,
         }
+    }
+
+    /// Tasks through Restate (the multi-node mode) instead of this process.
+    pub fn with_cluster(mut self, client: camina_cluster::Client) -> Self {
+        self.cluster = Some(client);
+        self
     }
 
     /// Starts (or queues) task `id` in the background. Returns false (and

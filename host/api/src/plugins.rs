@@ -66,6 +66,10 @@ pub async fn install(
     State(state): State<AppState>,
     mut form: Multipart,
 ) -> Result<(StatusCode, Json<PluginView>), ApiError> {
+    crate::tasks::single_node(
+        &state,
+        "installing plugins through the API (install them on each worker: `camina plugin install`)",
+    )?;
     let mut component: Option<Vec<u8>> = None;
     let mut policy: Option<String> = None;
     let mut sha256: Option<String> = None;
@@ -121,6 +125,10 @@ pub async fn remove(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<PluginView>, ApiError> {
+    crate::tasks::single_node(
+        &state,
+        "removing plugins through the API (remove them on each worker: `camina plugin remove`)",
+    )?;
     let record = state.engine.registry().remove(&name)?;
     Ok(Json(view(&record)))
 }

@@ -81,7 +81,7 @@ fn reference(t: &TaskSummary) -> TaskRef {
 /// are created through a capability handle on the root (cap-std), so a
 /// symlink planted under the root cannot make the server create anything
 /// outside it.
-fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiError> {
+pub(crate) fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiError> {
     use camina_coordinator::workspace::{WorkspaceError, confine};
     let requested = match requested.map(str::trim).filter(|s| !s.is_empty()) {
         Some(p) => PathBuf::from(p),
@@ -117,6 +117,11 @@ pub async fn create(
     if body.prompt.trim().is_empty() {
         return Err(ApiError::bad_request("prompt: must not be empty"));
     }
+    if let Some(client) = &state.cluster {
+        return Ok(crate::cluster::create(&state, client, &headers, body)
+            .await?
+            .into_response());
+    }
     let key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().map(str::to_owned))
@@ -137,7 +142,7 @@ pub async fn create(
     if let Some(k) = &idem
         && let Some(found) = state.engine.find_key(k)?
     {
-        return existing(&state, found).await;
+        return Ok(existing(&state, found).await?.into_response());
     }
     let ws = workspace(&state, body.workspace.as_deref())?;
     let task = match state
@@ -152,11 +157,11 @@ pub async fn create(
             if body.workspace.is_none() {
                 let _ = std::fs::remove_dir(&ws);
             }
-            return existing(&state, found).await;
+            return Ok(existing(&state, found).await?.into_response());
         }
     };
     state.spawn(task.id.clone(), RunOptions::default()).await;
-    Ok((StatusCode::CREATED, Json(reference(&task))))
+    Ok((StatusCode::CREATED, Json(reference(&task))).into_response())
 }
 
 /// The answer to a request whose Idempotency-Key names a task already.
@@ -200,6 +205,9 @@ pub async fn list(
     if !(1..=200).contains(&limit) {
         return Err(ApiError::bad_request("limit: must be from 1 to 200"));
     }
+    if let Some(client) = &state.cluster {
+        return crate::cluster::list(client, filter, limit, q.cursor.as_deref()).await;
+    }
     let mut tasks: Vec<TaskSummary> = state
         .engine
         .tasks()?
@@ -223,7 +231,10 @@ pub async fn list(
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    if let Some(client) = &state.cluster {
+        return Ok(Json(crate::cluster::show(client, &id).await?).into_response());
+    }
     let t = state.engine.task(&id)?;
     // Every change of a task appends a record (and bumps `events`); the
     // status and answer travel with the summary.
@@ -250,7 +261,8 @@ pub async fn show(
             axum::http::HeaderValue::from_static("application/json"),
         )],
         doc,
-    ))
+    )
+        .into_response())
 }
 
 #[utoipa::path(post, path = "/v1/tasks/{id}/resume", tag = "tasks",
@@ -277,6 +289,11 @@ pub async fn resume(
             )));
         }
     };
+    if let Some(client) = &state.cluster {
+        return Ok(crate::cluster::resume(client, &id, body, interrupted)
+            .await?
+            .into_response());
+    }
     let t = state.engine.task(&id)?;
     if t.status.is_final()
         && t.status != Status::Failed
@@ -307,23 +324,28 @@ pub async fn resume(
     if !started {
         return Err(busy());
     }
-    Ok((StatusCode::ACCEPTED, Json(reference(&t))))
+    Ok((StatusCode::ACCEPTED, Json(reference(&t))).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks", params(("id" = String, Path)),
-    responses((status = 200, body = TaskRef), (status = 404, body = crate::openapi::ErrorBody),
+    responses((status = 200, body = TaskRef),
+        (status = 202, description = "Multi-node mode: cancellation asked; the task stops when its call in flight ends", body = TaskRef),
+        (status = 404, body = crate::openapi::ErrorBody),
         (status = 409, description = "Already finished", body = crate::openapi::ErrorBody)),
     security(("bearer" = ["tasks"])))]
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<TaskRef>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    if let Some(client) = &state.cluster {
+        return Ok(crate::cluster::cancel(client, &id).await?.into_response());
+    }
     let t = state.engine.task(&id)?;
     let t = state
         .engine
         .cancel(&t.id, "cancelled through the API")
         .await?;
-    Ok(Json(reference(&t)))
+    Ok(Json(reference(&t)).into_response())
 }
 
 /// An optional JSON body: absent is the default, present must parse.
@@ -359,6 +381,7 @@ pub async fn diff(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    single_node(&state, "diff")?;
     let (t, changes) = state.engine.diff(&id)?;
     Ok(Json(serde_json::json!({"task": t.id, "changes": changes})))
 }
@@ -374,9 +397,26 @@ pub async fn undo(
     Path(id): Path<String>,
     body: Option<Json<serde_json::Value>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    single_node(&state, "undo")?;
     let body: UndoTask = optional_body(body)?;
     let (t, report) = state.engine.undo(&id, body.force, body.dry_run).await?;
     Ok(Json(serde_json::json!({"task": t.id, "undo": report})))
+}
+
+/// Refuses what only the single-node mode has (before-images are kept by
+/// the worker that ran each call).
+pub(crate) fn single_node(state: &AppState, what: &str) -> Result<(), ApiError> {
+    if state.cluster.is_some() {
+        return Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not_implemented",
+            format!(
+                "{what} is not available in the multi-node mode (`--engine restate`): each \
+                 worker keeps the before-images of the calls it ran"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether the task stops (for now or for good) after this record.
@@ -400,7 +440,12 @@ pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    if let Some(client) = &state.cluster {
+        return Ok(crate::cluster::events(client.clone(), &id, &headers)
+            .await?
+            .into_response());
+    }
     let t = state.engine.task(&id)?;
     // Full-id lookups from here on (the stream polls the status).
     let reader = state.engine.reader();
@@ -482,7 +527,9 @@ pub async fn events(
             }
         }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// A stream fed by a producer task through a channel.

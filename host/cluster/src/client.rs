@@ -34,6 +34,12 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// Whether `id` has the form of a task id (what goes into a query is only
+/// ever this).
+pub fn is_task_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Restate's ingress (tasks) and admin (deployments) endpoints.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -200,6 +206,152 @@ impl Client {
             Some(serde_json::json!(from)),
         )
         .await
+    }
+
+    /// Runs a SQL query on Restate's introspection tables (admin API).
+    async fn query(&self, sql: &str, what: &str) -> Result<Vec<serde_json::Value>> {
+        let url = format!("{}/query", self.admin);
+        let resp = self
+            .http
+            .post(&url)
+            .header("accept", "application/json")
+            .json(&serde_json::json!({ "query": sql }))
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|source| ClientError::Unreachable { url, source })?;
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Refused {
+                what: what.to_owned(),
+                status,
+                body: text,
+            });
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ClientError::Unexpected {
+                what: what.to_owned(),
+                reason: e.to_string(),
+            })?;
+        Ok(v["rows"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Every task Restate knows, newest id first: the summaries of tasks a
+    /// worker started, and tasks still waiting for a worker (`queued`,
+    /// prompt and workspace not known yet) or cancelled before one took
+    /// them.
+    pub async fn list(&self) -> Result<Vec<TaskSummary>> {
+        let what = "the list of tasks";
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT service_key, value_utf8 FROM state WHERE service_name = '{}' \
+                     AND key = 'summary'",
+                    crate::SERVICE
+                ),
+                what,
+            )
+            .await?;
+        let mut tasks: Vec<TaskSummary> = rows
+            .iter()
+            .filter_map(|r| r["value_utf8"].as_str())
+            .filter_map(|v| serde_json::from_str(v).ok())
+            .collect();
+        let known: std::collections::HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        for r in self
+            .query(
+                &format!(
+                    "SELECT target_service_key, status, created_at FROM sys_invocation \
+                     WHERE target_service_name = '{}' AND target_handler_name = 'run'",
+                    crate::SERVICE
+                ),
+                what,
+            )
+            .await?
+        {
+            let Some(id) = r["target_service_key"].as_str() else {
+                continue;
+            };
+            if known.contains(id) {
+                continue;
+            }
+            let created = r["created_at"].as_str().unwrap_or_default().to_owned();
+            tasks.push(TaskSummary {
+                id: id.to_owned(),
+                status: if r["status"] == "completed" {
+                    Status::Cancelled
+                } else {
+                    Status::Queued
+                },
+                created_at: created.clone(),
+                updated_at: created,
+                prompt: String::new(),
+                workspace: String::new(),
+                answer: None,
+                error: None,
+                events: 0,
+            });
+        }
+        tasks.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(tasks)
+    }
+
+    /// The Restate invocation running task `id` and its status (`pending`,
+    /// `running`, `suspended`, `backing-off`, `completed`, …), if any.
+    pub async fn invocation(&self, id: &str) -> Result<Option<(String, String)>> {
+        if !is_task_id(id) {
+            return Ok(None);
+        }
+        let rows = self
+            .query(
+                &format!(
+                    "SELECT id, status FROM sys_invocation WHERE target_service_name = '{}' \
+                     AND target_handler_name = 'run' AND target_service_key = '{id}'",
+                    crate::SERVICE
+                ),
+                &format!("the invocation of task {id}"),
+            )
+            .await?;
+        Ok(rows.first().and_then(|r| {
+            Some((
+                r["id"].as_str()?.to_owned(),
+                r["status"].as_str().unwrap_or_default().to_owned(),
+            ))
+        }))
+    }
+
+    /// Cancels task `id` through Restate: its next step (or the decision it
+    /// waits for) ends with `cancelled`. False when Restate has no such
+    /// task.
+    pub async fn cancel(&self, id: &str) -> Result<bool> {
+        let Some((invocation, _)) = self.invocation(id).await? else {
+            return Ok(false);
+        };
+        let url = format!("{}/invocations/{invocation}/cancel", self.admin);
+        let resp =
+            self.http
+                .patch(&url)
+                .send()
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    url: url.clone(),
+                    source,
+                })?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(ClientError::Refused {
+                what: format!("cancelling task {id}"),
+                status,
+                body: resp.text().await.unwrap_or_default(),
+            });
+        }
+        Ok(true)
     }
 
     /// Settles the interrupted call `key` of task `id`.

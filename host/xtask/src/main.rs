@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("eval") => eval(&args[1..]),
+        Some("restate") => restate_server().map(|p| println!("{}", p.display())),
         _ => {
             eprintln!(
                 "usage: cargo xtask <demo|test|bench|setup|plugins>\n\
@@ -40,7 +41,8 @@ fn main() -> ExitCode {
                  \n  bench    run the benchmarks, write target/bench-report.md\
                  \n  eval     run the eval suite (evals/) on the default embedded model\
                  \n  setup    install system packages and the wasm32-wasip2 target\
-                 \n  plugins  build the bundled skills into target/plugins/"
+                 \n  plugins  build the bundled skills into target/plugins/\
+                 \n  restate  fetch the Restate server (npm, digest-checked) for the multi-node mode"
             );
             return ExitCode::from(2);
         }
@@ -96,7 +98,12 @@ fn have(program: &str) -> bool {
 /// Debian packages the build needs (cmake/clang/libclang for llama.cpp).
 fn missing_packages() -> Vec<&'static str> {
     let mut missing = Vec::new();
-    for (program, package) in [("cmake", "cmake"), ("clang", "clang"), ("wrk", "wrk")] {
+    for (program, package) in [
+        ("cmake", "cmake"),
+        ("clang", "clang"),
+        ("wrk", "wrk"),
+        ("curl", "curl"),
+    ] {
         if !have(program) {
             missing.push(package);
         }
@@ -140,6 +147,75 @@ fn setup() -> Result {
             .args(&missing))?;
     }
     run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
+}
+
+/// The Restate server the multi-node mode and its tests run: npm's
+/// `@restatedev/restate-server-linux-x64` 1.7.12 (BSL 1.1), fetched from
+/// the npm registry once, digest-checked, kept in `~/.cache/camina/restate`
+/// (or `$CAMINA_CACHE/restate`). Returns the binary.
+fn restate_server() -> Result<PathBuf> {
+    const VERSION: &str = "1.7.12";
+    const SHA256: &str = "4d40ef3b28cd6d96503f2ae9f7d119b6902bead3fbeaadfd865530631959118f";
+    if std::env::consts::ARCH != "x86_64" || std::env::consts::OS != "linux" {
+        return Err(format!(
+            "the Restate server is fetched for linux x86_64 only; on {} {} install \
+             restate-server {VERSION} yourself and set CAMINA_TEST_RESTATE to it",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        ));
+    }
+    let cache = std::env::var_os("CAMINA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("camina")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/camina")))
+        .ok_or("no cache directory: set CAMINA_CACHE")?;
+    let dir = cache.join("restate").join(VERSION);
+    let binary = dir.join("restate-server");
+    if binary.is_file() {
+        return Ok(binary);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let tgz = dir.join("package.tgz");
+    let url = format!(
+        "https://registry.npmjs.org/@restatedev/restate-server-linux-x64/-/restate-server-linux-x64-{VERSION}.tgz"
+    );
+    eprintln!("xtask: fetching the Restate server {VERSION} (≈ 80 MB) from {url}");
+    run(Command::new("curl")
+        .args(["-fsSL", "--retry", "3", "-o"])
+        .arg(&tgz)
+        .arg(&url))?;
+    let bytes = std::fs::read(&tgz).map_err(|e| format!("{}: {e}", tgz.display()))?;
+    let digest = sha256_hex(&bytes);
+    if digest != SHA256 {
+        let _ = std::fs::remove_file(&tgz);
+        return Err(format!(
+            "{url}: sha256 {digest}, expected {SHA256}; the download was removed"
+        ));
+    }
+    // Unpacked beside, then renamed: a cut-off unpack is never taken for
+    // the binary.
+    let unpack = dir.join("unpack");
+    let _ = std::fs::remove_dir_all(&unpack);
+    std::fs::create_dir_all(&unpack).map_err(|e| format!("{}: {e}", unpack.display()))?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(&unpack)
+        .args(["--strip-components=2", "package/bin/restate-server"]))?;
+    std::fs::rename(unpack.join("restate-server"), &binary)
+        .map_err(|e| format!("{url}: no package/bin/restate-server in it ({e})"))?;
+    let _ = std::fs::remove_dir_all(&unpack);
+    let _ = std::fs::remove_file(&tgz);
+    Ok(binary)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A Python virtual environment under target/py with the official MCP SDK
@@ -359,12 +435,15 @@ fn test(extra: &[String]) -> Result {
     let gguf = fetch_model_with(Command::new(root.join("target/debug/camina")))?;
     // The MCP test drives `camina mcp` with the official Python SDK.
     let python = python_with_mcp()?;
+    // The multi-node tests run a real Restate server.
+    let restate = restate_server()?;
     run(cargo()
         .current_dir(&root)
         .args(["test", "--workspace"])
         .args(extra)
         .env("CAMINA_TEST_GGUF", &gguf)
-        .env("CAMINA_TEST_PYTHON", &python))?;
+        .env("CAMINA_TEST_PYTHON", &python)
+        .env("CAMINA_TEST_RESTATE", &restate))?;
     // A few eval cases on the real default model (the whole suite is
     // `cargo xtask eval`): the agent end to end, scored on end states.
     let skills = plugins()?;
