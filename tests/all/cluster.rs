@@ -9,10 +9,15 @@
 //!   side-effecting append done once;
 //! - a worker that dies between a side-effecting call and its journaled
 //!   result leaves the task `needs-review` until a decision arrives on its
-//!   durable promise.
+//!   durable promise;
+//! - the API in front of Restate (`camina serve --engine restate`);
+//! - the cluster run `cargo xtask cluster` prints: three Restate nodes with
+//!   replication 2, two workers behind one URL, 20 tasks over the API, a
+//!   worker and a node killed mid-run.
 
 use crate::engine::{
-    COORDINATOR, EXPECTED_TODO, PROMPT, REASONER, WORKER, is_answer, models, setup, todo_script,
+    COORDINATOR, EXPECTED_TODO, PROMPT, REASONER, WORKER, is_answer, last_user, models,
+    one_step_script, setup, todo_script,
 };
 use crate::support::artifacts;
 use camina_cluster::Client;
@@ -712,4 +717,376 @@ async fn the_api_submits_lists_watches_shows_and_cancels_tasks_through_restate()
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
+}
+
+/// A Restate cluster on loopback: `n` nodes running every role (the
+/// metadata store and the log replicated), `replication` copies of each
+/// partition's log and state.
+struct Cluster {
+    nodes: Vec<Option<Killed>>,
+    ingress: Vec<String>,
+    admin: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize, replication: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let metadata: Vec<String> = ports
+            .iter()
+            .map(|(node, _, _)| format!("\"http://127.0.0.1:{node}\""))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (node, ingress, admin)) in ports.iter().enumerate() {
+            let config = dir.path().join(format!("n{i}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "cluster-name = \"camina\"\nnode-name = \"n{i}\"\nauto-provision = {}\n\
+                     default-replication = {replication}\ndefault-num-partitions = 4\n\
+                     disable-telemetry = true\nbase-dir = \"{}\"\n\
+                     bind-address = \"127.0.0.1:{node}\"\n\
+                     advertised-address = \"http://127.0.0.1:{node}\"\n\
+                     [metadata-client]\naddresses = [{}]\n\
+                     [admin]\nbind-address = \"127.0.0.1:{admin}\"\n\
+                     [ingress]\nbind-address = \"127.0.0.1:{ingress}\"\n",
+                    i == 0,
+                    dir.path().join(format!("d{i}")).display(),
+                    metadata.join(", "),
+                ),
+            )
+            .unwrap();
+            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
+            nodes.push(Some(Killed(
+                Command::new(restate_server())
+                    .args(["--no-logo", "--listen-mode", "tcp", "--config-file"])
+                    .arg(&config)
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            )));
+        }
+        let c = Self {
+            nodes,
+            ingress: ports
+                .iter()
+                .map(|(_, i, _)| format!("http://127.0.0.1:{i}"))
+                .collect(),
+            admin: ports
+                .iter()
+                .map(|(_, _, a)| format!("http://127.0.0.1:{a}"))
+                .collect(),
+            dir,
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..600 {
+            let mut up = 0;
+            for i in &c.ingress {
+                if http
+                    .get(format!("{i}/restate/health"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    up += 1;
+                }
+            }
+            if up == n {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the Restate cluster did not come up:\n{}", c.logs());
+    }
+
+    fn kill(&mut self, node: usize) {
+        self.nodes[node] = None;
+    }
+
+    fn logs(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("n{i}.log")))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                format!(
+                    "--- node {i}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// One URL for several workers (what a load balancer does in front of a
+/// deployment): each connection goes to the next worker that accepts it.
+async fn balancer(workers: Vec<u16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut next = 0usize;
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut chosen = None;
+            for k in 0..workers.len() {
+                let p = workers[(next + k) % workers.len()];
+                if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", p)).await {
+                    next = (next + k + 1) % workers.len();
+                    chosen = Some(s);
+                    break;
+                }
+            }
+            if let Some(mut outbound) = chosen {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        }
+    });
+    port
+}
+
+/// The multi-node mode end to end, as `cargo xtask cluster` runs it: three
+/// Restate nodes (replication 2), two `camina worker`s behind one URL, and
+/// `camina serve --engine restate`; tasks that each append one line to
+/// their own workspace's log.txt are submitted over the API; one worker
+/// and one Restate node are killed mid-run. Every task must end
+/// `succeeded` with its line in its log exactly once (an interrupted
+/// append is settled the way a reviewer would: skip if the line is there,
+/// retry if not). `CAMINA_CLUSTER_TASKS` sets how many (default 20).
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill() {
+    let tasks: usize = std::env::var("CAMINA_CLUSTER_TASKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let marker = |req: &serde_json::Value| -> String {
+        let user = last_user(req);
+        user.split_whitespace()
+            .find(|w| w.starts_with("cluster-"))
+            .unwrap_or("cluster-?")
+            .trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+            .to_owned()
+    };
+    let mut script = one_step_script("belter", true, move |req, made| match made {
+        0 => Reply::tool_call(
+            "append_file",
+            serde_json::json!({"path": "log.txt", "content": format!("{}\n", marker(req))}),
+        ),
+        _ => Reply::tool_call(
+            "finish",
+            serde_json::json!({"report": "Appended the line."}),
+        ),
+    });
+    // Every reply takes a moment, so the kills land while tasks run.
+    let fake = FakeOllama::start(models(), move |req| Reply::Delayed {
+        ms: 150,
+        reply: Box::new(script(req)),
+    });
+    let started = std::time::Instant::now();
+    let mut cluster = Cluster::start(3, 2).await;
+    let homes = tempfile::tempdir().unwrap();
+    let worker_ports = [free_port(), free_port()];
+    let url = format!("http://127.0.0.1:{}", balancer(worker_ports.to_vec()).await);
+    let mut workers: Vec<Option<Killed>> = worker_ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let home = worker_home(&fake, &homes.path().join(format!("w{i}")));
+            let mut c = camina(&home);
+            c.args([
+                "worker",
+                "--restate",
+                &cluster.ingress[0],
+                "--restate-admin",
+                &cluster.admin[0],
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--advertise",
+                &url,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            Some(Killed(c.spawn().unwrap()))
+        })
+        .collect();
+    let client = Client::new(&cluster.ingress[0], &cluster.admin[0]);
+    client.ready(Duration::from_secs(60)).await.unwrap();
+
+    // The API, on its own home, in front of node 0.
+    let api_home = homes.path().join("api");
+    std::fs::create_dir_all(&api_home).unwrap();
+    let api_port = free_port();
+    let _api = Killed(
+        camina(&api_home)
+            .args([
+                "serve",
+                "--engine",
+                "restate",
+                "--restate",
+                &cluster.ingress[0],
+            ])
+            .args([
+                "--restate-admin",
+                &cluster.admin[0],
+                "--listen",
+                &format!("127.0.0.1:{api_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let api = format!("http://127.0.0.1:{api_port}");
+    let http = reqwest::Client::new();
+    for _ in 0..300 {
+        if http.get(format!("{api}/healthz")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut ids = Vec::new();
+    for n in 0..tasks {
+        let r = http
+            .post(format!("{api}/v1/tasks"))
+            .json(&serde_json::json!({
+                "prompt": format!("Append the line cluster-{n:02} to log.txt"),
+                "workspace": format!("t{n:02}"),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let t: serde_json::Value = r.json().await.unwrap();
+        ids.push(t["id"].as_str().unwrap().to_owned());
+    }
+    let workspace = |n: usize| api_home.join(format!("workspaces/t{n:02}"));
+    let statuses = async |http: &reqwest::Client| -> Vec<(String, String)> {
+        let Ok(r) = http.get(format!("{api}/v1/tasks?limit=200")).send().await else {
+            return Vec::new();
+        };
+        let page: serde_json::Value = r.json().await.unwrap_or_default();
+        page["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t["id"].as_str().unwrap_or_default().to_owned(),
+                    t["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    // Mid-run: a few tasks done, most not.
+    let mut killed = false;
+    for _ in 0..1200 {
+        let done = statuses(&http)
+            .await
+            .iter()
+            .filter(|(_, s)| s == "succeeded")
+            .count();
+        if done >= tasks / 4 {
+            assert!(done < tasks, "every task finished before the kills");
+            workers[0] = None;
+            cluster.kill(2);
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(killed, "tasks did not progress\n{}", cluster.logs());
+
+    // Until every task is final; an interrupted append is settled as a
+    // reviewer would, from the workspace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut reviewed = 0;
+    loop {
+        let now = statuses(&http).await;
+        let mine: Vec<&(String, String)> = now.iter().filter(|(id, _)| ids.contains(id)).collect();
+        for (id, status) in &mine {
+            if status == "needs-review" {
+                let n = ids.iter().position(|i| i == id).unwrap();
+                let log = std::fs::read_to_string(workspace(n).join("log.txt")).unwrap_or_default();
+                let decision = if log.contains(&format!("cluster-{n:02}")) {
+                    "skip"
+                } else {
+                    "retry"
+                };
+                let r = http
+                    .post(format!("{api}/v1/tasks/{id}/resume"))
+                    .json(&serde_json::json!({"interrupted": decision}))
+                    .send()
+                    .await
+                    .unwrap();
+                if r.status() == 202 {
+                    reviewed += 1;
+                }
+            }
+        }
+        if mine.len() == tasks
+            && mine
+                .iter()
+                .all(|(_, s)| matches!(s.as_str(), "succeeded" | "failed" | "cancelled"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tasks still running after 5 minutes: {mine:?}\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(workers);
+    // Which worker ran which calls: each keeps its own decision log.
+    let ran: Vec<usize> = (0..2)
+        .map(|i| {
+            let o = camina(&homes.path().join(format!("w{i}")))
+                .args(["audit", "log", "--json", "--limit", "100000"])
+                .output()
+                .unwrap();
+            let entries: Vec<serde_json::Value> =
+                serde_json::from_slice(&o.stdout).unwrap_or_default();
+            let mut tasks: Vec<&str> = entries.iter().filter_map(|e| e["task"].as_str()).collect();
+            tasks.sort();
+            tasks.dedup();
+            tasks.len()
+        })
+        .collect();
+    let now = statuses(&http).await;
+    let succeeded = ids
+        .iter()
+        .filter(|id| now.iter().any(|(i, s)| i == *id && s == "succeeded"))
+        .count();
+    let (mut lost, mut duplicated) = (0, 0);
+    for n in 0..tasks {
+        let log = std::fs::read_to_string(workspace(n).join("log.txt")).unwrap_or_default();
+        match log.matches(&format!("cluster-{n:02}\n")).count() {
+            0 => lost += 1,
+            1 => {}
+            _ => duplicated += 1,
+        }
+        assert!(
+            log.lines().all(|l| l == format!("cluster-{n:02}")),
+            "task {n}'s log holds another task's line: {log:?}"
+        );
+    }
+    println!(
+        "cluster: {tasks} tasks, {succeeded} succeeded, {lost} lost, {duplicated} duplicated side \
+         effects, worker kill + node kill survived ({reviewed} interrupted append(s) reviewed; \
+         workers ran calls of {} and {} tasks; {:.0} s)",
+        ran[0],
+        ran[1],
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(succeeded, tasks, "{now:?}");
+    assert_eq!((lost, duplicated), (0, 0));
 }

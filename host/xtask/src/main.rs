@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("eval") => eval(&args[1..]),
         Some("restate") => restate_server().map(|p| println!("{}", p.display())),
+        Some("cluster") => cluster(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <demo|test|bench|setup|plugins>\n\
@@ -42,7 +43,8 @@ fn main() -> ExitCode {
                  \n  eval     run the eval suite (evals/) on the default embedded model\
                  \n  setup    install system packages and the wasm32-wasip2 target\
                  \n  plugins  build the bundled skills into target/plugins/\
-                 \n  restate  fetch the Restate server (npm, digest-checked) for the multi-node mode"
+                 \n  restate  fetch the Restate server (npm, digest-checked) for the multi-node mode\
+                 \n  cluster  3 Restate nodes, 2 workers, the API, 20 tasks, a worker and a node killed"
             );
             return ExitCode::from(2);
         }
@@ -208,6 +210,22 @@ fn restate_server() -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&unpack);
     let _ = std::fs::remove_file(&tgz);
     Ok(binary)
+}
+
+/// The multi-node mode end to end on loopback (the test
+/// `cluster::three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill`,
+/// also part of `cargo xtask test`): prints its `cluster: …` line.
+/// `CAMINA_CLUSTER_TASKS` sets the number of tasks (default 20).
+fn cluster(extra: &[String]) -> Result {
+    setup()?;
+    let restate = restate_server()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["test", "--test", "all"])
+        .arg("cluster::three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill")
+        .args(["--", "--exact", "--nocapture"])
+        .args(extra)
+        .env("CAMINA_TEST_RESTATE", &restate))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
