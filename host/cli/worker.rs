@@ -75,6 +75,7 @@ pub async fn worker(cx: &Context, args: WorkerArgs) -> anyhow::Result<()> {
         listener,
         &client,
         &advertise,
+        || eprintln!("registered with Restate; running tasks"),
         crate::serve::shutdown_signal(),
     )
     .await?;

@@ -287,7 +287,7 @@ async fn the_sample_task_runs_the_same_on_restate_as_on_the_journal() {
     let serving = {
         let client = client.clone();
         tokio::spawn(async move {
-            camina_cluster::worker::serve(engine, listener, &client, &url, async {
+            camina_cluster::worker::serve(engine, listener, &client, &url, || {}, async {
                 let _ = stopped.await;
             })
             .await
@@ -495,7 +495,7 @@ async fn in_process_worker(
     let serving = {
         let client = client.clone();
         tokio::spawn(async move {
-            camina_cluster::worker::serve(Arc::new(engine), listener, &client, &url, async {
+            camina_cluster::worker::serve(Arc::new(engine), listener, &client, &url, || {}, async {
                 let _ = stopped.await;
             })
             .await

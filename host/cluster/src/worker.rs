@@ -9,13 +9,14 @@ use tokio::net::TcpListener;
 
 /// Serves the task workflow on `listener` (HTTP/2, as Restate calls it),
 /// registers it with Restate as `advertise` (the URL Restate reaches this
-/// worker at), and serves until `shutdown` resolves; in-flight tasks are
-/// then replayed by Restate elsewhere.
+/// worker at; `registered` is called once Restate accepted it), and serves
+/// until `shutdown` resolves.
 pub async fn serve(
     engine: Arc<Engine>,
     listener: TcpListener,
     client: &Client,
     advertise: &str,
+    registered: impl FnOnce(),
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ClientError> {
     let endpoint = Endpoint::builder().bind(CaminaTask { engine }).build();
@@ -27,7 +28,7 @@ pub async fn serve(
         r = client.register(advertise, Duration::from_secs(60)) => r?,
         () = &mut server => return Ok(()),
     }
-    tracing::info!("registered with Restate as {advertise}");
+    registered();
     server.await;
     Ok(())
 }
