@@ -140,13 +140,21 @@ fn camina(home: &Path) -> Command {
 /// A worker home: the bundled skills installed, the fake models
 /// configured. Each worker has its own.
 fn worker_home(fake: &FakeOllama, dir: &Path) -> PathBuf {
+    worker_home_with(fake, dir, None)
+}
+
+/// [`worker_home`], belter-fs under `belter_policy` if given.
+fn worker_home_with(fake: &FakeOllama, dir: &Path, belter_policy: Option<&Path>) -> PathBuf {
     let home = dir.to_path_buf();
     for (file, name) in [
         (artifacts::BELTER_FS, "belter-fs"),
         (artifacts::DRUMMER_SEARCH, "drummer-search"),
         (artifacts::DRUMMER_WEB, "drummer-web"),
     ] {
-        let policy = Path::new(artifacts::ROOT).join(format!("policies/{name}.toml"));
+        let policy = match belter_policy {
+            Some(p) if name == "belter-fs" => p.to_path_buf(),
+            _ => Path::new(artifacts::ROOT).join(format!("policies/{name}.toml")),
+        };
         let o = camina(&home)
             .args(["plugin", "install", file, "--policy"])
             .arg(policy)
@@ -400,7 +408,18 @@ async fn a_worker_killed_mid_task_is_replayed_by_another_without_reasking_or_rep
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_side_effecting_call_cut_off_by_a_worker_death_waits_for_a_decision() {
+async fn a_side_effecting_call_cut_off_by_a_worker_death_waits_for_a_decision_skip() {
+    cut_off_append(Decision::Skip).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_side_effecting_call_cut_off_by_a_worker_death_waits_for_a_decision_retry() {
+    cut_off_append(Decision::Retry).await;
+}
+
+/// A worker dies between the append and its journaled result; another
+/// one takes the task, which waits for `decision`.
+async fn cut_off_append(decision: Decision) {
     let (_, append) = on_the_journal().await;
     let fake = FakeOllama::start(models(), todo_script);
     let restate = Restate::start().await;
@@ -455,29 +474,48 @@ async fn a_side_effecting_call_cut_off_by_a_worker_death_waits_for_a_decision() 
         "not run again without a decision"
     );
 
-    client.decide(&id, &key, Decision::Skip).await.unwrap();
+    client.decide(&id, &key, decision).await.unwrap();
     let done = client
         .wait_final(&id, Duration::from_secs(120))
         .await
         .unwrap();
     assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
-    assert_eq!(
-        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
-        "collected\n",
-        "skipped, not run again"
-    );
     let records = client.records(&id, 0).await.unwrap();
+    let word = match decision {
+        Decision::Skip => "skip",
+        Decision::Retry => "retry",
+    };
     assert!(
         records
             .iter()
-            .any(|r| r.kind == "review" && r.data["decision"] == "skip")
+            .any(|r| r.kind == "review" && r.data["decision"] == word)
     );
-    assert!(
-        records
-            .iter()
-            .any(|r| r.kind == "tool_result" && r.data["error"][0] == "skipped"),
-        "the model was told the call was skipped"
-    );
+    let log = std::fs::read_to_string(ws.path().join("log.txt")).unwrap();
+    match decision {
+        Decision::Skip => {
+            assert_eq!(log, "collected\n", "skipped, not run again");
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r.kind == "tool_result" && r.data["error"][0] == "skipped"),
+                "the model was told the call was skipped"
+            );
+        }
+        Decision::Retry => {
+            // The reviewer asked for it again: it ran again.
+            assert_eq!(log, "collected\ncollected\n");
+            let appended = records
+                .iter()
+                .filter(|r| {
+                    r.kind == "tool_result"
+                        && r.data["output"]
+                            .as_str()
+                            .is_some_and(|o| o.contains("bytes_appended"))
+                })
+                .count();
+            assert_eq!(appended, 1, "one recorded result for the call");
+        }
+    }
 }
 
 /// Serves the task workflow in this process on a fresh port; stops when
@@ -1089,4 +1127,107 @@ async fn three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill() {
     );
     assert_eq!(succeeded, tasks, "{now:?}");
     assert_eq!((lost, duplicated), (0, 0));
+}
+
+/// Workers must have the same plugins: one whose belter-fs has another
+/// policy refuses to replay the calls a task recorded with the shipped one
+/// (nothing recorded, no model asked), and the task goes on once a worker
+/// with the same plugins takes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_with_another_policy_refuses_to_replay_a_tasks_calls() {
+    let mut slow = true;
+    let fake = FakeOllama::start(models(), move |req| {
+        let reply = todo_script(req);
+        if is_answer(req) && std::mem::take(&mut slow) {
+            Reply::Delayed {
+                ms: 30_000,
+                reply: Box::new(reply),
+            }
+        } else {
+            reply
+        }
+    });
+    let restate = Restate::start().await;
+    let homes = tempfile::tempdir().unwrap();
+    let first = worker_home(&fake, &homes.path().join("a"));
+    let last = worker_home(&fake, &homes.path().join("c"));
+    // The same component under a policy that differs in one limit.
+    let policy =
+        std::fs::read_to_string(Path::new(artifacts::ROOT).join("policies/belter-fs.toml"))
+            .unwrap()
+            .replace("memory_mib     = 64", "memory_mib     = 65");
+    assert!(policy.contains("memory_mib     = 65"));
+    let policy_file = homes.path().join("belter-fs.toml");
+    std::fs::write(&policy_file, policy).unwrap();
+    let other = worker_home_with(&fake, &homes.path().join("b"), Some(&policy_file));
+
+    let port = free_port();
+    let worker = spawn_worker(&first, &restate, port, None);
+    let client = restate.client();
+    client.ready(Duration::from_secs(60)).await.unwrap();
+    let (ws, submitted) = project();
+    let id = client.submit(&submitted).await.unwrap();
+    let mut asked = 0;
+    for _ in 0..600 {
+        let chats = fake.chats();
+        if chats.iter().any(is_answer) {
+            asked = chats.len();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        asked > 0,
+        "the task never reached its answer\n{}",
+        restate.log()
+    );
+    // Read while a worker is up: Restate runs the read handlers on workers.
+    let before = client.records(&id, 0).await.unwrap().len();
+    drop(worker);
+
+    let log = homes.path().join("b.log");
+    let mut c = camina(&other);
+    c.args([
+        "worker",
+        "--restate",
+        &restate.ingress,
+        "--restate-admin",
+        &restate.admin,
+    ])
+    .args(["--listen", &format!("127.0.0.1:{port}")])
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap());
+    let refusing = Killed(c.spawn().unwrap());
+    let mut refused = String::new();
+    for _ in 0..300 {
+        refused = std::fs::read_to_string(&log).unwrap_or_default();
+        if refused.contains("changed since task") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        refused.contains("plugin `belter-fs` changed since task"),
+        "{refused}\n{}",
+        restate.log()
+    );
+    assert_eq!(
+        client.records(&id, 0).await.unwrap().len(),
+        before,
+        "nothing recorded by the refusing worker"
+    );
+    assert_eq!(fake.chats().len(), asked, "no model asked by it");
+    drop(refusing);
+
+    let _worker = spawn_worker(&last, &restate, port, None);
+    let done = client
+        .wait(&id, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", restate.log()));
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(fake.chats().len(), asked + 1);
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
+        "collected\n"
+    );
 }

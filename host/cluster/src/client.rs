@@ -10,7 +10,7 @@ use std::time::Duration;
 /// Errors talking to Restate. Each names the URL or the request.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach Restate at {url}: {source}")]
+    #[error("cannot reach Restate at {url}, or no worker answered through it: {source}")]
     Unreachable {
         url: String,
         #[source]
@@ -53,7 +53,12 @@ impl Client {
     /// `http://127.0.0.1:9070`.
     pub fn new(ingress: &str, admin: &str) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            // Reads run on the workers (Restate invokes the workflow's
+            // shared handlers there): with none up they would wait forever.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(15))
+                .build()
+                .unwrap_or_default(),
             ingress: ingress.trim_end_matches('/').to_owned(),
             admin: admin.trim_end_matches('/').to_owned(),
         }

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 ///
 /// Timeouts are sized for model calls: a step (`ctx.run`) sends nothing
 /// while a model thinks, and Restate would otherwise take a long reply for
-/// a stalled worker and start the step again.
+/// a stalled worker and start the step again. A task whose worker died, or
+/// that no worker can run (none up, or none with the task's plugins), is
+/// tried again at most 10 s apart for a week, then paused.
 pub struct CaminaTask {
     pub engine: Arc<Engine>,
 }
@@ -49,7 +51,13 @@ fn record_key(seq: u64) -> String {
     name = "CaminaTask",
     inactivity_timeout = "30m",
     abort_timeout = "1m",
-    workflow_completion_retention = "7 days"
+    workflow_completion_retention = "7 days",
+    invocation_retry_policy(
+        initial_interval = "500ms",
+        factor = 2.0,
+        max_interval = "10s",
+        max_attempts = 60480
+    )
 )]
 impl CaminaTask {
     /// Runs the task to its end: `succeeded`, `failed` or `cancelled` (a
