@@ -72,6 +72,7 @@ pub async fn worker(cx: &Context, args: WorkerArgs) -> anyhow::Result<()> {
     let client = camina_cluster::Client::new(&ingress, &admin);
     camina_cluster::worker::serve(
         engine,
+        Some(cx.workspace_root()),
         listener,
         &client,
         &advertise,

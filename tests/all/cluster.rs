@@ -166,8 +166,10 @@ fn worker_home_with(fake: &FakeOllama, dir: &Path, belter_policy: Option<&Path>)
         home.join("config.toml"),
         format!(
             "[models]\ncoordinator = \"ollama:{COORDINATOR}\"\nreasoner = \"ollama:{REASONER}\"\n\
-             belter = \"ollama:{WORKER}\"\ndrummer = \"ollama:{WORKER}\"\n[ollama]\nurl = \"{}\"\n",
-            fake.url()
+             belter = \"ollama:{WORKER}\"\ndrummer = \"ollama:{WORKER}\"\n[ollama]\nurl = \"{}\"\n\
+             [server]\nworkspace_root = \"{}\"\n",
+            fake.url(),
+            std::env::temp_dir().canonicalize().unwrap().display()
         ),
     )
     .unwrap();
@@ -295,7 +297,7 @@ async fn the_sample_task_runs_the_same_on_restate_as_on_the_journal() {
     let serving = {
         let client = client.clone();
         tokio::spawn(async move {
-            camina_cluster::worker::serve(engine, listener, &client, &url, || {}, async {
+            camina_cluster::worker::serve(engine, None, listener, &client, &url, || {}, async {
                 let _ = stopped.await;
             })
             .await
@@ -533,9 +535,17 @@ async fn in_process_worker(
     let serving = {
         let client = client.clone();
         tokio::spawn(async move {
-            camina_cluster::worker::serve(Arc::new(engine), listener, &client, &url, || {}, async {
-                let _ = stopped.await;
-            })
+            camina_cluster::worker::serve(
+                Arc::new(engine),
+                None,
+                listener,
+                &client,
+                &url,
+                || {},
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .await
         })
     };
@@ -1230,4 +1240,98 @@ async fn a_worker_with_another_policy_refuses_to_replay_a_tasks_calls() {
         std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
         "collected\n"
     );
+}
+
+/// A retried call that is cut off again asks for a new decision instead of
+/// running a third time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_cut_off_again_asks_for_a_new_decision() {
+    let (_, append) = on_the_journal().await;
+    let fake = FakeOllama::start(models(), todo_script);
+    let restate = Restate::start().await;
+    let homes = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let crash = format!("{append} tool_result?");
+    let client = restate.client();
+    let (ws, submitted) = project();
+    let log = || std::fs::read_to_string(ws.path().join("log.txt")).unwrap_or_default();
+    let died = |w: &mut Killed| {
+        for _ in 0..600 {
+            if w.0.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+
+    // The first worker dies after the append ran.
+    let mut first = spawn_worker(
+        &worker_home(&fake, &homes.path().join("a")),
+        &restate,
+        port,
+        Some(&crash),
+    );
+    client.ready(Duration::from_secs(60)).await.unwrap();
+    let id = client.submit(&submitted).await.unwrap();
+    assert!(
+        died(&mut first),
+        "the failpoint did not fire\n{}",
+        restate.log()
+    );
+    assert_eq!(log(), "collected\n");
+
+    // The second finds it interrupted, is told to retry, and dies after
+    // the retried append ran.
+    let mut second = spawn_worker(
+        &worker_home(&fake, &homes.path().join("b")),
+        &restate,
+        port,
+        Some(&crash),
+    );
+    let review = client.wait(&id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(review.status, Status::NeedsReview, "{:?}", review.error);
+    let key = format!("{id}:1:3");
+    client.decide(&id, &key, Decision::Retry).await.unwrap();
+    assert!(
+        died(&mut second),
+        "the retry's failpoint did not fire\n{}",
+        restate.log()
+    );
+    assert_eq!(log(), "collected\ncollected\n", "retried once");
+
+    // The third must not run it a third time on its own.
+    let _third = spawn_worker(
+        &worker_home(&fake, &homes.path().join("c")),
+        &restate,
+        port,
+        None,
+    );
+    let mut again = None;
+    for _ in 0..600 {
+        if let Ok(Some(s)) = client.summary(&id).await
+            && s.status == Status::NeedsReview
+            && client
+                .records(&id, 0)
+                .await
+                .unwrap()
+                .iter()
+                .any(|r| r.kind == "review")
+        {
+            again = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(again.is_some(), "no second review\n{}", restate.log());
+    assert_eq!(log(), "collected\ncollected\n", "not run a third time");
+    client.decide(&id, &key, Decision::Skip).await.unwrap();
+    let done = client
+        .wait_final(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(log(), "collected\ncollected\n");
+    // A decision nobody waits for is refused.
+    assert!(client.decide(&id, &key, Decision::Retry).await.is_err());
 }

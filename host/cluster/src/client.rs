@@ -68,6 +68,23 @@ impl Client {
         &self.ingress
     }
 
+    /// The ingress URL of `handler` of task `id` (which must look like a
+    /// task id: it goes into the path).
+    fn task_url(&self, id: &str, handler: &str) -> Result<String> {
+        if !is_task_id(id) {
+            return Err(ClientError::Refused {
+                what: format!("task `{id}`"),
+                status: 404,
+                body: "not a task id (letters, digits and `-`, at most 64)".into(),
+            });
+        }
+        Ok(format!(
+            "{}/{}/{id}/{handler}",
+            self.ingress,
+            crate::SERVICE
+        ))
+    }
+
     async fn post<T: DeserializeOwned>(
         &self,
         url: String,
@@ -177,7 +194,7 @@ impl Client {
         loop {
             let r: Result<serde_json::Value> = self
                 .post(
-                    format!("{}/{}/{id}/run/send", self.ingress, crate::SERVICE),
+                    self.task_url(id, "run/send")?,
                     &format!("submitting task {id}"),
                     Some(body.clone()),
                 )
@@ -196,7 +213,7 @@ impl Client {
     /// The task's summary (`None`: no worker started it yet).
     pub async fn summary(&self, id: &str) -> Result<Option<TaskSummary>> {
         self.post(
-            format!("{}/{}/{id}/summary", self.ingress, crate::SERVICE),
+            self.task_url(id, "summary")?,
             &format!("the summary of task {id}"),
             None,
         )
@@ -206,7 +223,7 @@ impl Client {
     /// The task's records from sequence number `from` on.
     pub async fn records(&self, id: &str, from: u64) -> Result<Vec<Record>> {
         self.post(
-            format!("{}/{}/{id}/records", self.ingress, crate::SERVICE),
+            self.task_url(id, "records")?,
             &format!("the records of task {id}"),
             Some(serde_json::json!(from)),
         )
@@ -367,7 +384,7 @@ impl Client {
         };
         let _: serde_json::Value = self
             .post(
-                format!("{}/{}/{id}/decide", self.ingress, crate::SERVICE),
+                self.task_url(id, "decide")?,
                 &format!("the decision on {key}"),
                 Some(
                     serde_json::to_value(d).map_err(|e| ClientError::Unexpected {

@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex};
 /// tried again at most 10 s apart for a week, then paused.
 pub struct CaminaTask {
     pub engine: Arc<Engine>,
+    /// Task workspaces must lie under it (the ingress takes any request
+    /// Restate lets through); `None`: anywhere.
+    pub workspace_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for CaminaTask {
@@ -37,9 +40,35 @@ pub struct Decide {
     pub decision: Decision,
 }
 
-/// The promise a task waits on for the decision on the call `key`.
-pub(crate) fn review_promise(key: &str) -> String {
-    format!("review/{key}")
+/// The promise a task waits on for the `n`-th decision on the call `key`
+/// (a retried call can be cut off again).
+pub(crate) fn review_promise(key: &str, n: u32) -> String {
+    if n == 0 {
+        format!("review/{key}")
+    } else {
+        format!("review/{key}/{n}")
+    }
+}
+
+/// Where the promise a task waits on is named while it waits.
+const PENDING_REVIEW: &str = "review";
+
+/// Why `workspace` may not be used under `root`, if it may not.
+fn outside(workspace: &str, root: &std::path::Path) -> Option<String> {
+    let ws = std::path::Path::new(workspace);
+    let (Ok(ws), Ok(root)) = (ws.canonicalize(), root.canonicalize()) else {
+        return Some(format!(
+            "the workspace {workspace} or this worker's workspace root {} does not exist here",
+            root.display()
+        ));
+    };
+    (!ws.starts_with(&root) || ws == root).then(|| {
+        format!(
+            "the workspace {workspace} is not under this worker's workspace root {} \
+             ([server] workspace_root)",
+            root.display()
+        )
+    })
 }
 
 /// Where record `seq` is kept in the workflow's state.
@@ -86,6 +115,17 @@ impl CaminaTask {
             error: None,
             events: 0,
         }));
+        if let Some(why) = self
+            .workspace_root
+            .as_deref()
+            .and_then(|root| outside(&submitted.workspace, root))
+        {
+            let mut s = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            s.status = Status::Failed;
+            s.error = Some(why);
+            ctx.set("summary", Json(s.clone()));
+            return Ok(Json(s));
+        }
         let steps = RestateSteps {
             ctx: &ctx,
             summary: summary.clone(),
@@ -146,6 +186,7 @@ impl CaminaTask {
     }
 
     /// Settles an interrupted side-effecting call: run it again or skip it.
+    /// 404 when no call of the task waits under that key.
     #[handler]
     async fn decide(
         &self,
@@ -153,8 +194,24 @@ impl CaminaTask {
         decide: Json<Decide>,
     ) -> Result<(), HandlerError> {
         let Json(d) = decide;
-        ctx.resolve_promise(&review_promise(&d.key), Json(d.decision));
-        Ok(())
+        let pending: Option<String> = ctx.get(PENDING_REVIEW).await?;
+        match pending {
+            Some(p)
+                if p == review_promise(&d.key, 0)
+                    || p.starts_with(&format!("review/{}/", d.key)) =>
+            {
+                ctx.resolve_promise(&p, Json(d.decision));
+                Ok(())
+            }
+            _ => Err(TerminalError::new_with_code(
+                404,
+                format!(
+                    "no call of this task waits for a decision under key {}",
+                    d.key
+                ),
+            )
+            .into()),
+        }
     }
 }
 
@@ -195,8 +252,10 @@ impl Steps for RestateSteps<'_> {
                 .run(move || async move {
                     ran.store(true, Ordering::Relaxed);
                     let outcome = live.await;
+                    // Only after a live part that did something (not a
+                    // step that found nothing to do).
                     #[cfg(feature = "failpoints")]
-                    if crash {
+                    if crash && outcome.as_ref().is_ok_and(|v| !v["v"].is_null()) {
                         std::process::abort();
                     }
                     match outcome {
@@ -226,7 +285,12 @@ impl Steps for RestateSteps<'_> {
         });
     }
 
-    fn review<'b>(&'b self, key: &'b str, reason: &'b str) -> BoxFuture<'b, Flow<Decision>> {
+    fn review<'b>(
+        &'b self,
+        key: &'b str,
+        n: u32,
+        reason: &'b str,
+    ) -> BoxFuture<'b, Flow<Decision>> {
         Box::pin(async move {
             self.set_summary(|s| {
                 s.status = Status::NeedsReview;
@@ -236,8 +300,9 @@ impl Steps for RestateSteps<'_> {
                     s.id
                 ));
             });
-            let name = review_promise(key);
+            let name = review_promise(key, n);
             let ctx: &WorkflowContext<'_> = self.ctx;
+            ctx.set(PENDING_REVIEW, name.clone());
             let decision = ctx.promise::<Json<Decision>>(&name).await;
             let decision = match decision {
                 Ok(Json(d)) => d,
@@ -246,6 +311,7 @@ impl Steps for RestateSteps<'_> {
                 }
                 Err(e) => return Err(Halt::Failed(e.message().to_owned())),
             };
+            ctx.clear(PENDING_REVIEW);
             self.set_summary(|s| {
                 s.status = Status::Running;
                 s.error = None;

@@ -57,8 +57,10 @@ pub trait Steps: Send + Sync {
     fn publish(&self, record: &Record, update: &Update);
 
     /// Waits for the decision on a side-effecting call that was interrupted
-    /// (the task shows `needs-review` meanwhile).
-    fn review<'a>(&'a self, key: &'a str, reason: &'a str) -> BoxFuture<'a, Flow<Decision>>;
+    /// (the task shows `needs-review` meanwhile); `n` counts the earlier
+    /// reviews of the same call (a retry cut off again).
+    fn review<'a>(&'a self, key: &'a str, n: u32, reason: &'a str)
+    -> BoxFuture<'a, Flow<Decision>>;
 }
 
 enum Backend<'j> {
@@ -379,6 +381,33 @@ impl<'j> Durable<'j> {
         durability: Durability,
         update: Update,
     ) -> Result<()> {
+        self.append(step, kind, value, durability, update)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Self::record`], saying whether the record was written now: always
+    /// with the journal (these records are not replayed); on an outside
+    /// engine, false when it replayed the record from an earlier run.
+    pub async fn record_fresh<T: Serialize>(
+        &self,
+        step: &str,
+        kind: Kind,
+        value: &T,
+        durability: Durability,
+    ) -> Result<bool> {
+        self.append(step, kind, value, durability, Update::default())
+            .await
+    }
+
+    async fn append<T: Serialize>(
+        &self,
+        step: &str,
+        kind: Kind,
+        value: &T,
+        durability: Durability,
+        update: Update,
+    ) -> Result<bool> {
         let data = serde_json::to_value(value).map_err(|e| EngineError::Internal(e.to_string()))?;
         match &self.backend {
             Backend::Journal { unflushed, .. } => {
@@ -400,21 +429,24 @@ impl<'j> Durable<'j> {
                     matches!(durability, Durability::Buffered),
                     Ordering::Relaxed,
                 );
-                Ok(())
+                Ok(true)
             }
             Backend::Steps { steps, .. } => {
                 // Journaled by the engine like any step, so a replay
                 // publishes the same record at the same place.
-                let (outcome, _) = steps
+                let (outcome, fresh) = steps
                     .step(
                         format!("{step} {kind}"),
                         Box::pin(async move { self.envelope(data) }),
                     )
                     .await
-                    .map_err(|h| EngineError::Internal(halt_text(&h)))?;
+                    .map_err(|h| match h {
+                        Halt::Cancelled(reason) => EngineError::Cancelled(reason),
+                        h => EngineError::Internal(halt_text(&h)),
+                    })?;
                 let (data, at, elapsed_ms) = opened(outcome.map_err(EngineError::Internal)?);
                 self.publish(step, kind, data, at, elapsed_ms, &update);
-                Ok(())
+                Ok(fresh)
             }
         }
     }
@@ -483,9 +515,12 @@ impl<'j> Durable<'j> {
     /// The decision on an interrupted side-effecting call: with the
     /// journal, the one the resume came with (none: the task stops in
     /// `needs-review`); on an outside engine, the task waits for it.
+    /// `n` counts the reviews of this call so far (a retried call can be
+    /// cut off again). The wait is not running time.
     pub async fn review(
         &self,
         key: &str,
+        n: u32,
         reason: String,
         given: Option<Decision>,
     ) -> Flow<Decision> {
@@ -495,7 +530,12 @@ impl<'j> Durable<'j> {
                 key: key.to_owned(),
                 reason,
             }),
-            (Backend::Steps { steps, .. }, None) => steps.review(key, &reason).await,
+            (Backend::Steps { steps, .. }, None) => {
+                let before = self.elapsed_ms();
+                let decision = steps.review(key, n, &reason).await;
+                *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = (before, Instant::now());
+                decision
+            }
         }
     }
 

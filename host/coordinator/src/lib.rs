@@ -97,6 +97,9 @@ pub enum EngineError {
     },
     #[error("task {0} is running; undo it once it has stopped")]
     Running(String),
+    /// The outside engine cancelled the task while a record was written.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -539,18 +542,27 @@ impl Engine {
             pid: std::process::id(),
             resumed: false,
         };
-        d.record_with(
-            "started",
-            Kind::Started,
-            &started,
-            Durability::Flush,
-            Update {
-                status: Some(Status::Running),
-                clear_error: true,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let begun = d
+            .record_with(
+                "started",
+                Kind::Started,
+                &started,
+                Durability::Flush,
+                Update {
+                    status: Some(Status::Running),
+                    clear_error: true,
+                    ..Default::default()
+                },
+            )
+            .await;
+        match begun {
+            Ok(()) => {}
+            // Cancelled before it began: say so (the signal is spent).
+            Err(EngineError::Cancelled(reason)) => {
+                return settle(&d, Err(agent::Halt::Cancelled(reason))).await;
+            }
+            Err(e) => return Err(e),
+        }
         // Cancellation comes from the engine (its own cancel), not from a
         // watch here.
         let (_stop, cancel) = tokio::sync::watch::channel(None);

@@ -42,7 +42,10 @@ pub enum Stop {
 
 impl From<EngineError> for Halt {
     fn from(e: EngineError) -> Self {
-        Halt::Engine(e)
+        match e {
+            EngineError::Cancelled(reason) => Halt::Cancelled(reason),
+            e => Halt::Engine(e),
+        }
     }
 }
 
@@ -244,52 +247,78 @@ impl Agent<'_> {
         {
             return Ok(result);
         }
-        let reason = format!(
-            "the side-effecting call {} {} {} (key {key}) was interrupted; it may or may not have \
-             taken effect. Resume with --retry-interrupted or --skip-interrupted",
-            intent.plugin, intent.tool, intent.input
-        );
-        let decision = self.d.review(&key, reason, self.opts.interrupted).await?;
-        self.d
-            .record(
-                step,
-                Kind::Review,
-                &Review {
-                    key: key.clone(),
-                    decision,
-                },
-                Durability::Flush,
-            )
-            .await?;
-        let this = &*self;
-        let live = async {
-            match decision {
-                Decision::Retry => this.execute(step, &intent).await,
-                Decision::Skip => Ok(ToolResult {
+        let mut reviews = 0u32;
+        loop {
+            let reason = format!(
+                "the side-effecting call {} {} {} (key {key}) was interrupted; it may or may not \
+                 have taken effect. Resume with --retry-interrupted or --skip-interrupted",
+                intent.plugin, intent.tool, intent.input
+            );
+            // The decision the resume came with settles the first review
+            // only.
+            let given = if reviews == 0 {
+                self.opts.interrupted
+            } else {
+                None
+            };
+            let decision = self.d.review(&key, reviews, reason, given).await?;
+            let fresh_review = self
+                .d
+                .record_fresh(
+                    step,
+                    Kind::Review,
+                    &Review {
+                        key: key.clone(),
+                        decision,
+                    },
+                    Durability::Flush,
+                )
+                .await?;
+            if decision == Decision::Skip {
+                let skipped = ToolResult {
                     key,
                     output: None,
                     error: Some((
                         "skipped".into(),
-                        "this call was interrupted before its result was recorded and was not run \
-                         again; whether it took effect is unknown"
+                        "this call was interrupted before its result was recorded and was not \
+                         run again; whether it took effect is unknown"
                             .into(),
                     )),
                     elapsed_ms: 0,
                     denials: Vec::new(),
-                }),
+                };
+                let (result, _) = self
+                    .d
+                    .step(
+                        step,
+                        Kind::ToolResult,
+                        Durability::Flush,
+                        |_| Update::default(),
+                        async { Ok(skipped) },
+                    )
+                    .await?;
+                return Ok(result);
             }
-        };
-        let (result, _) = self
-            .d
-            .step(
-                step,
-                Kind::ToolResult,
-                Durability::Flush,
-                |_| Update::default(),
-                live,
-            )
-            .await?;
-        Ok(result)
+            // Retry. On an outside engine a replayed review with no result
+            // after it means the retry itself was cut off: it needs a new
+            // decision, not a silent third run.
+            let again = !fresh_review && self.d.external();
+            let this = &*self;
+            let live = async {
+                if again {
+                    return Ok(None);
+                }
+                this.execute(step, &intent).await.map(Some)
+            };
+            if let Some(result) = self
+                .d
+                .maybe(step, Kind::ToolResult, Durability::Flush, live)
+                .await?
+            {
+                return Ok(result);
+            }
+            reviews += 1;
+        }
     }
 
     /// Refuses to replay an intent recorded with another build or policy of
