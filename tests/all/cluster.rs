@@ -195,6 +195,46 @@ fn spawn_worker(home: &Path, restate: &Restate, port: u16, crash_in: Option<&str
     Killed(c.spawn().unwrap())
 }
 
+/// The sample task's models, the final answer taking 30 s the first time
+/// it is asked (a worker can be killed while the model thinks).
+fn slow_answer_fake() -> FakeOllama {
+    let mut slow = true;
+    FakeOllama::start(models(), move |req| {
+        let reply = todo_script(req);
+        if is_answer(req) && std::mem::take(&mut slow) {
+            Reply::Delayed {
+                ms: 30_000,
+                reply: Box::new(reply),
+            }
+        } else {
+            reply
+        }
+    })
+}
+
+/// Waits until the final answer is asked for; the model calls so far.
+async fn answer_asked(fake: &FakeOllama, restate: &Restate) -> usize {
+    for _ in 0..600 {
+        let chats = fake.chats();
+        if chats.iter().any(is_answer) {
+            return chats.len();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the task never reached its answer\n{}", restate.log());
+}
+
+/// Whether the process exits within a minute (a failpoint fired).
+async fn died(worker: &mut Killed) -> bool {
+    for _ in 0..600 {
+        if worker.0.try_wait().unwrap().is_some() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// The sample project in a fresh directory; the task for it.
 fn project() -> (tempfile::TempDir, Submitted) {
     let dir = tempfile::tempdir().unwrap();
@@ -289,22 +329,9 @@ async fn the_sample_task_runs_the_same_on_restate_as_on_the_journal() {
     let restate = Restate::start().await;
     let fake = FakeOllama::start(models(), todo_script);
     let s = setup(&fake).await;
-    let engine = Arc::new(s.engine);
     let client = restate.client();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            camina_cluster::worker::serve(engine, None, listener, &client, &url, || {}, async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    };
+    let (stop, serving) = in_process_worker(s.engine, &client).await;
 
-    client.ready(Duration::from_secs(60)).await.unwrap();
     let (ws, submitted) = project();
     let id = client.submit(&submitted).await.unwrap();
     let done = client
@@ -346,18 +373,7 @@ async fn a_worker_killed_mid_task_is_replayed_by_another_without_reasking_or_rep
     let (journal, _) = on_the_journal().await;
     // The final answer takes long the first time: the worker is killed
     // while the model thinks.
-    let mut slow = true;
-    let fake = FakeOllama::start(models(), move |req| {
-        let reply = todo_script(req);
-        if is_answer(req) && std::mem::take(&mut slow) {
-            Reply::Delayed {
-                ms: 30_000,
-                reply: Box::new(reply),
-            }
-        } else {
-            reply
-        }
-    });
+    let fake = slow_answer_fake();
     let restate = Restate::start().await;
     let homes = tempfile::tempdir().unwrap();
     let first = worker_home(&fake, &homes.path().join("a"));
@@ -369,20 +385,7 @@ async fn a_worker_killed_mid_task_is_replayed_by_another_without_reasking_or_rep
     let (ws, submitted) = project();
     let id = client.submit(&submitted).await.unwrap();
 
-    let mut asked = 0;
-    for _ in 0..600 {
-        let chats = fake.chats();
-        if chats.iter().any(is_answer) {
-            asked = chats.len();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        asked > 0,
-        "the task never reached its answer\n{}",
-        restate.log()
-    );
+    let asked = answer_asked(&fake, &restate).await;
     drop(worker); // SIGKILL, mid model call
     let _worker = spawn_worker(&second, &restate, port, None);
 
@@ -436,15 +439,11 @@ async fn cut_off_append(decision: Decision) {
     client.ready(Duration::from_secs(60)).await.unwrap();
     let (ws, submitted) = project();
     let id = client.submit(&submitted).await.unwrap();
-    let mut died = false;
-    for _ in 0..600 {
-        if worker.0.try_wait().unwrap().is_some() {
-            died = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(died, "the failpoint did not fire\n{}", restate.log());
+    assert!(
+        died(&mut worker).await,
+        "the failpoint did not fire\n{}",
+        restate.log()
+    );
     assert_eq!(
         std::fs::read_to_string(ws.path().join("log.txt")).unwrap(),
         "collected\n",
@@ -549,12 +548,8 @@ async fn in_process_worker(
             .await
         })
     };
-    client_ready(client).await;
-    (stop, serving)
-}
-
-async fn client_ready(client: &Client) {
     client.ready(Duration::from_secs(60)).await.unwrap();
+    (stop, serving)
 }
 
 /// `camina serve --engine restate`'s router over a socket: the same routes
@@ -1145,18 +1140,7 @@ async fn three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill() {
 /// with the same plugins takes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_with_another_policy_refuses_to_replay_a_tasks_calls() {
-    let mut slow = true;
-    let fake = FakeOllama::start(models(), move |req| {
-        let reply = todo_script(req);
-        if is_answer(req) && std::mem::take(&mut slow) {
-            Reply::Delayed {
-                ms: 30_000,
-                reply: Box::new(reply),
-            }
-        } else {
-            reply
-        }
-    });
+    let fake = slow_answer_fake();
     let restate = Restate::start().await;
     let homes = tempfile::tempdir().unwrap();
     let first = worker_home(&fake, &homes.path().join("a"));
@@ -1177,20 +1161,7 @@ async fn a_worker_with_another_policy_refuses_to_replay_a_tasks_calls() {
     client.ready(Duration::from_secs(60)).await.unwrap();
     let (ws, submitted) = project();
     let id = client.submit(&submitted).await.unwrap();
-    let mut asked = 0;
-    for _ in 0..600 {
-        let chats = fake.chats();
-        if chats.iter().any(is_answer) {
-            asked = chats.len();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        asked > 0,
-        "the task never reached its answer\n{}",
-        restate.log()
-    );
+    let asked = answer_asked(&fake, &restate).await;
     // Read while a worker is up: Restate runs the read handlers on workers.
     let before = client.records(&id, 0).await.unwrap().len();
     drop(worker);
@@ -1255,15 +1226,6 @@ async fn a_retry_cut_off_again_asks_for_a_new_decision() {
     let client = restate.client();
     let (ws, submitted) = project();
     let log = || std::fs::read_to_string(ws.path().join("log.txt")).unwrap_or_default();
-    let died = |w: &mut Killed| {
-        for _ in 0..600 {
-            if w.0.try_wait().unwrap().is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    };
 
     // The first worker dies after the append ran.
     let mut first = spawn_worker(
@@ -1275,7 +1237,7 @@ async fn a_retry_cut_off_again_asks_for_a_new_decision() {
     client.ready(Duration::from_secs(60)).await.unwrap();
     let id = client.submit(&submitted).await.unwrap();
     assert!(
-        died(&mut first),
+        died(&mut first).await,
         "the failpoint did not fire\n{}",
         restate.log()
     );
@@ -1294,7 +1256,7 @@ async fn a_retry_cut_off_again_asks_for_a_new_decision() {
     let key = format!("{id}:1:3");
     client.decide(&id, &key, Decision::Retry).await.unwrap();
     assert!(
-        died(&mut second),
+        died(&mut second).await,
         "the retry's failpoint did not fire\n{}",
         restate.log()
     );

@@ -65,14 +65,9 @@ async fn summary(client: &Client, id: &str) -> Result<TaskSummary, ApiError> {
 pub(crate) async fn create(
     state: &AppState,
     client: &Client,
-    headers: &HeaderMap,
+    key: Option<String>,
     body: CreateTask,
 ) -> Result<(StatusCode, Json<TaskRef>), ApiError> {
-    let key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_owned))
-        .transpose()
-        .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
     // A key names the task: the workflow id is derived from it, and Restate
     // starts a workflow id once.
     let id = key.as_ref().map(|k| {

@@ -117,16 +117,16 @@ pub async fn create(
     if body.prompt.trim().is_empty() {
         return Err(ApiError::bad_request("prompt: must not be empty"));
     }
-    if let Some(client) = &state.cluster {
-        return Ok(crate::cluster::create(&state, client, &headers, body)
-            .await?
-            .into_response());
-    }
     let key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().map(str::to_owned))
         .transpose()
         .map_err(|_| ApiError::bad_request("Idempotency-Key: must be visible ASCII"))?;
+    if let Some(client) = &state.cluster {
+        return Ok(crate::cluster::create(&state, client, key, body)
+            .await?
+            .into_response());
+    }
     // The key is bound to the request as the client sent it (a task
     // without a workspace gets a new directory each time).
     let fingerprint = key.as_ref().map(|_| {

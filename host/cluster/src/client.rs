@@ -95,21 +95,24 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        self.send(req, url, what).await
+    }
+
+    /// Sends `req` (to `url`) and reads a JSON answer (an empty body is
+    /// `null`); anything but 2xx is [`ClientError::Refused`] naming `what`.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: String,
+        what: &str,
+    ) -> Result<T> {
+        let unreachable = |source| ClientError::Unreachable {
+            url: url.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let text = resp.text().await.map_err(unreachable)?;
         if !(200..300).contains(&status) {
             return Err(ClientError::Refused {
                 what: what.to_owned(),
@@ -233,34 +236,12 @@ impl Client {
     /// Runs a SQL query on Restate's introspection tables (admin API).
     async fn query(&self, sql: &str, what: &str) -> Result<Vec<serde_json::Value>> {
         let url = format!("{}/query", self.admin);
-        let resp = self
+        let req = self
             .http
             .post(&url)
             .header("accept", "application/json")
-            .json(&serde_json::json!({ "query": sql }))
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|source| ClientError::Unreachable { url, source })?;
-        if !(200..300).contains(&status) {
-            return Err(ClientError::Refused {
-                what: what.to_owned(),
-                status,
-                body: text,
-            });
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ClientError::Unexpected {
-                what: what.to_owned(),
-                reason: e.to_string(),
-            })?;
+            .json(&serde_json::json!({ "query": sql }));
+        let v: serde_json::Value = self.send(req, url, what).await?;
         Ok(v["rows"].as_array().cloned().unwrap_or_default())
     }
 
@@ -356,23 +337,9 @@ impl Client {
             return Ok(false);
         };
         let url = format!("{}/invocations/{invocation}/cancel", self.admin);
-        let resp =
-            self.http
-                .patch(&url)
-                .send()
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    url: url.clone(),
-                    source,
-                })?;
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(ClientError::Refused {
-                what: format!("cancelling task {id}"),
-                status,
-                body: resp.text().await.unwrap_or_default(),
-            });
-        }
+        let _: serde_json::Value = self
+            .send(self.http.patch(&url), url, &format!("cancelling task {id}"))
+            .await?;
         Ok(true)
     }
 

@@ -208,13 +208,9 @@ impl<'j> Durable<'j> {
                 Ok((value, true))
             }
             Backend::Steps { steps, .. } => {
-                let live: BoxFuture<'_, std::result::Result<Value, String>> =
-                    Box::pin(async move {
-                        let v = live.await.map_err(|h| halt_text(&h))?;
-                        self.envelope(v)
-                    });
-                let (outcome, fresh) = steps.step(format!("{step} {kind}"), live).await?;
-                let (data, at, elapsed_ms) = opened(outcome.map_err(Halt::Failed)?);
+                let (data, at, elapsed_ms, fresh) = self
+                    .journaled(&**steps, format!("{step} {kind}"), live)
+                    .await?;
                 let value: T =
                     serde_json::from_value(data.clone()).map_err(|e| EngineError::Corrupt {
                         seq: self.next_seq(),
@@ -224,6 +220,27 @@ impl<'j> Durable<'j> {
                 Ok((value, fresh))
             }
         }
+    }
+
+    /// Runs `live` as the outside engine's step `name`: the journaled value
+    /// (or failure), its time and active time, and whether `live` ran now.
+    async fn journaled<T, F>(
+        &self,
+        steps: &dyn Steps,
+        name: String,
+        live: F,
+    ) -> Flow<(Value, String, u64, bool)>
+    where
+        T: Serialize,
+        F: Future<Output = Flow<T>> + Send,
+    {
+        let live: BoxFuture<'_, std::result::Result<Value, String>> = Box::pin(async move {
+            let v = live.await.map_err(|h| halt_text(&h))?;
+            self.envelope(v)
+        });
+        let (outcome, fresh) = steps.step(name, live).await?;
+        let (data, at, elapsed_ms) = opened(outcome.map_err(Halt::Failed)?);
+        Ok((data, at, elapsed_ms, fresh))
     }
 
     /// [`Self::step`], buffered, no summary change, just the value: for
@@ -278,13 +295,9 @@ impl<'j> Durable<'j> {
                 Ok(value)
             }
             Backend::Steps { steps, .. } => {
-                let live: BoxFuture<'_, std::result::Result<Value, String>> =
-                    Box::pin(async move {
-                        let v = live.await.map_err(|h| halt_text(&h))?;
-                        self.envelope(v)
-                    });
-                let (outcome, _) = steps.step(format!("{step} {kind}?"), live).await?;
-                let (data, at, elapsed_ms) = opened(outcome.map_err(Halt::Failed)?);
+                let (data, at, elapsed_ms, _) = self
+                    .journaled(&**steps, format!("{step} {kind}?"), live)
+                    .await?;
                 if data.is_null() {
                     return Ok(None);
                 }

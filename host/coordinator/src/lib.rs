@@ -496,23 +496,7 @@ impl Engine {
         }
         let crews = toolbox::crews(&self.registry.list()?);
         let d = durable::Durable::new(&self.journal, id, records);
-        let resumed = task.events > 1;
-        let started = Started {
-            pid: std::process::id(),
-            resumed,
-        };
-        d.record_with(
-            "started",
-            Kind::Started,
-            &started,
-            Durability::Flush,
-            Update {
-                status: Some(Status::Running),
-                clear_error: true,
-                ..Default::default()
-            },
-        )
-        .await?;
+        started(&d, task.events > 1).await?;
         let watcher = self.watch_cancel_files(id);
         let mut agent = self.agent(d, submitted, crews, opts, cancel);
         let outcome = agent.drive().await;
@@ -538,24 +522,7 @@ impl Engine {
     ) -> Result<Status> {
         let crews = toolbox::crews(&self.registry.list()?);
         let d = durable::Durable::on(&self.journal, id, steps, 1);
-        let started = Started {
-            pid: std::process::id(),
-            resumed: false,
-        };
-        let begun = d
-            .record_with(
-                "started",
-                Kind::Started,
-                &started,
-                Durability::Flush,
-                Update {
-                    status: Some(Status::Running),
-                    clear_error: true,
-                    ..Default::default()
-                },
-            )
-            .await;
-        match begun {
+        match started(&d, false).await {
             Ok(()) => {}
             // Cancelled before it began: say so (the signal is spent).
             Err(EngineError::Cancelled(reason)) => {
@@ -682,6 +649,28 @@ impl Engine {
             .await?;
         Ok(self.journal.task(id)?)
     }
+}
+
+/// Records that a run started: the task is `running`, a previous error
+/// cleared.
+async fn started(d: &durable::Durable<'_>, resumed: bool) -> Result<()> {
+    let started = Started {
+        pid: std::process::id(),
+        resumed,
+    };
+    let update = Update {
+        status: Some(Status::Running),
+        clear_error: true,
+        ..Default::default()
+    };
+    d.record_with(
+        "started",
+        Kind::Started,
+        &started,
+        Durability::Flush,
+        update,
+    )
+    .await
 }
 
 /// Records how a run stopped (the record, the state, the reason) and
