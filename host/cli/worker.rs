@@ -48,7 +48,7 @@ pub fn restate_urls(
             let mut a = parsed.clone();
             a.set_port(Some(9070))
                 .map_err(|()| UsageError(format!("--restate `{ingress}` has no host")))?;
-            a.to_string()
+            a.to_string().trim_end_matches('/').to_owned()
         }
     };
     Ok((ingress, admin))

@@ -18,7 +18,9 @@ use std::time::Duration;
 impl From<ClientError> for ApiError {
     fn from(e: ClientError) -> Self {
         match &e {
-            ClientError::Unreachable { .. } => ApiError::unavailable(e.to_string()),
+            ClientError::Unreachable { .. } | ClientError::NoAnswer { .. } => {
+                ApiError::unavailable(e.to_string())
+            }
             _ => ApiError::new(StatusCode::BAD_GATEWAY, "restate", e.to_string()),
         }
     }

@@ -10,12 +10,17 @@ use std::time::Duration;
 /// Errors talking to Restate. Each names the URL or the request.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach Restate at {url}, or no worker answered through it: {source}")]
+    #[error("cannot reach Restate at {url}: {source}")]
     Unreachable {
         url: String,
         #[source]
         source: reqwest::Error,
     },
+    #[error(
+        "Restate did not answer {what} within {0:?} ({url}); reading a task runs on a worker: is one up?",
+        TIMEOUT
+    )]
+    NoAnswer { what: String, url: String },
     #[error("Restate answered {status} to {what}: {body}")]
     Refused {
         what: String,
@@ -33,6 +38,9 @@ pub enum ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How long one request to Restate may take.
+const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Whether `id` has the form of a task id (what goes into a query is only
 /// ever this).
@@ -56,7 +64,7 @@ impl Client {
             // Reads run on the workers (Restate invokes the workflow's
             // shared handlers there): with none up they would wait forever.
             http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(15))
+                .timeout(TIMEOUT)
                 .build()
                 .unwrap_or_default(),
             ingress: ingress.trim_end_matches('/').to_owned(),
@@ -106,9 +114,18 @@ impl Client {
         url: String,
         what: &str,
     ) -> Result<T> {
-        let unreachable = |source| ClientError::Unreachable {
-            url: url.clone(),
-            source,
+        let unreachable = |source: reqwest::Error| {
+            if source.is_timeout() {
+                ClientError::NoAnswer {
+                    what: what.to_owned(),
+                    url: url.clone(),
+                }
+            } else {
+                ClientError::Unreachable {
+                    url: url.clone(),
+                    source,
+                }
+            }
         };
         let resp = req.send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
@@ -136,6 +153,7 @@ impl Client {
     /// admin API is not up yet, for up to `patience`.
     pub async fn register(&self, uri: &str, patience: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + patience;
+        let mut said = false;
         loop {
             let r: Result<serde_json::Value> = self
                 .post(
@@ -148,7 +166,12 @@ impl Client {
                 Ok(_) => return Ok(()),
                 Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
                 Err(e) => {
-                    tracing::debug!("registering with Restate: {e}; trying again");
+                    if !said {
+                        tracing::warn!(
+                            "cannot register with Restate yet ({e}); trying for {patience:?}"
+                        );
+                        said = true;
+                    }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
             }
