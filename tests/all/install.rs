@@ -442,3 +442,35 @@ async fn plugin_name_traversal_never_reaches_outside_the_store() {
     }
     assert!(home.path().join("victim.json").exists());
 }
+
+/// The workspace is checked when the sandbox opens it (not canonicalised
+/// ahead of every call): a missing one, or a file in its place, still
+/// refuses the call with an error naming the path, and nothing runs.
+#[tokio::test]
+async fn a_missing_or_non_directory_workspace_refuses_the_call_naming_it() {
+    let (_home, r) = registry();
+    let wasm = read(artifacts::BELTER_FS);
+    r.install(&wasm, Some(&policy("belter-fs")), None, "belter_fs.wasm")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gone");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    for ws in [&missing, &file] {
+        let err = r
+            .call(
+                "belter-fs",
+                "write_file",
+                r#"{"path":"n.txt","content":"hi"}"#,
+                Some(ws),
+            )
+            .await
+            .expect_err("a call without its workspace must fail");
+        let text = error_chain(&err);
+        assert!(matches!(err, Error::Call(_)), "{text}");
+        assert!(text.contains(&ws.display().to_string()), "{text}");
+    }
+    assert!(!missing.exists());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a directory");
+}

@@ -596,3 +596,31 @@ fn an_undo_killed_half_way_is_finished_by_task_resume() {
     assert_eq!(tree(&ws), before);
     drop(s.home);
 }
+
+/// A workspace named through a symlink: the sandbox mounts the path as
+/// given (it does not canonicalise it per call), and the images are still
+/// kept under the workspace, so undo restores the file.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_workspace_named_through_a_symlink_is_still_undone() {
+    let scene = Scene::new();
+    let ws = scene.ws();
+    std::fs::write(ws.join("a.txt"), "original\n").unwrap();
+    let links = tempfile::tempdir().unwrap();
+    let link = links.path().join("ws-link");
+    std::os::unix::fs::symlink(&ws, &link).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::new(home.path());
+    write_as(&store, "t1", &link, "a.txt", "clobbered").await;
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+        "clobbered"
+    );
+    let changes = undo::diff(&store, "t1", &ws).unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    undo::undo(&store, "t1", &ws, false, false).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(ws.join("a.txt")).unwrap(),
+        "original\n"
+    );
+}

@@ -443,6 +443,13 @@ fn p3c(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
 }
 
 fn main() {
+    // The subscriber `camina` installs (warn and above, to stderr): with
+    // none, tracing would hand every disabled span to the `log` fallback,
+    // a cost no camina process pays.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -314,6 +314,9 @@ pub struct Keeper {
     task: String,
     step: String,
     workspace: PathBuf,
+    /// The workspace as the caller named it: a `{workspace}` mount's host
+    /// path is that form (the sandbox does not canonicalise it per call).
+    given: PathBuf,
     touched: Mutex<Vec<String>>,
 }
 
@@ -326,6 +329,7 @@ impl Keeper {
             workspace: workspace
                 .canonicalize()
                 .unwrap_or_else(|_| workspace.to_path_buf()),
+            given: std::path::absolute(workspace).unwrap_or_else(|_| workspace.to_path_buf()),
             touched: Mutex::new(Vec::new()),
         }
     }
@@ -355,7 +359,10 @@ impl Keeper {
 impl Preserve for Keeper {
     fn before(&self, change: Change<'_>) -> Result<(), String> {
         // A mount outside the workspace is not the task's to undo.
-        let Ok(under) = change.mount.strip_prefix(&self.workspace) else {
+        let Some(under) = [&self.workspace, &self.given]
+            .into_iter()
+            .find_map(|ws| change.mount.strip_prefix(ws).ok())
+        else {
             return Ok(());
         };
         let mut path = under.to_string_lossy().replace('\\', "/");

@@ -51,7 +51,8 @@ impl Digest {
 
 impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        f.write_str("sha256:")?;
+        f.write_str(&self.hex)
     }
 }
 

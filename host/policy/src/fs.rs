@@ -58,7 +58,8 @@ pub struct Mount {
 /// A mount resolved for one workspace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedMount {
-    /// Canonical host directory.
+    /// Host directory: canonical for fixed paths and workspace
+    /// subdirectories; the workspace itself as given, made absolute.
     pub host: PathBuf,
     pub guest: String,
     pub access: Access,
@@ -81,10 +82,19 @@ impl Mount {
                 let ws = workspace.ok_or_else(|| {
                     fail("the policy mounts the workspace but no workspace was given".into())
                 })?;
-                let ws = canonical(ws)?;
                 match sub {
-                    None => ws,
+                    // The whole workspace: the sandbox opens it (following
+                    // any symlink, as a canonical path would) and refuses
+                    // the call, naming the mount, if it is not a directory.
+                    // Canonicalising here would cost two syscalls per path
+                    // component on every call and check nothing more.
+                    None => {
+                        let ws = std::path::absolute(ws)
+                            .map_err(|e| fail(format!("{}: {e}", ws.display())))?;
+                        return Ok(self.resolved(ws));
+                    }
                     Some(s) => {
+                        let ws = canonical(ws)?;
                         // The workspace's contents are not trusted (a skill
                         // or a checkout may have put a symlink there): the
                         // subdirectory must still be inside it once resolved.
@@ -105,11 +115,15 @@ impl Mount {
         if !host.is_dir() {
             return Err(fail(format!("{} is not a directory", host.display())));
         }
-        Ok(ResolvedMount {
+        Ok(self.resolved(host))
+    }
+
+    fn resolved(&self, host: PathBuf) -> ResolvedMount {
+        ResolvedMount {
             host,
             guest: self.guest.clone(),
             access: self.access,
-        })
+        }
     }
 }
 
@@ -218,9 +232,17 @@ mod tests {
             access: Access::Read,
         };
         let r = m.resolve(Some(dir.path())).unwrap();
-        assert_eq!(r.host, dir.path().canonicalize().unwrap());
+        assert_eq!(r.host, dir.path());
         assert!(m.resolve(None).is_err());
-        assert!(m.resolve(Some(&dir.path().join("missing"))).is_err());
+        // A missing workspace is refused when the sandbox opens it (see the
+        // skills tests); a mounted subdirectory must exist already.
+        let sub = Mount {
+            host: HostPath::Workspace {
+                sub: Some("missing".into()),
+            },
+            ..m
+        };
+        assert!(sub.resolve(Some(dir.path())).is_err());
     }
 
     #[cfg(unix)]

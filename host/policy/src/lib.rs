@@ -170,8 +170,10 @@ impl Policy {
     }
 
     /// Resolves the policy for one call or task whose workspace is
-    /// `workspace`: mount templates are filled in and every host path must
-    /// exist as a directory.
+    /// `workspace`: mount templates are filled in; fixed paths and workspace
+    /// subdirectories must exist as directories (and stay inside the
+    /// workspace); the workspace itself is checked when the sandbox opens
+    /// it.
     pub fn resolve(&self, workspace: Option<&Path>) -> Result<Grants> {
         let mounts = self
             .mounts

@@ -133,6 +133,8 @@ pub struct Plugin {
     pub policy: Policy,
     skill: Skill,
     schemas: schema::Schemas,
+    /// The record file this was loaded from (stat'ed on every use).
+    record_path: PathBuf,
 }
 
 impl Plugin {
@@ -347,13 +349,14 @@ impl Registry {
         {
             self.collect_garbage(&prev.digest);
         }
+        let record_path = self.record_path(&manifest.name);
         let plugin = Plugin {
             record: record.clone(),
             policy: policy.clone(),
             skill,
             schemas,
+            record_path: record_path.clone(),
         };
-        let record_path = self.record_path(&manifest.name);
         match Stamp::of(&record_path) {
             Ok(stamp) => {
                 self.lock_loaded()
@@ -441,21 +444,31 @@ impl Registry {
         if !camina_policy::valid_plugin_name(name) {
             return Err(Error::UnknownPlugin(name.to_owned()));
         }
-        // One stat per call: the record on disk is the truth.
-        let record_path = self.record_path(name);
-        let stamp = match Stamp::of(&record_path) {
+        // One stat per call: the record on disk is the truth (another
+        // process may have reinstalled or removed the plugin).
+        let cached = self.lock_loaded().get(name).cloned();
+        let built;
+        let record_path = match &cached {
+            Some((p, _)) => &p.record_path,
+            None => {
+                built = self.record_path(name);
+                &built
+            }
+        };
+        let stamp = match Stamp::of(record_path) {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.lock_loaded().remove(name);
                 return Err(Error::UnknownPlugin(name.to_owned()));
             }
-            Err(e) => return Err(io_err(&record_path)(e)),
+            Err(e) => return Err(io_err(record_path)(e)),
         };
-        if let Some((p, loaded)) = self.lock_loaded().get(name)
+        if let Some((p, loaded)) = &cached
             && *loaded == stamp
         {
             return Ok(p.clone());
         }
+        let record_path = record_path.to_owned();
         let record = self.read_record(name)?;
         let policy = record.policy()?;
         let cache = self.cache_path(&record.digest);
@@ -493,6 +506,7 @@ impl Registry {
             policy,
             skill,
             schemas,
+            record_path,
         });
         self.lock_loaded()
             .insert(name.to_owned(), (plugin.clone(), stamp));

@@ -106,6 +106,11 @@ impl Schemas {
             .get_or_init(|| compile(&entry.schema))
             .as_ref()
             .map_err(|e| format!("the tool's input-schema is invalid: {e}"))?;
+        // The common case first: `is_valid` stops at nothing and builds no
+        // errors; only a refused input pays for the full report.
+        if validator.is_valid(&value) {
+            return Ok(());
+        }
         let problems: Vec<String> = validator
             .iter_errors(&value)
             .take(8)

@@ -13,7 +13,7 @@
 
 use crate::audit::{Capability, Decision, Decisions};
 use crate::preserve::{Change, Preserve};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Resource};
@@ -35,12 +35,14 @@ impl HasData for AuditedFs {
 #[derive(Debug)]
 pub(crate) struct FsAudit {
     pub plugin: Arc<str>,
-    /// Guest path behind each live descriptor (by resource rep).
-    paths: HashMap<u32, String>,
+    /// Guest path behind each live descriptor, at its resource rep (the
+    /// resource table's index: small and dense, so no hashing).
+    paths: Vec<Option<String>>,
     pub decisions: Decisions,
     /// Where before-images go, if the caller wants them.
     preserve: Option<Arc<dyn Preserve>>,
-    /// The mounts: guest path and host directory.
+    /// The mounts, guest path and host directory (kept only when
+    /// before-images are wanted: nothing else needs them).
     mounts: Vec<(String, PathBuf)>,
     /// Paths (`mount\0path`) whose prior state this call already handed
     /// over: only the first change of a path within a call is captured.
@@ -56,11 +58,31 @@ impl FsAudit {
     ) -> Self {
         Self {
             plugin,
-            paths: HashMap::new(),
+            paths: Vec::new(),
             decisions,
             preserve,
             mounts,
             preserved: HashSet::new(),
+        }
+    }
+}
+
+impl FsAudit {
+    fn path(&self, rep: u32) -> Option<&str> {
+        self.paths.get(rep as usize)?.as_deref()
+    }
+
+    fn set_path(&mut self, rep: u32, path: String) {
+        let i = rep as usize;
+        if self.paths.len() <= i {
+            self.paths.resize(i + 1, None);
+        }
+        self.paths[i] = Some(path);
+    }
+
+    fn forget_path(&mut self, rep: u32) {
+        if let Some(slot) = self.paths.get_mut(rep as usize) {
+            *slot = None;
         }
     }
 }
@@ -78,21 +100,21 @@ fn is_denial(err: &FsError) -> bool {
 }
 
 fn describe_open(oflags: types::OpenFlags, flags: types::DescriptorFlags) -> String {
-    let mut parts = vec![if flags.contains(types::DescriptorFlags::WRITE) {
+    let mut action = String::from(if flags.contains(types::DescriptorFlags::WRITE) {
         "open read-write"
     } else {
         "open read"
-    }];
-    if oflags.contains(types::OpenFlags::CREATE) {
-        parts.push("create");
+    });
+    for (flag, name) in [
+        (types::OpenFlags::CREATE, "+create"),
+        (types::OpenFlags::TRUNCATE, "+truncate"),
+        (types::OpenFlags::DIRECTORY, "+directory"),
+    ] {
+        if oflags.contains(flag) {
+            action.push_str(name);
+        }
     }
-    if oflags.contains(types::OpenFlags::TRUNCATE) {
-        parts.push("truncate");
-    }
-    if oflags.contains(types::OpenFlags::DIRECTORY) {
-        parts.push("directory");
-    }
-    parts.join("+")
+    action
 }
 
 impl FsView<'_> {
@@ -193,12 +215,7 @@ impl FsView<'_> {
     }
 
     fn path_of(&self, fd: &Resource<Descriptor>, rel: &str) -> String {
-        let base = self
-            .audit
-            .paths
-            .get(&fd.rep())
-            .map(String::as_str)
-            .unwrap_or("?");
+        let base = self.audit.path(fd.rep()).unwrap_or("?");
         let rel = rel.trim_start_matches("./");
         if rel.is_empty() || rel == "." {
             base.to_owned()
@@ -261,7 +278,7 @@ impl preopens::Host for FsView<'_> {
     fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
         let dirs = preopens::Host::get_directories(&mut self.inner)?;
         for (fd, name) in &dirs {
-            self.audit.paths.insert(fd.rep(), name.clone());
+            self.audit.set_path(fd.rep(), name.clone());
         }
         Ok(dirs)
     }
@@ -451,13 +468,13 @@ impl HostDescriptor for FsView<'_> {
         let r = HostDescriptor::open_at(&mut self.inner, fd, path_flags, path, oflags, flags).await;
         self.note(&action, target.clone(), &r, true);
         if let Ok(new) = &r {
-            self.audit.paths.insert(new.rep(), target);
+            self.audit.set_path(new.rep(), target);
         }
         r
     }
 
     fn drop(&mut self, fd: Resource<Descriptor>) -> wasmtime::Result<()> {
-        self.audit.paths.remove(&fd.rep());
+        self.audit.forget_path(fd.rep());
         HostDescriptor::drop(&mut self.inner, fd)
     }
 

@@ -161,7 +161,9 @@ impl Skill {
 
     /// [`Self::call`], handing the prior state of every path the call is
     /// about to change to `preserve` first (see [`crate::preserve`]).
-    #[tracing::instrument(name = "sandbox.call", skip_all, fields(plugin = %grants.plugin, tool = %tool))]
+    // Debug level: a span per call is detail, and an enabled one costs a
+    // few microseconds on a path that takes tens.
+    #[tracing::instrument(name = "sandbox.call", level = "debug", skip_all, fields(plugin = %grants.plugin, tool = %tool))]
     pub async fn call_preserving(
         &self,
         grants: &Grants,
@@ -286,11 +288,14 @@ impl Skill {
             policy: Arc::new(grants.net.clone()),
             decisions: decisions.clone(),
         };
-        let mounts = grants
-            .mounts
-            .iter()
-            .map(|m| (m.guest.clone(), m.host.clone()))
-            .collect();
+        let mounts = match preserve {
+            Some(_) => grants
+                .mounts
+                .iter()
+                .map(|m| (m.guest.clone(), m.host.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
         let fs = crate::fs::FsAudit::new(plugin.clone(), decisions.clone(), preserve, mounts);
         let state = State::new(plugin, wasi.build(), net, limits.memory_bytes(), fs);
         let mut store = Store::new(&self.engine, state);
