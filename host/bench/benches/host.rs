@@ -44,6 +44,13 @@ impl WasiView for Raw {
 /// resident between instances (2 MiB of linear memory: a Rust guest's
 /// shadow stack plus its first heap pages), `pagemap_scan` resets.
 fn raw_engine() -> Engine {
+    raw_engine_with(false)
+}
+
+/// [`raw_engine`], optionally with epoch interruption (the check the
+/// sandbox's CPU limit needs: a load and compare at every function entry
+/// and loop back-edge), for context beside the floor.
+fn raw_engine_with(epochs: bool) -> Engine {
     let n = slots().unwrap_or(16);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
@@ -56,7 +63,9 @@ fn raw_engine() -> Engine {
         .table_keep_resident(64 << 10)
         .pagemap_scan(wasmtime::Enabled::Auto);
     let mut config = Config::new();
-    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .epoch_interruption(epochs);
     Engine::new(&config).expect("engine")
 }
 
@@ -92,13 +101,17 @@ fn raw_store(engine: &Engine, mount: Option<&Path>) -> Store<Raw> {
         b.preopened_dir(dir, "/workspace", FsPerms::ReadOnly)
             .expect("preopen");
     }
-    Store::new(
+    let mut store = Store::new(
         engine,
         Raw {
             ctx: b.build(),
             table: ResourceTable::new(),
         },
-    )
+    );
+    // Only an engine with epoch interruption reads it; nothing advances
+    // that engine's epoch, so the deadline is never reached.
+    store.set_epoch_deadline(u64::MAX / 2);
+    store
 }
 
 /// The floor: the same component through synchronous wasmtime (sync
@@ -151,6 +164,8 @@ fn p1(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     let engine = raw_engine();
     let floor = raw_pre(&engine, &wasm, true);
     let raw_async = raw_pre(&engine, &wasm, false);
+    let epoch_engine = raw_engine_with(true);
+    let floor_epochs = raw_pre(&epoch_engine, &wasm, true);
     // CAMINA_BENCH_N: fewer samples, e.g. under callgrind.
     let n = std::env::var("CAMINA_BENCH_N")
         .ok()
@@ -235,14 +250,19 @@ fn p1(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     let fibers = sample(only(n, "p1b-async"), || {
         rt.block_on(raw_async_call(&raw_async, Some(ws.path()), "call", &args))
     });
+    checked(floor_call(&floor_epochs, Some(ws.path()), "call", &args));
+    let epochs = sample(only(n, "p1b-floor-epochs"), || {
+        floor_call(&floor_epochs, Some(ws.path()), "call", &args)
+    });
     let native = sample(only(n, "p1b-native"), || {
         std::hint::black_box(std::fs::read(ws.path().join("one.txt")).expect("read"));
     });
-    let (o, r, a, nat) = (
+    let (o, r, a, nat, ep) = (
         micros(median(&ours)),
         micros(median(&sync)),
         micros(median(&fibers)),
         micros(median(&native)),
+        micros(median(&epochs)),
     );
     // Extism's figure, when `cargo xtask bench` measured it just before
     // (host/bench-extism writes target/bench/extism.json).
@@ -270,10 +290,16 @@ fn p1(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
         what: "belter-fs read_file 1 KiB, fresh sandbox, schema + policy + audited fs + decision log, p50".into(),
         measured: format!("{o:.1} µs"),
         baseline: format!(
-            "{r:.1} µs floor: sync tuned raw wasmtime-wasi; {a:.1} µs raw async; \
+            "{r:.1} µs floor: sync tuned raw wasmtime-wasi; {ep:.1} µs the floor with \
+             epoch interruption (the CPU limit's check); {a:.1} µs raw async; \
              {nat:.1} µs native std::fs::read; {extism_base}"
         ),
-        ratio: format!("{} raw; {} native{extism_ratio}", ratio(o, r), ratio(o, nat)),
+        ratio: format!(
+            "{} raw; {} raw with epochs; {} native{extism_ratio}",
+            ratio(o, r),
+            ratio(o, ep),
+            ratio(o, nat)
+        ),
         target: "≤ 1.2× raw (floor); ≥ 20× faster than Extism".into(),
     });
 }
