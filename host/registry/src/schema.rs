@@ -106,8 +106,8 @@ impl Schemas {
             .get_or_init(|| compile(&entry.schema))
             .as_ref()
             .map_err(|e| format!("the tool's input-schema is invalid: {e}"))?;
-        // The common case first: `is_valid` stops at nothing and builds no
-        // errors; only a refused input pays for the full report.
+        // The common case first: `is_valid` stops at the first violation
+        // and builds no error; only a refused input pays for the report.
         if validator.is_valid(&value) {
             return Ok(());
         }
