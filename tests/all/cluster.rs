@@ -176,19 +176,20 @@ fn worker_home_with(fake: &FakeOllama, dir: &Path, belter_policy: Option<&Path>)
     home
 }
 
+/// The `camina worker` command for `home`, serving on `port`, registering
+/// with the Restate at `ingress`/`admin` (stdout discarded).
+fn worker_command(home: &Path, ingress: &str, admin: &str, port: u16) -> std::process::Command {
+    let mut c = camina(home);
+    c.args(["worker", "--restate", ingress, "--restate-admin", admin])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null());
+    c
+}
+
 /// `camina worker` serving on `port`, registered with `restate`.
 fn spawn_worker(home: &Path, restate: &Restate, port: u16, crash_in: Option<&str>) -> Killed {
-    let mut c = camina(home);
-    c.args([
-        "worker",
-        "--restate",
-        &restate.ingress,
-        "--restate-admin",
-        &restate.admin,
-    ])
-    .args(["--listen", &format!("127.0.0.1:{port}")])
-    .stdout(Stdio::null())
-    .stderr(Stdio::inherit());
+    let mut c = worker_command(home, &restate.ingress, &restate.admin, port);
+    c.stderr(Stdio::inherit());
     if let Some(step) = crash_in {
         c.env("CAMINA_CRASH_IN_STEP", step);
     }
@@ -940,22 +941,8 @@ async fn three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill() {
         .enumerate()
         .map(|(i, port)| {
             let home = worker_home(&fake, &homes.path().join(format!("w{i}")));
-            let mut c = camina(&home);
-            c.args([
-                "worker",
-                "--restate",
-                &cluster.ingress[0],
-                "--restate-admin",
-                &cluster.admin[0],
-            ])
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--advertise",
-                &url,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            let mut c = worker_command(&home, &cluster.ingress[0], &cluster.admin[0], *port);
+            c.args(["--advertise", &url]).stderr(Stdio::null());
             Some(Killed(c.spawn().unwrap()))
         })
         .collect();
@@ -1167,17 +1154,8 @@ async fn a_worker_with_another_policy_refuses_to_replay_a_tasks_calls() {
     drop(worker);
 
     let log = homes.path().join("b.log");
-    let mut c = camina(&other);
-    c.args([
-        "worker",
-        "--restate",
-        &restate.ingress,
-        "--restate-admin",
-        &restate.admin,
-    ])
-    .args(["--listen", &format!("127.0.0.1:{port}")])
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(&log).unwrap());
+    let mut c = worker_command(&other, &restate.ingress, &restate.admin, port);
+    c.stderr(std::fs::File::create(&log).unwrap());
     let refusing = Killed(c.spawn().unwrap());
     let mut refused = String::new();
     for _ in 0..300 {
