@@ -43,14 +43,11 @@ impl WasiView for Raw {
 /// The tuned raw wasmtime engine of the baselines: pooling, pages kept
 /// resident between instances (2 MiB of linear memory: a Rust guest's
 /// shadow stack plus its first heap pages), `pagemap_scan` resets.
-fn raw_engine() -> Engine {
-    raw_engine_with(false)
-}
-
-/// [`raw_engine`], optionally with epoch interruption (the check the
-/// sandbox's CPU limit needs: a load and compare at every function entry
-/// and loop back-edge), for context beside the floor.
-fn raw_engine_with(epochs: bool) -> Engine {
+///
+/// With `epochs`, epoch interruption too (the check the sandbox's CPU
+/// limit needs: a load and compare at every function entry and loop
+/// back-edge), for context beside the floor.
+fn raw_engine(epochs: bool) -> Engine {
     let n = slots().unwrap_or(16);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
@@ -161,10 +158,10 @@ fn p1(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     let sandbox = Arc::new(camina_bench::sandbox());
     let wasm = std::fs::read(artifacts::BELTER_FS).expect("belter-fs built");
     let skill = sandbox.compile(&wasm).expect("compile");
-    let engine = raw_engine();
+    let engine = raw_engine(false);
     let floor = raw_pre(&engine, &wasm, true);
     let raw_async = raw_pre(&engine, &wasm, false);
-    let epoch_engine = raw_engine_with(true);
+    let epoch_engine = raw_engine(true);
     let floor_epochs = raw_pre(&epoch_engine, &wasm, true);
     // CAMINA_BENCH_N: fewer samples, e.g. under callgrind.
     let n = std::env::var("CAMINA_BENCH_N")

@@ -65,9 +65,7 @@ impl FsAudit {
             preserved: HashSet::new(),
         }
     }
-}
 
-impl FsAudit {
     fn path(&self, rep: u32) -> Option<&str> {
         self.paths.get(rep as usize)?.as_deref()
     }
