@@ -22,7 +22,7 @@
 use crate::agent::{Flow, Halt};
 use crate::events::{Decision, Kind, ModelReplyEvent, ModelRequestEvent, ModelRequestRef};
 use crate::{EngineError, Result};
-use camina_journal::{Durability, Journal, NewRecord, Record, Update};
+use camina_journal::{Durability, Journal, Record, RecordRef, Update};
 use camina_model::{ChatReply, ChatRequest, ModelRole};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -421,16 +421,15 @@ impl<'j> Durable<'j> {
         durability: Durability,
         update: Update,
     ) -> Result<bool> {
-        let data = serde_json::to_value(value).map_err(|e| EngineError::Internal(e.to_string()))?;
         match &self.backend {
             Backend::Journal { unflushed, .. } => {
                 self.journal
-                    .append(
+                    .append_value(
                         &self.task,
-                        NewRecord {
-                            step: step.to_owned(),
-                            kind: kind.as_str().to_owned(),
-                            data,
+                        RecordRef {
+                            step,
+                            kind: kind.as_str(),
+                            data: value,
                             elapsed_ms: self.elapsed_ms(),
                         },
                         update,
@@ -445,6 +444,8 @@ impl<'j> Durable<'j> {
                 Ok(true)
             }
             Backend::Steps { steps, .. } => {
+                let data = serde_json::to_value(value)
+                    .map_err(|e| EngineError::Internal(e.to_string()))?;
                 // Journaled by the engine like any step, so a replay
                 // publishes the same record at the same place.
                 let (outcome, fresh) = steps

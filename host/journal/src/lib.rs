@@ -35,12 +35,13 @@ mod task;
 pub use decisions::{DecisionEntry, DecisionFilter, DecisionLog, Retention};
 pub use error::{Error, Result};
 pub use keys::{Created, IdempotencyKey, KeyUse};
-pub use task::{Durability, NewRecord, Record, Status, TaskSummary, Update};
+use task::Written;
+pub use task::{Durability, NewRecord, Record, RecordRef, Status, TaskSummary, Update};
 
 use commit::Committer;
 use failpoint::Failpoints;
 use keys::KeyEntry;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -117,7 +118,7 @@ impl Journal {
                     status: Some(Status::Interrupted),
                     ..Default::default()
                 };
-                journal.apply(&t.id, None, &update)?;
+                journal.apply::<Value>(&t.id, None, &update)?;
                 interrupted.push(journal.task(&t.id)?);
             }
         }
@@ -253,46 +254,53 @@ impl Journal {
             .entry(id.clone())
             .or_insert(1);
         self.committer.commit().await?;
-        let _ = self.feed.send((id.clone(), record));
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send((id.clone(), record));
+        }
         self.failpoints.after_append(n);
-        self.task(&id).map(Created::New)
+        // What was written is the summary: no read back.
+        Ok(Created::New(summary))
     }
 
-    /// Writes record and summary change atomically; returns the new summary
-    /// and the record.
-    fn apply(
+    /// Writes record and summary change atomically; returns the record's
+    /// sequence number and time.
+    fn apply<T: Serialize>(
         &self,
         id: &str,
-        record: Option<NewRecord>,
+        record: Option<RecordRef<'_, T>>,
         update: &Update,
-    ) -> Result<(Option<TaskSummary>, Option<Record>)> {
+    ) -> Result<Option<(u64, String)>> {
         use sled::Transactional;
-        let plain = update.is_plain();
-        // The common case, a record without a state change, is one insert:
-        // the summary's record count and time are derived on read.
-        // The record's data (a model request can be large) is moved, not
-        // copied.
-        if plain && let Some(r) = record {
-            if !self.tasks.contains_key(id.as_bytes())? {
-                return Err(Error::UnknownTask(id.to_owned()));
+        // The record is serialized once, straight from the caller's value
+        // (a model request can be large: no `Value` copy of it is made).
+        let written = match &record {
+            Some(r) => {
+                if !self.tasks.contains_key(id.as_bytes())? {
+                    return Err(Error::UnknownTask(id.to_owned()));
+                }
+                let seq = self.next_seq(id)?;
+                let at = now();
+                let bytes = serde_json::to_vec(&Written {
+                    seq,
+                    at: &at,
+                    elapsed_ms: r.elapsed_ms,
+                    step: r.step,
+                    kind: r.kind,
+                    data: r.data,
+                })
+                .map_err(Error::Encode)?;
+                Some((seq, at, bytes))
             }
-            let rec = Record {
-                seq: self.next_seq(id)?,
-                at: now(),
-                elapsed_ms: r.elapsed_ms,
-                step: r.step,
-                kind: r.kind,
-                data: r.data,
-            };
-            let bytes = serde_json::to_vec(&rec).map_err(Error::Encode)?;
-            self.events.insert(event_key(id, rec.seq), bytes)?;
-            return Ok((None, Some(rec)));
-        }
-        let seq = match record {
-            Some(_) => Some(self.next_seq(id)?),
             None => None,
         };
-        let record = record.as_ref();
+        // The common case, a record without a state change, is one insert:
+        // the summary's record count and time are derived on read.
+        if update.is_plain()
+            && let Some((seq, at, bytes)) = written
+        {
+            self.events.insert(event_key(id, seq), bytes)?;
+            return Ok(Some((seq, at)));
+        }
         let result = (&self.tasks, &self.events).transaction(|(tasks, events)| {
             let Some(raw) = tasks.get(id.as_bytes())? else {
                 return sled::transaction::abort(Error::UnknownTask(id.to_owned()));
@@ -303,37 +311,26 @@ impl Journal {
                     return sled::transaction::abort(Error::corrupt(id.to_owned(), 0, e));
                 }
             };
-            let at = now();
-            let written = match record {
-                Some(r) => {
-                    let rec = Record {
-                        seq: seq.unwrap_or(summary.events),
-                        at: at.clone(),
-                        elapsed_ms: r.elapsed_ms,
-                        step: r.step.clone(),
-                        kind: r.kind.clone(),
-                        data: r.data.clone(),
-                    };
-                    let bytes = serde_json::to_vec(&rec).map_err(|e| {
-                        sled::transaction::ConflictableTransactionError::Abort(Error::Encode(e))
-                    })?;
-                    events.insert(event_key(id, rec.seq), bytes)?;
-                    summary.events = rec.seq + 1;
-                    Some(rec)
+            let at = match &written {
+                Some((seq, at, bytes)) => {
+                    events.insert(event_key(id, *seq), bytes.as_slice())?;
+                    summary.events = seq + 1;
+                    at.clone()
                 }
-                None => None,
+                None => now(),
             };
             update.apply_to(&mut summary, at);
             let bytes = serde_json::to_vec(&summary).map_err(|e| {
                 sled::transaction::ConflictableTransactionError::Abort(Error::Encode(e))
             })?;
             tasks.insert(id.as_bytes(), bytes)?;
-            Ok((Some(summary), written))
+            Ok(())
         });
         result.map_err(|e| match e {
             sled::transaction::TransactionError::Abort(e) => e,
             sled::transaction::TransactionError::Storage(e) => e.into(),
-        })
+        })?;
+        Ok(written.map(|(seq, at, _)| (seq, at)))
     }
 
     /// The next sequence number of task `id`.
@@ -385,8 +382,17 @@ impl Journal {
         durability: Durability,
     ) -> Result<Record> {
         let n = self.failpoints.before_append();
-        let (_, rec) = self.apply(id, Some(record), &update)?;
-        let rec = rec.expect("an append with a record writes it");
+        let (seq, at) = self
+            .apply(id, Some(RecordRef::of(&record)), &update)?
+            .expect("an append with a record writes it");
+        let rec = Record {
+            seq,
+            at,
+            elapsed_ms: record.elapsed_ms,
+            step: record.step,
+            kind: record.kind,
+            data: record.data,
+        };
         if durability == Durability::Flush {
             self.committer.commit().await?;
         }
@@ -398,9 +404,41 @@ impl Journal {
         Ok(rec)
     }
 
+    /// [`Self::append`] of any serializable value as the record's data,
+    /// written without making a `Value` of it (one is made only for live
+    /// watchers). Returns the record's sequence number.
+    pub async fn append_value<T: Serialize>(
+        &self,
+        id: &str,
+        record: RecordRef<'_, T>,
+        update: Update,
+        durability: Durability,
+    ) -> Result<u64> {
+        let n = self.failpoints.before_append();
+        let (seq, at) = self
+            .apply(id, Some(record), &update)?
+            .expect("an append with a record writes it");
+        if durability == Durability::Flush {
+            self.committer.commit().await?;
+        }
+        if self.feed.receiver_count() > 0 {
+            let rec = Record {
+                seq,
+                at,
+                elapsed_ms: record.elapsed_ms,
+                step: record.step.to_owned(),
+                kind: record.kind.to_owned(),
+                data: serde_json::to_value(record.data).map_err(Error::Encode)?,
+            };
+            let _ = self.feed.send((id.to_owned(), rec));
+        }
+        self.failpoints.after_append(n);
+        Ok(seq)
+    }
+
     /// Changes a task's summary without a record.
     pub async fn update(&self, id: &str, update: Update) -> Result<TaskSummary> {
-        self.apply(id, None, &update)?;
+        self.apply::<Value>(id, None, &update)?;
         self.committer.commit().await?;
         self.task(id)
     }

@@ -98,6 +98,47 @@ pub struct NewRecord {
     pub elapsed_ms: u64,
 }
 
+/// A record to append, borrowed: its data is any serializable value
+/// ([`crate::Journal::append_value`]).
+#[derive(Debug)]
+pub struct RecordRef<'a, T> {
+    pub step: &'a str,
+    pub kind: &'a str,
+    pub data: &'a T,
+    pub elapsed_ms: u64,
+}
+
+impl<T> Clone for RecordRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for RecordRef<'_, T> {}
+
+impl<'a> RecordRef<'a, Value> {
+    pub fn of(r: &'a NewRecord) -> Self {
+        Self {
+            step: &r.step,
+            kind: &r.kind,
+            data: &r.data,
+            elapsed_ms: r.elapsed_ms,
+        }
+    }
+}
+
+/// A [`Record`] as it is written: the same fields, in the same order,
+/// borrowed.
+#[derive(Serialize)]
+pub(crate) struct Written<'a, T> {
+    pub seq: u64,
+    pub at: &'a str,
+    pub elapsed_ms: u64,
+    pub step: &'a str,
+    pub kind: &'a str,
+    pub data: &'a T,
+}
+
 /// Changes to a task's summary that go with an append.
 #[derive(Debug, Clone, Default)]
 pub struct Update {
