@@ -76,6 +76,8 @@ pub struct AppState {
     /// The multi-node mode: tasks go through Restate to `camina worker`s
     /// (`camina serve --engine restate`); `None`: this process runs them.
     pub cluster: Option<camina_cluster::Client>,
+    /// `settings.workspace_root`, resolved once.
+    pub(crate) root: Arc<camina_coordinator::workspace::Root>,
 }
 
 /// Rendered task documents (JSON bytes), at most [`DocCache::MAX_BYTES`]
@@ -133,6 +135,9 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn new(engine: Arc<Engine>, settings: Settings) -> Self {
         Self {
+            root: Arc::new(camina_coordinator::workspace::Root::new(
+                settings.workspace_root.clone(),
+            )),
             runner: Runner::new(engine.clone(), settings.max_running),
             engine,
             settings: Arc::new(settings),

@@ -81,13 +81,16 @@ fn reference(t: &TaskSummary) -> TaskRef {
 /// are created through a capability handle on the root (cap-std), so a
 /// symlink planted under the root cannot make the server create anything
 /// outside it.
-pub(crate) fn workspace(state: &AppState, requested: Option<&str>) -> Result<PathBuf, ApiError> {
-    use camina_coordinator::workspace::{WorkspaceError, confine};
+pub(crate) fn workspace(
+    state: &AppState,
+    requested: Option<&str>,
+) -> Result<camina_coordinator::workspace::Canonical, ApiError> {
+    use camina_coordinator::workspace::WorkspaceError;
     let requested = match requested.map(str::trim).filter(|s| !s.is_empty()) {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(uuid::Uuid::now_v7().simple().to_string()),
     };
-    confine(&state.settings.workspace_root, &requested).map_err(|e| match e {
+    state.root.confine(&requested).map_err(|e| match e {
         WorkspaceError::Root { .. } => ApiError::internal(e),
         other => ApiError::bad_request(crate::error::chain(&other)),
     })
@@ -147,7 +150,7 @@ pub async fn create(
     let ws = workspace(&state, body.workspace.as_deref())?;
     let task = match state
         .engine
-        .submit_keyed(&body.prompt, &ws, Budgets::default(), idem)
+        .submit_canonical(&body.prompt, &ws, Budgets::default(), idem)
         .await?
     {
         Created::New(task) => task,

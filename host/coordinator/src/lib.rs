@@ -382,7 +382,19 @@ impl Engine {
         budgets: Budgets,
         key: Option<camina_journal::IdempotencyKey<'_>>,
     ) -> Result<camina_journal::Created> {
-        let ws = workspace::canonical_dir(workspace)?;
+        let ws = workspace::canonical(workspace)?;
+        self.submit_canonical(prompt, &ws, budgets, key).await
+    }
+
+    /// [`Self::submit_keyed`] with a workspace already made canonical
+    /// ([`workspace::Root::confine`]): not resolved again.
+    pub async fn submit_canonical(
+        &self,
+        prompt: &str,
+        ws: &workspace::Canonical,
+        budgets: Budgets,
+        key: Option<camina_journal::IdempotencyKey<'_>>,
+    ) -> Result<camina_journal::Created> {
         let submitted = Submitted {
             prompt: prompt.to_owned(),
             workspace: ws.display().to_string(),

@@ -58,15 +58,96 @@ pub fn canonical_dir(path: &Path) -> Result<PathBuf, WorkspaceError> {
     Ok(canonical)
 }
 
+/// A workspace directory already made canonical ([`canonical_dir`],
+/// [`Root::confine`]): the engine takes it as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canonical(PathBuf);
+
+impl Canonical {
+    pub fn into_path(self) -> PathBuf {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Canonical {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Canonical {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// `path` as an existing directory, canonical ([`canonical_dir`]).
+pub fn canonical(path: &Path) -> Result<Canonical, WorkspaceError> {
+    canonical_dir(path).map(Canonical)
+}
+
+/// A workspace root (the server's). Its canonical form is found on first
+/// use (the root is made if missing) and again only when the root cannot
+/// be opened (it was removed or replaced): a server confining a workspace
+/// per request does not resolve the root each time.
+#[derive(Debug)]
+pub struct Root {
+    given: PathBuf,
+    canonical: std::sync::Mutex<Option<PathBuf>>,
+}
+
+impl Root {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            given: path.into(),
+            canonical: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The root as configured.
+    pub fn path(&self) -> &Path {
+        &self.given
+    }
+
+    fn resolve(&self, again: bool) -> Result<PathBuf, WorkspaceError> {
+        let mut known = self.canonical.lock().unwrap_or_else(|p| p.into_inner());
+        if !again && let Some(c) = &*known {
+            return Ok(c.clone());
+        }
+        let root_error = |source| WorkspaceError::Root {
+            path: self.given.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&self.given).map_err(root_error)?;
+        let c = self.given.canonicalize().map_err(root_error)?;
+        *known = Some(c.clone());
+        Ok(c)
+    }
+
+    /// `requested` as a directory under this root (see the module docs),
+    /// made if missing; canonical.
+    pub fn confine(&self, requested: &Path) -> Result<Canonical, WorkspaceError> {
+        match confine_in(&self.resolve(false)?, requested) {
+            Err(WorkspaceError::Root { .. }) => confine_in(&self.resolve(true)?, requested),
+            other => other,
+        }
+        .map(Canonical)
+    }
+}
+
 /// `requested` as a directory under `root` (see the module docs), made if
-/// missing; canonical.
+/// missing; canonical. A server confining many uses one [`Root`].
 pub fn confine(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError> {
+    Root::new(root).confine(requested).map(Canonical::into_path)
+}
+
+/// [`confine`] under `root`, already canonical.
+fn confine_in(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError> {
     let root_error = |source| WorkspaceError::Root {
         path: root.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(root).map_err(root_error)?;
-    let root = root.canonicalize().map_err(root_error)?;
     let outside = |shown: &Path| WorkspaceError::Outside {
         path: shown.display().to_string(),
         root: root.display().to_string(),
@@ -85,7 +166,7 @@ pub fn confine(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError>
                 source,
             })?;
         resolved
-            .strip_prefix(&root)
+            .strip_prefix(root)
             .map_err(|_| outside(requested))?
             .to_path_buf()
     } else {
@@ -97,7 +178,7 @@ pub fn confine(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError>
     {
         return Err(WorkspaceError::IsRoot);
     }
-    let dir = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
+    let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
         .map_err(root_error)?;
     dir.create_dir_all(&relative)
         .map_err(|source| WorkspaceError::Create {
@@ -111,7 +192,7 @@ pub fn confine(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError>
             path: path.display().to_string(),
             source,
         })?;
-    if !resolved.starts_with(&root) || resolved == root || !resolved.is_dir() {
+    if !resolved.starts_with(root) || resolved == root || !resolved.is_dir() {
         return Err(outside(&path));
     }
     Ok(resolved)
