@@ -63,8 +63,10 @@ fn p4_on(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
     let (url, hello, id) = rt.block_on(async {
         let (journal, _) =
             camina_journal::Journal::open(&home.path().join("journal")).expect("journal");
-        let sandbox = Arc::new(camina_sandbox::Sandbox::new().expect("sandbox"));
-        let registry = camina_registry::Registry::open(home.path(), sandbox).expect("registry");
+        // The bundled skills, so a task gets as far as asking the model
+        // (which never answers): with no skills it would fail at once and
+        // the row would measure task runs, not creates.
+        let registry = crate::tasks::registry(home.path()).await;
         let config = camina_model::Config {
             models: camina_model::config::ModelsSection::all(camina_model::ModelSpec::Ollama(
                 "mistral:7b".into(),
@@ -78,7 +80,7 @@ fn p4_on(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
         let bridge = camina_model::Bridge::new(config, home.path()).expect("bridge");
         let engine = Arc::new(camina_coordinator::Engine::new(
             Arc::new(journal),
-            Arc::new(registry),
+            registry,
             Arc::new(bridge),
             home.path(),
         ));

@@ -84,7 +84,7 @@ fn config(fake: &FakeOllama) -> Config {
 /// A registry under `home` with belter-fs and drummer-search installed.
 /// They are compiled once per process (a template home) and copied with
 /// their precompiled code, so each run's setup is not a compile.
-async fn registry(home: &Path) -> Arc<Registry> {
+pub(crate) async fn registry(home: &Path) -> Arc<Registry> {
     static TEMPLATE: tokio::sync::OnceCell<tempfile::TempDir> = tokio::sync::OnceCell::const_new();
     let template = TEMPLATE
         .get_or_init(|| async {
@@ -217,15 +217,39 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
                 let done = engine.run(&t.id, RunOptions::default()).await.expect("run");
                 let e = started.elapsed();
                 assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
-                (e, engine.journal().flushes() - flushes)
+                // The bytes the task's records take (what its flushes
+                // carry to disk, besides sled's own framing).
+                let bytes: usize = engine
+                    .journal()
+                    .records(&t.id)
+                    .expect("records")
+                    .iter()
+                    .map(|r| serde_json::to_vec(r).expect("json").len())
+                    .sum();
+                // The undo log's own durable writes (each append is synced;
+                // each before-image kept is a synced file).
+                let undo = camina_coordinator::undo::Store::new(home.path())
+                    .entries(&t.id)
+                    .expect("undo log");
+                let afters: std::collections::HashSet<&str> = undo
+                    .iter()
+                    .filter(|e| e.at == "after")
+                    .map(|e| e.step.as_str())
+                    .collect();
+                let kept =
+                    std::fs::read_dir(home.path().join("undo/blobs")).map_or(0, |d| d.count());
+                let undo_syncs =
+                    undo.iter().filter(|e| e.at == "before").count() + afters.len() + kept;
+                (e, engine.journal().flushes() - flushes, bytes, undo_syncs)
             });
             runs.push(run);
         }
         runs.sort();
-        let (time, flushes) = runs[runs.len() / 2];
+        let (time, flushes, bytes, undo_syncs) = runs[runs.len() / 2];
+        let per_flush = bytes / (flushes as usize).max(1);
         let ms = time.as_secs_f64() * 1e3;
-        let (fsync, tools) = rt.block_on(floor_parts(ws.path()));
-        let floor = flushes as f64 * fsync + tools;
+        let (fsync, append_sync, tools) = rt.block_on(floor_parts(ws.path(), per_flush));
+        let floor = flushes as f64 * fsync + undo_syncs as f64 * append_sync + tools;
         rows.push(Row {
             id: "P5".into(),
             what: format!(
@@ -233,8 +257,10 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
             ),
             measured: format!("{ms:.1} ms ({flushes} flushes)"),
             baseline: format!(
-                "{floor:.1} ms floor: {flushes} flushes × {fsync:.2} ms fsync (sled insert + flush, same disk) \
-                 + {tools:.1} ms of the 20 tool calls themselves; ≈ {} s of model time for a real 7B",
+                "{floor:.1} ms floor: {flushes} journal flushes × {fsync:.2} ms (sled insert of {:.1} KB, the task's record bytes per flush, + flush) \
+                 + {undo_syncs} undo-log syncs × {append_sync:.2} ms (append + fdatasync) \
+                 + {tools:.1} ms of the 20 tool calls themselves, all on the same disk; ≈ {} s of model time for a real 7B",
+                per_flush as f64 / 1e3,
                 calls * 2
             ),
             ratio: format!("{} floor", crate::ratio(ms, floor)),
@@ -330,21 +356,40 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
 }
 
 /// The floor of P5's parts, measured now on the same disk: the median
-/// latency of one durable write (sled insert + flush, in ms) and the time
+/// latency of one durable write of `per_flush` bytes (the task's record
+/// bytes per flush; sled insert + flush, in ms), of one synced append to a
+/// log file (what the undo log does per entry, in ms) and the time
 /// of the task's 20 tool calls made directly (10 `find_files`, 10
 /// `write_file`, fresh sandbox each, in ms).
-async fn floor_parts(ws: &Path) -> (f64, f64) {
+async fn floor_parts(ws: &Path, per_flush: usize) -> (f64, f64, f64) {
     let dir = tempfile::tempdir_in(ws.parent().unwrap_or(ws)).expect("tmp");
     let db = sled::open(dir.path().join("fsync")).expect("sled");
     let mut lat = Vec::new();
     for i in 0..60u32 {
         let t = Instant::now();
-        db.insert(i.to_be_bytes(), vec![b'x'; 300]).expect("insert");
+        db.insert(i.to_be_bytes(), vec![b'x'; per_flush])
+            .expect("insert");
         db.flush().expect("flush");
         lat.push(t.elapsed());
     }
     lat.sort();
     let fsync = lat[lat.len() / 2].as_secs_f64() * 1e3;
+    let log = dir.path().join("log.jsonl");
+    let mut lat = Vec::new();
+    for _ in 0..60 {
+        use std::io::Write;
+        let t = Instant::now();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log");
+        f.write_all(&[b'x'; 200]).expect("append");
+        f.sync_data().expect("sync");
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let append_sync = lat[lat.len() / 2].as_secs_f64() * 1e3;
     let home = tempfile::tempdir().expect("tmp");
     let scratch = tempfile::tempdir().expect("tmp");
     let registry = registry(home.path()).await;
@@ -367,7 +412,7 @@ async fn floor_parts(ws: &Path) -> (f64, f64) {
             .expect("write_file");
         assert!(write.result.is_ok(), "{:?}", write.result);
     }
-    (fsync, started.elapsed().as_secs_f64() * 1e3)
+    (fsync, append_sync, started.elapsed().as_secs_f64() * 1e3)
 }
 
 /// A `/proc/self/status` figure in KiB (0 when unavailable).
