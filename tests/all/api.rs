@@ -18,38 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
-/// The server resolves its workspace root once; a root removed while it
-/// serves is made again, and confinement still holds under the new one.
-#[tokio::test]
-async fn a_workspace_root_removed_while_serving_is_made_again() {
-    let fake = FakeOllama::start(models(), todo_script);
-    let a = api(&fake, false).await;
-    let post = |ws: &'static str| {
-        call(
-            &a,
-            "POST",
-            "/v1/tasks",
-            None,
-            Some(json!({"prompt": "x", "workspace": ws})),
-        )
-    };
-    let (s, v) = post("first").await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    assert!(a.root().join("first").is_dir());
-    std::fs::remove_dir_all(a.root()).unwrap();
-    let (s, v) = post("second").await;
-    assert_eq!(s, StatusCode::CREATED, "{v}");
-    assert!(
-        a.root().join("second").is_dir(),
-        "the root was not made again"
-    );
-    let outside = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(outside.path(), a.root().join("sneaky")).unwrap();
-    let (s, v) = post("sneaky/new").await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(!outside.path().join("new").exists());
-}
-
 pub(crate) const TASKS_TOKEN: &str = "tasks-token-0123456789";
 pub(crate) const ADMIN_TOKEN: &str = "admin-token-0123456789";
 pub(crate) const BOTH_TOKEN: &str = "both-token-0123456789";
@@ -737,4 +705,45 @@ async fn workspace_escapes_are_rejected() {
     assert!(
         Path::new(t["workspace"].as_str().unwrap()).starts_with(a.root().canonicalize().unwrap())
     );
+}
+
+/// The server resolves its workspace root once; a root removed or
+/// replaced while it serves is found again, and confinement still holds
+/// under the new one.
+#[tokio::test]
+async fn a_workspace_root_removed_or_replaced_while_serving_is_found_again() {
+    let fake = FakeOllama::start(models(), todo_script);
+    let a = api(&fake, false).await;
+    let post = |ws: &'static str| {
+        call(
+            &a,
+            "POST",
+            "/v1/tasks",
+            None,
+            Some(json!({"prompt": "x", "workspace": ws})),
+        )
+    };
+    let (s, v) = post("first").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(a.root().join("first").is_dir());
+    std::fs::remove_dir_all(a.root()).unwrap();
+    let (s, v) = post("second").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(
+        a.root().join("second").is_dir(),
+        "the root was not made again"
+    );
+    // Replaced by a symlink to another directory: workspaces go where the
+    // root leads now.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::remove_dir_all(a.root()).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path(), a.root()).unwrap();
+    let (s, v) = post("third").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(elsewhere.path().join("third").is_dir());
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), a.root().join("sneaky")).unwrap();
+    let (s, v) = post("sneaky/new").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(!outside.path().join("new").exists());
 }

@@ -127,9 +127,23 @@ impl Root {
 
     /// `requested` as a directory under this root (see the module docs),
     /// made if missing; canonical.
+    ///
+    /// A root that cannot be opened, or a workspace that resolves outside
+    /// the known root, makes the root be resolved again (it may have been
+    /// removed, or replaced by a symlink elsewhere); the request is then
+    /// confined again, under the root as it is now.
     pub fn confine(&self, requested: &Path) -> Result<Canonical, WorkspaceError> {
-        match confine_in(&self.resolve(false)?, requested) {
+        let known = self.resolve(false)?;
+        match confine_in(&known, requested) {
+            // Made again if it was removed.
             Err(WorkspaceError::Root { .. }) => confine_in(&self.resolve(true)?, requested),
+            Err(e @ WorkspaceError::Outside { .. }) => {
+                let now = self.resolve(true)?;
+                if now == known {
+                    return Err(e);
+                }
+                confine_in(&now, requested)
+            }
             other => other,
         }
         .map(Canonical)

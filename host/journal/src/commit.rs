@@ -57,11 +57,16 @@ impl Committer {
     ///
     /// The caller that finds no flush running leads: on a multi-thread
     /// runtime it flushes on its own thread (`block_in_place`), so the
-    /// common case of one committer costs the flush and no hand-off to a
-    /// blocking thread and back (two cross-thread wake-ups, ≈ 60 µs each
-    /// commit on the bench machine). Callers that arrive while a flush
-    /// runs wait for the next one; if any are waiting when the leader's
-    /// flush ends, a blocking thread serves them and the leader returns.
+    /// common case of one committer waits for the flush only, not for a
+    /// blocking thread to start it and wake it back (≈ 60 µs per commit on
+    /// the bench machine; tokio still moves the worker's other tasks to
+    /// another thread, off the caller's path). Other futures of the
+    /// caller's own task wait during the flush. Callers that arrive while
+    /// a flush runs wait for the next one; if any are waiting when the
+    /// leader's flush ends, a blocking thread serves them and the leader
+    /// returns. (The flavor check is the entered runtime's: code that
+    /// enters a multi-thread runtime's handle from inside a current-thread
+    /// runtime would panic here; camina does not.)
     pub(crate) async fn commit(self: &Arc<Self>) -> Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let lead = {
@@ -107,6 +112,18 @@ impl Committer {
     /// One flush for every caller waiting now. False (and the lead given
     /// up) when none was waiting.
     fn round(&self) -> bool {
+        /// A flush that panics gives up the lead (its waiters are dropped:
+        /// they get `FlushStopped`), so later commits are not stuck.
+        struct Lead<'a>(&'a Committer);
+        impl Drop for Lead<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut s = self.0.state.lock().unwrap_or_else(|p| p.into_inner());
+                    s.0 = false;
+                }
+            }
+        }
+        let _lead = Lead(self);
         let waiters = {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if s.1.is_empty() {

@@ -43,6 +43,7 @@ use failpoint::Failpoints;
 use keys::KeyEntry;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -263,21 +264,24 @@ impl Journal {
     }
 
     /// Writes record and summary change atomically; returns the record's
-    /// sequence number and time.
+    /// sequence number, time and serialized data.
     fn apply<T: Serialize>(
         &self,
         id: &str,
         record: Option<RecordRef<'_, T>>,
         update: &Update,
-    ) -> Result<Option<(u64, String)>> {
+    ) -> Result<Option<(u64, String, Box<RawValue>)>> {
         use sled::Transactional;
         // The record is serialized once, straight from the caller's value
-        // (a model request can be large: no `Value` copy of it is made).
+        // (a model request can be large: no `Value` copy of it is made),
+        // and before a sequence number is taken: data that cannot be
+        // serialized leaves no gap.
         let written = match &record {
             Some(r) => {
                 if !self.tasks.contains_key(id.as_bytes())? {
                     return Err(Error::UnknownTask(id.to_owned()));
                 }
+                let data = serde_json::value::to_raw_value(r.data).map_err(Error::Encode)?;
                 let seq = self.next_seq(id)?;
                 let at = now();
                 let bytes = serde_json::to_vec(&Written {
@@ -286,20 +290,20 @@ impl Journal {
                     elapsed_ms: r.elapsed_ms,
                     step: r.step,
                     kind: r.kind,
-                    data: r.data,
+                    data: &data,
                 })
                 .map_err(Error::Encode)?;
-                Some((seq, at, bytes))
+                Some((seq, at, bytes, data))
             }
             None => None,
         };
         // The common case, a record without a state change, is one insert:
         // the summary's record count and time are derived on read.
         if update.is_plain()
-            && let Some((seq, at, bytes)) = written
+            && let Some((seq, at, bytes, data)) = written
         {
             self.events.insert(event_key(id, seq), bytes)?;
-            return Ok(Some((seq, at)));
+            return Ok(Some((seq, at, data)));
         }
         let result = (&self.tasks, &self.events).transaction(|(tasks, events)| {
             let Some(raw) = tasks.get(id.as_bytes())? else {
@@ -312,7 +316,7 @@ impl Journal {
                 }
             };
             let at = match &written {
-                Some((seq, at, bytes)) => {
+                Some((seq, at, bytes, _)) => {
                     events.insert(event_key(id, *seq), bytes.as_slice())?;
                     summary.events = seq + 1;
                     at.clone()
@@ -330,7 +334,7 @@ impl Journal {
             sled::transaction::TransactionError::Abort(e) => e,
             sled::transaction::TransactionError::Storage(e) => e.into(),
         })?;
-        Ok(written.map(|(seq, at, _)| (seq, at)))
+        Ok(written.map(|(seq, at, _, data)| (seq, at, data)))
     }
 
     /// The next sequence number of task `id`.
@@ -382,7 +386,7 @@ impl Journal {
         durability: Durability,
     ) -> Result<Record> {
         let n = self.failpoints.before_append();
-        let (seq, at) = self
+        let (seq, at, _) = self
             .apply(id, Some(RecordRef::of(&record)), &update)?
             .expect("an append with a record writes it");
         let rec = Record {
@@ -415,22 +419,28 @@ impl Journal {
         durability: Durability,
     ) -> Result<u64> {
         let n = self.failpoints.before_append();
-        let (seq, at) = self
+        let (seq, at, data) = self
             .apply(id, Some(record), &update)?
             .expect("an append with a record writes it");
         if durability == Durability::Flush {
             self.committer.commit().await?;
         }
+        // Watchers get the data as stored (read back from its JSON).
         if self.feed.receiver_count() > 0 {
-            let rec = Record {
-                seq,
-                at,
-                elapsed_ms: record.elapsed_ms,
-                step: record.step.to_owned(),
-                kind: record.kind.to_owned(),
-                data: serde_json::to_value(record.data).map_err(Error::Encode)?,
-            };
-            let _ = self.feed.send((id.to_owned(), rec));
+            match serde_json::from_str(data.get()) {
+                Ok(data) => {
+                    let rec = Record {
+                        seq,
+                        at,
+                        elapsed_ms: record.elapsed_ms,
+                        step: record.step.to_owned(),
+                        kind: record.kind.to_owned(),
+                        data,
+                    };
+                    let _ = self.feed.send((id.to_owned(), rec));
+                }
+                Err(e) => tracing::warn!(task = id, seq, "record not sent to watchers: {e}"),
+            }
         }
         self.failpoints.after_append(n);
         Ok(seq)

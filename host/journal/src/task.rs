@@ -128,15 +128,15 @@ impl<'a> RecordRef<'a, Value> {
 }
 
 /// A [`Record`] as it is written: the same fields, in the same order,
-/// borrowed.
+/// borrowed; the data already serialized.
 #[derive(Serialize)]
-pub(crate) struct Written<'a, T> {
+pub(crate) struct Written<'a> {
     pub seq: u64,
     pub at: &'a str,
     pub elapsed_ms: u64,
     pub step: &'a str,
     pub kind: &'a str,
-    pub data: &'a T,
+    pub data: &'a serde_json::value::RawValue,
 }
 
 /// Changes to a task's summary that go with an append.
