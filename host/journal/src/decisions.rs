@@ -292,18 +292,19 @@ impl Inner {
         self.store(entries)
     }
 
-    /// Stores `entries` in one batch (key: time ‖ unique id).
+    /// Stores `entries` (key: time ‖ unique id), one insert each: entries
+    /// are independent, and a sled batch would seal and write the current
+    /// log buffer on its own (a second write before every flush).
     fn store(&self, entries: Vec<DecisionEntry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
         for e in &entries {
             let mut key = e.at_unix_ms.to_be_bytes().to_vec();
             key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-            batch.insert(key, serde_json::to_vec(e).map_err(Error::Encode)?);
+            self.tree
+                .insert(key, serde_json::to_vec(e).map_err(Error::Encode)?)?;
         }
-        self.tree.apply_batch(batch)?;
         let n = entries.len() as u64;
         self.count.fetch_add(n, Ordering::Relaxed);
         if self.since_prune.fetch_add(n, Ordering::Relaxed) > 5_000 {
