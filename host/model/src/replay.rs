@@ -7,6 +7,7 @@
 
 use crate::{ChatBackend, ChatReply, ChatRequest, ModelError, Progress, Result};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Mutex;
 
 /// One recorded exchange.
@@ -40,6 +41,36 @@ impl ReplayBackend {
 }
 
 /// What differs between a recorded and an actual request, in words.
+/// JSON equality, fast when objects keep their keys in the same order
+/// (a request rebuilt by the same code does): members are compared in
+/// order, and only objects whose key order differs fall back to the
+/// order-insensitive comparison (a hash lookup per key).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && (x
+                    .iter()
+                    .zip(y.iter())
+                    .all(|((ka, va), (kb, vb))| ka == kb && same_json(va, vb))
+                    || x == y)
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_json(a, b))
+        }
+        _ => a == b,
+    }
+}
+
+fn same_tools(a: &[crate::ToolSpec], b: &[crate::ToolSpec]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.name == y.name
+                && x.description == y.description
+                && same_json(&x.parameters, &y.parameters)
+        })
+}
+
 fn difference(
     model_was: &str,
     model_is: &str,
@@ -81,7 +112,7 @@ fn difference(
             show(b)
         ));
     }
-    if was.tools != is.tools {
+    if !same_tools(&was.tools, &is.tools) {
         let names = |r: &ChatRequest| {
             r.tools
                 .iter()
@@ -95,7 +126,10 @@ fn difference(
             names(is)
         ));
     }
-    if was.format != is.format {
+    if !match (&was.format, &is.format) {
+        (Some(a), Some(b)) => same_json(a, b),
+        (a, b) => a == b,
+    } {
         return Some("the output format (JSON schema) differs".into());
     }
     if was.think != is.think {
@@ -163,6 +197,25 @@ mod tests {
         ChatRequest {
             messages: vec![Message::user(text)],
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn json_equality_ignores_key_order_only() {
+        let a = serde_json::json!({"type": "object", "properties": {"p": {"type": "string"}, "n": {"type": "integer"}}, "required": ["p"]});
+        let reordered = serde_json::json!({"required": ["p"], "properties": {"n": {"type": "integer"}, "p": {"type": "string"}}, "type": "object"});
+        let other = serde_json::json!({"type": "object", "properties": {"p": {"type": "string"}, "n": {"type": "number"}}, "required": ["p"]});
+        let swapped = serde_json::json!({"type": "object", "properties": {"p": {"type": "string"}, "n": {"type": "integer"}}, "required": ["p", "n"]});
+        assert!(same_json(&a, &a.clone()));
+        assert!(same_json(&a, &reordered));
+        assert!(!same_json(&a, &other));
+        assert!(!same_json(&a, &swapped));
+        assert!(!same_json(
+            &serde_json::json!([1, 2]),
+            &serde_json::json!([2, 1])
+        ));
+        for (x, y) in [(&a, &reordered), (&a, &other), (&a, &swapped)] {
+            assert_eq!(same_json(x, y), x == y);
         }
     }
 
