@@ -1,7 +1,7 @@
 //! Where a task may work: one rule for the CLI, the API and the engine.
 //!
 //! [`canonical_dir`] is a workspace as given (`camina run --workspace`, a
-//! submitted task): an existing directory, canonical. [`confine`] is one
+//! submitted task): an existing directory, canonical. [`Root::confine`] is one
 //! under a root (the server's workspace root): relative to it, or absolute
 //! inside it; never `..`, never the root itself, never outside it through a
 //! symlink; created if missing through a capability handle on the root
@@ -62,12 +62,6 @@ pub fn canonical_dir(path: &Path) -> Result<PathBuf, WorkspaceError> {
 /// [`Root::confine`]): the engine takes it as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canonical(PathBuf);
-
-impl Canonical {
-    pub fn into_path(self) -> PathBuf {
-        self.0
-    }
-}
 
 impl std::ops::Deref for Canonical {
     type Target = Path;
@@ -150,13 +144,7 @@ impl Root {
     }
 }
 
-/// `requested` as a directory under `root` (see the module docs), made if
-/// missing; canonical. A server confining many uses one [`Root`].
-pub fn confine(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError> {
-    Root::new(root).confine(requested).map(Canonical::into_path)
-}
-
-/// [`confine`] under `root`, already canonical.
+/// [`Root::confine`] under `root`, already canonical.
 fn confine_in(root: &Path, requested: &Path) -> Result<PathBuf, WorkspaceError> {
     let root_error = |source| WorkspaceError::Root {
         path: root.display().to_string(),

@@ -85,11 +85,8 @@ impl Committer {
                 // This caller's waiter is in the round: nobody else takes
                 // waiters while a leader is running.
                 tokio::task::block_in_place(|| self.round());
-                if self.more() {
-                    let me = self.clone();
-                    tokio::task::spawn_blocking(move || while me.round() {});
-                }
-            } else {
+            }
+            if !inline || self.more() {
                 let me = self.clone();
                 tokio::task::spawn_blocking(move || while me.round() {});
             }

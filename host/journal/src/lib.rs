@@ -254,11 +254,8 @@ impl Journal {
             .unwrap_or_else(|p| p.into_inner())
             .entry(id.clone())
             .or_insert(1);
-        self.committer.commit().await?;
-        if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send((id.clone(), record));
-        }
-        self.failpoints.after_append(n);
+        self.settle(&id, n, Durability::Flush, || Some(record))
+            .await?;
         // What was written is the summary: no read back.
         Ok(Created::New(summary))
     }
@@ -397,14 +394,7 @@ impl Journal {
             kind: record.kind,
             data: record.data,
         };
-        if durability == Durability::Flush {
-            self.committer.commit().await?;
-        }
-        // Copied only for live watchers (SSE, `task watch`).
-        if self.feed.receiver_count() > 0 {
-            let _ = self.feed.send((id.to_owned(), rec.clone()));
-        }
-        self.failpoints.after_append(n);
+        self.settle(id, n, durability, || Some(rec.clone())).await?;
         Ok(rec)
     }
 
@@ -422,28 +412,45 @@ impl Journal {
         let (seq, at, data) = self
             .apply(id, Some(record), &update)?
             .expect("an append with a record writes it");
+        // Watchers get the data as stored (read back from its JSON).
+        let watched = || match serde_json::from_str(data.get()) {
+            Ok(data) => Some(Record {
+                seq,
+                at,
+                elapsed_ms: record.elapsed_ms,
+                step: record.step.to_owned(),
+                kind: record.kind.to_owned(),
+                data,
+            }),
+            Err(e) => {
+                tracing::warn!(task = id, seq, "record not sent to watchers: {e}");
+                None
+            }
+        };
+        self.settle(id, n, durability, watched).await?;
+        Ok(seq)
+    }
+
+    /// What every append does once its record is written: the flush it
+    /// asked for, the record for live watchers (SSE, `task watch`; made
+    /// only when someone watches), the crash failpoint's count.
+    async fn settle(
+        &self,
+        id: &str,
+        n: u64,
+        durability: Durability,
+        watched: impl FnOnce() -> Option<Record>,
+    ) -> Result<()> {
         if durability == Durability::Flush {
             self.committer.commit().await?;
         }
-        // Watchers get the data as stored (read back from its JSON).
-        if self.feed.receiver_count() > 0 {
-            match serde_json::from_str(data.get()) {
-                Ok(data) => {
-                    let rec = Record {
-                        seq,
-                        at,
-                        elapsed_ms: record.elapsed_ms,
-                        step: record.step.to_owned(),
-                        kind: record.kind.to_owned(),
-                        data,
-                    };
-                    let _ = self.feed.send((id.to_owned(), rec));
-                }
-                Err(e) => tracing::warn!(task = id, seq, "record not sent to watchers: {e}"),
-            }
+        if self.feed.receiver_count() > 0
+            && let Some(rec) = watched()
+        {
+            let _ = self.feed.send((id.to_owned(), rec));
         }
         self.failpoints.after_append(n);
-        Ok(seq)
+        Ok(())
     }
 
     /// Changes a task's summary without a record.

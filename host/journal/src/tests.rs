@@ -11,6 +11,26 @@ fn rec(step: &str, kind: &str) -> NewRecord {
     }
 }
 
+/// `n` durable appends to task `id`, all at once (steps `s0`…).
+fn durable_appends(j: &Arc<Journal>, id: &str, n: usize) -> tokio::task::JoinSet<Record> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let j = j.clone();
+        let id = id.to_owned();
+        set.spawn(async move {
+            j.append(
+                &id,
+                rec(&format!("s{i}"), "x"),
+                Update::default(),
+                Durability::Flush,
+            )
+            .await
+            .unwrap()
+        });
+    }
+    set
+}
+
 #[tokio::test]
 async fn records_and_summaries_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,23 +179,9 @@ async fn concurrent_durable_appends_share_flushes() {
     let (j, _) = Journal::open(&dir.path().join("j")).unwrap();
     let j = Arc::new(j);
     let t = j.create("p", "/ws", json!({})).await.unwrap();
-    let mut handles = Vec::new();
-    for i in 0..32 {
-        let j = j.clone();
-        let id = t.id.clone();
-        handles.push(tokio::spawn(async move {
-            j.append(
-                &id,
-                rec(&format!("s{i}"), "x"),
-                Update::default(),
-                Durability::Flush,
-            )
-            .await
-            .unwrap()
-        }));
-    }
-    for h in handles {
-        h.await.unwrap();
+    let mut set = durable_appends(&j, &t.id, 32);
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
     }
     let records = j.records(&t.id).unwrap();
     assert_eq!(records.len(), 33);
@@ -254,21 +260,7 @@ async fn on_a_multi_thread_runtime_concurrent_durable_appends_all_return_and_per
         let j = Arc::new(j);
         let t = j.create("p", "/ws", json!({})).await.unwrap();
         let before = j.flushes();
-        let mut set = tokio::task::JoinSet::new();
-        for i in 0..64 {
-            let j = j.clone();
-            let id = t.id.clone();
-            set.spawn(async move {
-                j.append(
-                    &id,
-                    rec(&format!("s{i}"), "x"),
-                    Update::default(),
-                    Durability::Flush,
-                )
-                .await
-                .unwrap()
-            });
-        }
+        let mut set = durable_appends(&j, &t.id, 64);
         let all = tokio::time::timeout(std::time::Duration::from_secs(60), async {
             while let Some(r) = set.join_next().await {
                 r.unwrap();
