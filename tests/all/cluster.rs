@@ -1117,7 +1117,22 @@ async fn three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill() {
         ran[1],
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(succeeded, tasks, "{now:?}");
+    if succeeded != tasks {
+        // Why the others stopped, for the failure message.
+        let mut why = Vec::new();
+        for (id, status) in now.iter().filter(|(_, s)| s != "succeeded") {
+            let t: serde_json::Value = match http.get(format!("{api}/v1/tasks/{id}")).send().await {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(_) => serde_json::Value::Null,
+            };
+            why.push(format!("{id} {status}: {}", t["error"]));
+        }
+        panic!(
+            "{succeeded} of {tasks} tasks succeeded:\n{}\n{}",
+            why.join("\n"),
+            cluster.logs()
+        );
+    }
     assert_eq!((lost, duplicated), (0, 0));
 }
 
