@@ -733,6 +733,15 @@ async fn a_workspace_root_removed_or_replaced_while_serving_is_found_again() {
         a.root().join("second").is_dir(),
         "the root was not made again"
     );
+    // Renamed away and made anew: workspaces go under the new root, not
+    // the directory the server had open.
+    let moved = a.home.path().join("moved-root");
+    std::fs::rename(a.root(), &moved).unwrap();
+    std::fs::create_dir(a.root()).unwrap();
+    let (s, v) = post("renamed").await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert!(a.root().join("renamed").is_dir());
+    assert!(!moved.join("renamed").exists());
     // Replaced by a symlink to another directory: workspaces go where the
     // root leads now.
     let elsewhere = tempfile::tempdir().unwrap();

@@ -23,6 +23,12 @@ pub(crate) struct Committer {
     /// The count the file holds.
     written: AtomicU64,
     count_file: PathBuf,
+    /// The count file, kept open: written in place after each flush that
+    /// added tasks. The count never shrinks once the journal is open, so
+    /// the new figure always covers the old one: no truncation (on a disk
+    /// mounted with `discard`, truncating made every flush wait for the
+    /// device to discard a block).
+    count: Mutex<Option<std::fs::File>>,
 }
 
 impl Committer {
@@ -40,7 +46,32 @@ impl Committer {
             tasks: AtomicU64::new(tasks),
             written: AtomicU64::new(tasks),
             count_file,
+            count: Mutex::new(None),
         })
+    }
+
+    /// Writes `tasks` over the count file's figure (see `count`).
+    fn write_count(&self, tasks: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut file = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        if file.is_none() {
+            *file = Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&self.count_file)?,
+            );
+        }
+        let written = file
+            .as_ref()
+            .map(|f| f.write_all_at(tasks.to_string().as_bytes(), 0));
+        if let Some(Err(e)) = written {
+            // Opened again next time (the file may have been replaced).
+            *file = None;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// A task was written (not yet flushed): the next flush counts it.
@@ -138,7 +169,7 @@ impl Committer {
         self.flushes.fetch_add(1, Ordering::Relaxed);
         if result.is_ok()
             && self.written.swap(tasks, Ordering::SeqCst) != tasks
-            && let Err(e) = std::fs::write(&self.count_file, tasks.to_string())
+            && let Err(e) = self.write_count(tasks)
         {
             tracing::warn!(file = %self.count_file.display(), "cannot record the task count: {e}");
         }

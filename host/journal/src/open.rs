@@ -45,9 +45,8 @@ pub(crate) fn open(path: &Path) -> Result<Opened> {
     // tells a damaged journal from a smaller one, before anything is
     // written to it.
     let found = tasks.len() as u64;
-    let recorded = std::fs::read_to_string(&count_file)
-        .ok()
-        .and_then(|c| c.trim().parse::<u64>().ok());
+    let text = std::fs::read_to_string(&count_file).ok();
+    let recorded = text.as_deref().and_then(|c| c.trim().parse::<u64>().ok());
     if existed
         && let Some(recorded) = recorded
         && recorded > found
@@ -59,7 +58,9 @@ pub(crate) fn open(path: &Path) -> Result<Opened> {
             count_file: count_file.display().to_string(),
         });
     }
-    if recorded != Some(found) {
+    // Exactly the figure, nothing else: the committer writes later counts
+    // over it in place (they never shrink, see `commit`).
+    if text.as_deref() != Some(found.to_string().as_str()) {
         let _ = std::fs::write(&count_file, found.to_string());
     }
     match meta.get("schema")? {

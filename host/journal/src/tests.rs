@@ -173,6 +173,30 @@ async fn a_damaged_journal_is_refused_not_silently_shortened() {
     assert_eq!(Journal::open(&path).unwrap().0.list().unwrap().len(), 0);
 }
 
+/// The count file is written in place after each flush (no truncation):
+/// it must read as exactly the durable task count, across a change in the
+/// number of digits, and a file holding the figure written another way
+/// (padded, with a newline) is made exact on open before it is written in
+/// place.
+#[tokio::test]
+async fn the_task_count_file_reads_exactly_the_durable_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let count = || std::fs::read_to_string(path.with_extension("tasks")).unwrap();
+    {
+        let (j, _) = Journal::open(&path).unwrap();
+        for i in 1..=11u64 {
+            j.create("p", "/ws", json!({})).await.unwrap();
+            assert_eq!(count(), i.to_string());
+        }
+    }
+    std::fs::write(path.with_extension("tasks"), "0011\n").unwrap();
+    let (j, _) = Journal::open(&path).unwrap();
+    assert_eq!(count(), "11");
+    j.create("p", "/ws", json!({})).await.unwrap();
+    assert_eq!(count(), "12");
+}
+
 #[tokio::test]
 async fn concurrent_durable_appends_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
