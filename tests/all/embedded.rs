@@ -216,7 +216,7 @@ mod backend {
                 specs.push(camina_model::ToolSpec {
                     name: tool.name.clone(),
                     description: tool.description.clone(),
-                    parameters: schema,
+                    parameters: schema.into(),
                 });
             }
         }

@@ -28,7 +28,7 @@ pub(crate) fn read_file_tool() -> ToolSpec {
     ToolSpec {
         name: "read_file".into(),
         description: "Read a file".into(),
-        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+        parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}).into(),
     }
 }
 

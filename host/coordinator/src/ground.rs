@@ -25,10 +25,14 @@ use std::collections::HashSet;
 /// letter long words left out (`a`, list markers), numbers kept whatever
 /// their length.
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    raw_words(text).map(str::to_lowercase)
+}
+
+/// [`words`] before lower-casing.
+fn raw_words(text: &str) -> impl Iterator<Item = &str> {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() > 1 || w.chars().all(|c| c.is_ascii_digit()))
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
 }
 
 /// The text a task gives to be written: its quoted spans (`"…"`, `'…'`,
@@ -65,8 +69,23 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// Adds the words of `text`. A task adds its earlier steps' results
+    /// again at every step, so a word already known costs a lookup, not an
+    /// allocation (ASCII words are lower-cased in one reused buffer).
     pub fn add(&mut self, text: &str) {
-        self.words.extend(words(text));
+        let mut buf = String::new();
+        for w in raw_words(text) {
+            if !w.is_ascii() {
+                self.words.insert(w.to_lowercase());
+                continue;
+            }
+            buf.clear();
+            buf.push_str(w);
+            buf.make_ascii_lowercase();
+            if !self.words.contains(buf.as_str()) {
+                self.words.insert(buf.clone());
+            }
+        }
     }
 
     fn has(&self, word: &str) -> bool {
@@ -100,6 +119,18 @@ impl Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adding_text_knows_the_same_words_as_lower_casing_each() {
+        let text = "Read README.md, then ΣΟΦΟΣ wrote 42 Lines: Ärger a b 7 x_y ÖL.\nTODO: fix";
+        let mut s = Seen::default();
+        s.add(text);
+        s.add(text);
+        let expected: HashSet<String> = words(text).collect();
+        assert_eq!(s.words, expected);
+        assert!(s.has("σοφος") || s.has("σοφοσ"), "{:?}", s.words);
+        assert!(s.has("readme") && s.has("42") && s.has("7") && !s.has("a"));
+    }
 
     fn seen(texts: &[&str]) -> Seen {
         let mut s = Seen::default();

@@ -15,7 +15,7 @@ pub struct CrewTool {
     pub plugin: String,
     pub tool: String,
     pub description: String,
-    pub parameters: Value,
+    pub parameters: std::sync::Arc<Value>,
 }
 
 impl CrewTool {
@@ -184,7 +184,7 @@ pub fn crews(records: &[PluginRecord]) -> Vec<Crew> {
                         plugin: p.name.clone(),
                         tool: t.name.clone(),
                         description: t.description.clone(),
-                        parameters: t.input_schema.clone(),
+                        parameters: std::sync::Arc::new(t.input_schema.clone()),
                     })
                 })
                 .collect();
@@ -204,7 +204,7 @@ mod tests {
             plugin: "p".into(),
             tool: "f".into(),
             description: String::new(),
-            parameters,
+            parameters: parameters.into(),
         }
     }
 

@@ -111,8 +111,9 @@ impl Message {
 pub struct ToolSpec {
     pub name: String,
     pub description: String,
-    /// JSON Schema of the arguments object.
-    pub parameters: Value,
+    /// JSON Schema of the arguments object (shared: a crew's tools go
+    /// into every request it makes).
+    pub parameters: std::sync::Arc<Value>,
 }
 
 /// Sampling and context options. Unset fields use the backend's defaults.

@@ -234,12 +234,13 @@ impl OllamaBackend {
         if !req.tools.is_empty() {
             let mut tools = Vec::new();
             for t in &req.tools {
-                let parameters = schemars::Schema::try_from(t.parameters.clone()).map_err(|e| {
-                    ModelError::Config(format!(
-                        "tool `{}`: parameters are not a JSON schema: {e}",
-                        t.name
-                    ))
-                })?;
+                let parameters =
+                    schemars::Schema::try_from((*t.parameters).clone()).map_err(|e| {
+                        ModelError::Config(format!(
+                            "tool `{}`: parameters are not a JSON schema: {e}",
+                            t.name
+                        ))
+                    })?;
                 tools.push(ToolInfo {
                     tool_type: ToolType::Function,
                     function: ToolFunctionInfo {
@@ -660,7 +661,8 @@ mod tests {
             tools: vec![ToolSpec {
                 name: "read_file".into(),
                 description: "read".into(),
-                parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+                parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}})
+                    .into(),
             }],
             format: Some(json!({"type": "object"})),
             think: true,

@@ -387,7 +387,8 @@ mod tests {
         let tools = [ToolSpec {
             name: "read_file".into(),
             description: "Read a file".into(),
-            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+            parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}})
+                .into(),
         }];
         let messages = [
             Message::system("Be useful."),

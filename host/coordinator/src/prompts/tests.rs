@@ -50,7 +50,7 @@ fn plan_instructions_written_as_tool_calls_are_sent_back() {
         plugin: "belter-fs".into(),
         tool: "read_file".into(),
         description: "Read a text file. More.".into(),
-        parameters: json!({"type": "object"}),
+        parameters: json!({"type": "object"}).into(),
     });
     for bad in [
         "read_file(README.md); write it to a.txt",

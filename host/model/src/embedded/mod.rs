@@ -313,7 +313,7 @@ impl EmbeddedBackend {
             req.tools
                 .iter()
                 .map(|t| crate::ToolSpec {
-                    parameters: crate::grammar::declared(&t.parameters),
+                    parameters: crate::grammar::declared(&t.parameters).into(),
                     ..t.clone()
                 })
                 .collect()

@@ -128,7 +128,7 @@ pub fn grammar(req: &ChatRequest, bounds: Bounds) -> Result<Option<String>, Gram
     let mut alts: Vec<Alt<'_>> = req
         .callable()
         .zip(&names)
-        .map(|(t, n)| Alt::Shape(vec![("tool", n), ("arguments", &t.parameters)]))
+        .map(|(t, n)| Alt::Shape(vec![("tool", n), ("arguments", &*t.parameters)]))
         .collect();
     match (&req.format, req.tool_choice) {
         (Some(format), _) => alts.push(Alt::Schema(format)),
@@ -194,7 +194,7 @@ mod tests {
             tools: vec![ToolSpec {
                 name: "read_file".into(),
                 description: "Read a file".into(),
-                parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}),
+                parameters: json!({"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}).into(),
             }],
             format,
             ..Default::default()
@@ -271,7 +271,8 @@ mod tests {
         two.tools.push(ToolSpec {
             name: "finish".into(),
             description: "End".into(),
-            parameters: json!({"type": "object", "properties": {"report": {"type": "string"}}}),
+            parameters: json!({"type": "object", "properties": {"report": {"type": "string"}}})
+                .into(),
         });
         let both = grammar(&two, Bounds::default()).unwrap().unwrap();
         assert!(
