@@ -46,11 +46,19 @@ fn restate_server() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct free loopback ports: all held open while they are
+/// picked, so one process is never handed the same port twice (another
+/// may still take one before it is bound: see [`Cluster::start`]).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
 }
 
 /// A child process killed (SIGKILL) when dropped.
@@ -74,7 +82,8 @@ struct Restate {
 impl Restate {
     async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (ingress, admin, node) = (free_port(), free_port(), free_port());
+        let p = free_ports(3);
+        let (ingress, admin, node) = (p[0], p[1], p[2]);
         let log = std::fs::File::create(dir.path().join("restate.log")).unwrap();
         let child = Command::new(restate_server())
             .args(["--no-logo", "--listen-mode", "tcp", "--base-dir"])
@@ -774,10 +783,34 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// `n` nodes on fresh loopback ports. A port another process took
+    /// between being picked and being bound makes that node exit ("Address
+    /// in use"); the cluster is then started again on other ports (up to
+    /// three times).
     async fn start(n: usize, replication: usize) -> Self {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Self::try_start(n, replication).await {
+                Ok(c) => return c,
+                Err(c) if tries < 3 => {
+                    eprintln!(
+                        "a Restate node could not bind its port; starting again:\n{}",
+                        c.logs()
+                    );
+                }
+                Err(c) => panic!("the Restate cluster did not come up:\n{}", c.logs()),
+            }
+        }
+    }
+
+    /// [`Self::start`], once: `Err` when a node exits because its port was
+    /// taken, or the cluster is not up within 60 s.
+    async fn try_start(n: usize, replication: usize) -> Result<Self, Self> {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<(u16, u16, u16)> = (0..n)
-            .map(|_| (free_port(), free_port(), free_port()))
+        let ports: Vec<(u16, u16, u16)> = free_ports(3 * n)
+            .chunks(3)
+            .map(|p| (p[0], p[1], p[2]))
             .collect();
         let metadata: Vec<String> = ports
             .iter()
@@ -814,7 +847,7 @@ impl Cluster {
                     .unwrap(),
             )));
         }
-        let c = Self {
+        let mut c = Self {
             nodes,
             ingress: ports
                 .iter()
@@ -840,11 +873,19 @@ impl Cluster {
                 }
             }
             if up == n {
-                return c;
+                return Ok(c);
+            }
+            let exited = c
+                .nodes
+                .iter_mut()
+                .flatten()
+                .any(|k| k.0.try_wait().is_ok_and(|s| s.is_some()));
+            if exited && c.logs().contains("Address in use") {
+                return Err(c);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("the Restate cluster did not come up:\n{}", c.logs());
+        Err(c)
     }
 
     fn kill(&mut self, node: usize) {
@@ -934,7 +975,9 @@ async fn three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill() {
     let started = std::time::Instant::now();
     let mut cluster = Cluster::start(3, 2).await;
     let homes = tempfile::tempdir().unwrap();
-    let worker_ports = [free_port(), free_port()];
+    // The workers' and the API's ports, distinct.
+    let ports = free_ports(3);
+    let (worker_ports, api_port) = (&ports[..2], ports[2]);
     let url = format!("http://127.0.0.1:{}", balancer(worker_ports.to_vec()).await);
     let mut workers: Vec<Option<Killed>> = worker_ports
         .iter()
@@ -952,7 +995,6 @@ async fn three_nodes_two_workers_survive_a_worker_kill_and_a_node_kill() {
     // The API, on its own home, in front of node 0.
     let api_home = homes.path().join("api");
     std::fs::create_dir_all(&api_home).unwrap();
-    let api_port = free_port();
     let _api = Killed(
         camina(&api_home)
             .args([
