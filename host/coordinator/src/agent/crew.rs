@@ -239,8 +239,10 @@ impl Agent<'_> {
                 match &result.error {
                     // A reviewer's skip of an interrupted call: their call,
                     // not a failure of the step (and its paths count as made:
-                    // the reviewer judged them).
+                    // the reviewer judged them). It counts as done: a step
+                    // whose only call was skipped did not "get nothing done".
                     Some((kind, _)) if kind == "skipped" => {
+                        succeeded += 1;
                         if change.is_some() {
                             self.touch(call);
                         }
