@@ -401,23 +401,21 @@ pub fn finish_spec(crew: &Crew) -> ToolSpec {
                       be done. The report says what you did and what you found, with the exact \
                       facts (paths, lines, values)."
             .into(),
-        parameters: FINISH_PARAMETERS
-            .get_or_init(|| {
-                std::sync::Arc::new(json!({
-                    "type": "object",
-                    "properties": {
-                        "report": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER}
-                    },
-                    "required": ["report"]
-                }))
-            })
-            .clone(),
+        parameters: FINISH_PARAMETERS.clone(),
     }
 }
 
 /// The finish tool's arguments schema, built once.
-static FINISH_PARAMETERS: std::sync::OnceLock<std::sync::Arc<serde_json::Value>> =
-    std::sync::OnceLock::new();
+static FINISH_PARAMETERS: std::sync::LazyLock<std::sync::Arc<Value>> =
+    std::sync::LazyLock::new(|| {
+        std::sync::Arc::new(json!({
+            "type": "object",
+            "properties": {
+                "report": {"type": "string", "minLength": 1, "maxLength": MAX_ANSWER}
+            },
+            "required": ["report"]
+        }))
+    });
 
 /// A crew's turn: always a call (one of its tools, or the finish tool;
 /// on the first turn only its tools: a step starts by doing something).
