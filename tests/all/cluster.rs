@@ -793,7 +793,8 @@ impl Cluster {
             tries += 1;
             match Self::try_start(n, replication).await {
                 Ok(c) => return c,
-                Err(c) if tries < 3 => {
+                // Only a taken port is worth another start (not a timeout).
+                Err(c) if tries < 3 && c.logs().contains("Address in use") => {
                     eprintln!(
                         "a Restate node could not bind its port; starting again:\n{}",
                         c.logs()
