@@ -594,28 +594,24 @@ async fn a_changed_plugin_blocks_resume_unless_allowed() {
     assert_eq!(done.status, Status::Succeeded);
 }
 
-#[tokio::test]
-async fn an_interrupted_side_effecting_call_needs_review() {
-    // Simulate a crash between the intent and the result of append_file by
-    // writing the history a crashed run leaves, then resuming.
-    let fake = FakeOllama::start(models(), todo_script);
-    let s = setup(&fake).await;
+/// The history a run killed between `tool`'s intent and its result leaves:
+/// runs `prompt` to the end, then copies its records up to and including
+/// the first intent to call `tool` into a new task, which it returns.
+async fn killed_at_intent(s: &Setup, prompt: &str, tool: &str) -> String {
     let t = s
         .engine
-        .submit(PROMPT, &s.ws, Budgets::default())
+        .submit(prompt, &s.ws, Budgets::default())
         .await
         .unwrap();
     s.engine.run(&t.id, RunOptions::default()).await.unwrap();
     let records = s.engine.journal().records(&t.id).unwrap();
     let cut = records
         .iter()
-        .position(|r| r.kind == "tool_intent" && r.data["tool"] == "append_file")
+        .position(|r| r.kind == "tool_intent" && r.data["tool"] == tool)
         .unwrap();
-
-    // Copy the history up to and including the intent into a new task.
     let copy = s
         .engine
-        .submit(PROMPT, &s.ws, Budgets::default())
+        .submit(prompt, &s.ws, Budgets::default())
         .await
         .unwrap();
     for r in records[2..=cut].iter() {
@@ -639,9 +635,19 @@ async fn an_interrupted_side_effecting_call_needs_review() {
             .await
             .unwrap();
     }
+    copy.id
+}
+
+#[tokio::test]
+async fn an_interrupted_side_effecting_call_needs_review() {
+    // Simulate a crash between the intent and the result of append_file by
+    // writing the history a crashed run leaves, then resuming.
+    let fake = FakeOllama::start(models(), todo_script);
+    let s = setup(&fake).await;
+    let copy = killed_at_intent(&s, PROMPT, "append_file").await;
     std::fs::write(s.ws.join("log.txt"), "").unwrap();
     let before = fake.chats().len();
-    let done = s.engine.run(&copy.id, RunOptions::default()).await.unwrap();
+    let done = s.engine.run(&copy, RunOptions::default()).await.unwrap();
     assert_eq!(done.status, Status::NeedsReview);
     assert!(
         done.error.as_deref().unwrap().contains("append_file"),
@@ -662,7 +668,7 @@ async fn an_interrupted_side_effecting_call_needs_review() {
     let done = s
         .engine
         .run(
-            &copy.id,
+            &copy,
             RunOptions {
                 interrupted: Some(Decision::Skip),
                 ..Default::default()
@@ -676,11 +682,83 @@ async fn an_interrupted_side_effecting_call_needs_review() {
         "",
         "skipped, not run"
     );
-    let records = s.engine.journal().records(&copy.id).unwrap();
+    let records = s.engine.journal().records(&copy).unwrap();
     let skipped = records
         .iter()
         .find(|r| r.kind == "tool_result" && r.data["error"][0] == "skipped");
     assert!(skipped.is_some(), "the model was told the call was skipped");
+}
+
+/// A one-step task whose only call is an append, killed between the
+/// append's intent and its result: the reviewer sees the line is there and
+/// skips the call. The step did what it was asked (the reviewer says so),
+/// so the task succeeds — it must not fail as "made no successful tool
+/// call" (it did, in three-node runs where a worker died mid-append).
+#[tokio::test]
+async fn a_step_whose_only_call_was_skipped_by_the_reviewer_succeeds() {
+    const ONLY_APPEND: &str = "Append `collected` to log.txt";
+    let script = |req: &Value| {
+        if req["model"] == REASONER {
+            return Reply::thinking("One append.", "A belter appends the line.");
+        }
+        if is_triage(req) {
+            return Reply::text(&json!({"changes_files": true}).to_string());
+        }
+        if req["model"] == COORDINATOR && req["format"].to_string().contains("oneOf") {
+            return Reply::text(
+                &json!({"steps": [{"crew": "belter", "instruction": ONLY_APPEND}]}).to_string(),
+            );
+        }
+        if req["model"] == COORDINATOR {
+            return Reply::text(&json!({"answer": "log.txt says collected."}).to_string());
+        }
+        if since_user(req).is_empty() {
+            return Reply::tool_call(
+                "append_file",
+                json!({"path": "log.txt", "content": "collected\n"}),
+            );
+        }
+        Reply::text("Appended the line.")
+    };
+    let fake = FakeOllama::start(models(), script);
+    let s = setup(&fake).await;
+    let copy = killed_at_intent(&s, ONLY_APPEND, "append_file").await;
+    // The first run appended; the killed one had appended too before it
+    // died (the reviewer finds the line there).
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
+        "collected\n"
+    );
+    let done = s.engine.run(&copy, RunOptions::default()).await.unwrap();
+    assert_eq!(done.status, Status::NeedsReview, "{:?}", done.error);
+
+    let done = s
+        .engine
+        .run(
+            &copy,
+            RunOptions {
+                interrupted: Some(Decision::Skip),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
+    assert_eq!(
+        std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
+        "collected\n",
+        "skipped, not appended twice"
+    );
+    let calls: Vec<_> = s
+        .engine
+        .journal()
+        .records(&copy)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "tool_result")
+        .collect();
+    assert_eq!(calls.len(), 1, "the step's only call: {calls:?}");
+    assert_eq!(calls[0].data["error"][0], "skipped");
 }
 
 /// The README's sample task with every role on the default embedded model
