@@ -66,13 +66,24 @@ pub fn given(task: &str) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct Seen {
     words: HashSet<String>,
+    /// Hashes of the texts added so far: a task adds its earlier steps'
+    /// results again at every step, and a text already added adds no word.
+    texts: HashSet<u64>,
+    /// The keys `texts` are hashed with (fixed for the set's life).
+    keys: std::hash::RandomState,
 }
 
 impl Seen {
-    /// Adds the words of `text`. A task adds its earlier steps' results
-    /// again at every step, so a word already known costs a lookup, not an
-    /// allocation (ASCII words are lower-cased in one reused buffer).
+    /// Adds the words of `text`. A text added before is skipped whole
+    /// (one hash of it); in a new one, a word already known costs a
+    /// lookup, not an allocation (ASCII words are lower-cased in one
+    /// reused buffer).
     pub fn add(&mut self, text: &str) {
+        use std::hash::BuildHasher;
+        let digest = self.keys.hash_one(text);
+        if !self.texts.insert(digest) {
+            return;
+        }
         let mut buf = String::new();
         for w in raw_words(text) {
             if !w.is_ascii() {
@@ -128,6 +139,10 @@ mod tests {
         s.add(text);
         let expected: HashSet<String> = words(text).collect();
         assert_eq!(s.words, expected);
+        // A text added again is skipped; new text still adds its words.
+        assert_eq!(s.texts.len(), 1);
+        s.add("Later: wombat");
+        assert!(s.has("wombat") && s.has("later"));
         assert!(s.has("σοφος") || s.has("σοφοσ"), "{:?}", s.words);
         assert!(s.has("readme") && s.has("42") && s.has("7") && !s.has("a"));
     }
