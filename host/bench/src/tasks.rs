@@ -183,7 +183,19 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
         let (transcript, models) = rt.block_on(record(20, ws.path()));
         let calls = transcript.len();
         let mut runs = Vec::new();
+        // The floor's sync latencies are sampled around each run, on the
+        // same disk: this disk's fsync latency drifts over seconds, and a
+        // floor measured only after all the runs compared them with
+        // another moment's disk (the ratio moved 1.3-1.6× between reruns).
+        let sync_dir = tempfile::tempdir_in(ws.path().parent().unwrap_or(ws.path())).expect("tmp");
+        let mut syncs = Syncs::new(sync_dir.path());
+        // Sampled before and after each run (the record bytes per flush
+        // are known after the first).
+        let mut per_flush = None;
         for _ in 0..7 {
+            if let Some(bytes) = per_flush {
+                syncs.sample(bytes, 8);
+            }
             let home = tempfile::tempdir().expect("tmp");
             // The replay must start from the recorded (empty) workspace.
             for e in std::fs::read_dir(ws.path()).expect("ws").flatten() {
@@ -242,13 +254,17 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
                     undo.iter().filter(|e| e.at == "before").count() + afters.len() + kept;
                 (e, engine.journal().flushes() - flushes, bytes, undo_syncs)
             });
+            let bytes = run.2 / (run.1 as usize).max(1);
+            syncs.sample(bytes, 8);
+            per_flush = Some(bytes);
             runs.push(run);
         }
         runs.sort();
         let (time, flushes, bytes, undo_syncs) = runs[runs.len() / 2];
         let per_flush = bytes / (flushes as usize).max(1);
         let ms = time.as_secs_f64() * 1e3;
-        let (fsync, append_sync, tools) = rt.block_on(floor_parts(ws.path(), per_flush));
+        let (fsync, append_sync) = syncs.medians();
+        let tools = rt.block_on(tool_floor());
         let floor = flushes as f64 * fsync + undo_syncs as f64 * append_sync + tools;
         rows.push(Row {
             id: "P5".into(),
@@ -355,41 +371,65 @@ pub fn p5_p7(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>, p5: bool, p7: bo
     }
 }
 
-/// The floor of P5's parts, measured now on the same disk: the median
-/// latency of one durable write of `per_flush` bytes (the task's record
-/// bytes per flush; sled insert + flush, in ms), of one synced append to a
-/// log file (what the undo log does per entry, in ms) and the time
-/// of the task's 20 tool calls made directly (10 `find_files`, 10
-/// `write_file`, fresh sandbox each, in ms).
-async fn floor_parts(ws: &Path, per_flush: usize) -> (f64, f64, f64) {
-    let dir = tempfile::tempdir_in(ws.parent().unwrap_or(ws)).expect("tmp");
-    let db = sled::open(dir.path().join("fsync")).expect("sled");
-    let mut lat = Vec::new();
-    for i in 0..100u32 {
-        let t = Instant::now();
-        db.insert(i.to_be_bytes(), vec![b'x'; per_flush])
-            .expect("insert");
-        db.flush().expect("flush");
-        lat.push(t.elapsed());
+/// The sync latencies of P5's floor, on the same disk as the runs: one
+/// durable write of the task's record bytes per flush (sled insert +
+/// flush) and one synced append to a log file (what the undo log does per
+/// entry).
+struct Syncs {
+    db: sled::Db,
+    log: std::path::PathBuf,
+    next: u32,
+    flush: Vec<std::time::Duration>,
+    append: Vec<std::time::Duration>,
+}
+
+impl Syncs {
+    fn new(dir: &Path) -> Self {
+        Self {
+            db: sled::open(dir.join("fsync")).expect("sled"),
+            log: dir.join("log.jsonl"),
+            next: 0,
+            flush: Vec::new(),
+            append: Vec::new(),
+        }
     }
-    lat.sort();
-    let fsync = lat[lat.len() / 2].as_secs_f64() * 1e3;
-    let log = dir.path().join("log.jsonl");
-    let mut lat = Vec::new();
-    for _ in 0..100 {
+
+    /// `n` samples of each, the write `per_flush` bytes long.
+    fn sample(&mut self, per_flush: usize, n: usize) {
         use std::io::Write;
-        let t = Instant::now();
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log");
-        f.write_all(&[b'x'; 200]).expect("append");
-        f.sync_data().expect("sync");
-        lat.push(t.elapsed());
+        for _ in 0..n {
+            let t = Instant::now();
+            self.db
+                .insert(self.next.to_be_bytes(), vec![b'x'; per_flush])
+                .expect("insert");
+            self.db.flush().expect("flush");
+            self.flush.push(t.elapsed());
+            self.next += 1;
+            let t = Instant::now();
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)
+                .expect("log");
+            f.write_all(&[b'x'; 200]).expect("append");
+            f.sync_data().expect("sync");
+            self.append.push(t.elapsed());
+        }
     }
-    lat.sort();
-    let append_sync = lat[lat.len() / 2].as_secs_f64() * 1e3;
+
+    /// The median latencies (flush, append), in ms.
+    fn medians(&mut self) -> (f64, f64) {
+        let median = |v: &mut Vec<std::time::Duration>| {
+            v.sort();
+            v[v.len() / 2].as_secs_f64() * 1e3
+        };
+        (median(&mut self.flush), median(&mut self.append))
+    }
+}
+
+/// The time of P5's 20 tool calls made directly (10 `find_files`, 10
+/// `write_file`, fresh sandbox each, in ms).
+async fn tool_floor() -> f64 {
     // The tool calls, median of 5 (each on a fresh registry, as each task
     // run has: its first calls load the plugins).
     let mut times = Vec::new();
@@ -419,7 +459,7 @@ async fn floor_parts(ws: &Path, per_flush: usize) -> (f64, f64, f64) {
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    (fsync, append_sync, times[times.len() / 2])
+    times[times.len() / 2]
 }
 
 /// A `/proc/self/status` figure in KiB (0 when unavailable).
