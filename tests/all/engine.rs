@@ -638,6 +638,20 @@ async fn killed_at_intent(s: &Setup, prompt: &str, tool: &str) -> String {
     copy.id
 }
 
+/// Resumes `task` the way a reviewer who answers `skip` does.
+async fn resume_skipping(s: &Setup, task: &str) -> camina_journal::TaskSummary {
+    s.engine
+        .run(
+            task,
+            RunOptions {
+                interrupted: Some(Decision::Skip),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_interrupted_side_effecting_call_needs_review() {
     // Simulate a crash between the intent and the result of append_file by
@@ -665,17 +679,7 @@ async fn an_interrupted_side_effecting_call_needs_review() {
         "not run again"
     );
 
-    let done = s
-        .engine
-        .run(
-            &copy,
-            RunOptions {
-                interrupted: Some(Decision::Skip),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let done = resume_skipping(&s, &copy).await;
     assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
     assert_eq!(
         std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
@@ -732,17 +736,7 @@ async fn a_step_whose_only_call_was_skipped_by_the_reviewer_succeeds() {
     let done = s.engine.run(&copy, RunOptions::default()).await.unwrap();
     assert_eq!(done.status, Status::NeedsReview, "{:?}", done.error);
 
-    let done = s
-        .engine
-        .run(
-            &copy,
-            RunOptions {
-                interrupted: Some(Decision::Skip),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let done = resume_skipping(&s, &copy).await;
     assert_eq!(done.status, Status::Succeeded, "{:?}", done.error);
     assert_eq!(
         std::fs::read_to_string(s.ws.join("log.txt")).unwrap(),
